@@ -1,0 +1,236 @@
+"""Competition data: the labels table, the image files, and decoded image arrays.
+
+Reads the competition folder named by the config: ``train_csv`` (Id,label),
+``train_dir``/``test_dir`` images (png/jpg/jpeg/webp/bmp, any size, RGB, RGBA,
+L, LA, P, CMYK or 16-bit modes) and ``sample_submission``. Writes nothing; the
+decoded images it returns are uint8 RGB arrays at the training size.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from comp.config import Config, suggest
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Where an image has transparency, it is composited on white: the usual background of
+# sprite and product images, and what a human sees when the file is opened.
+BACKGROUND = (255, 255, 255)
+
+
+class DataError(ValueError):
+    """Competition data that cannot be used as it is."""
+
+
+def natural_key(text: str) -> list[int | str]:
+    """Sort "2" before "10", so digit-named classes read in the obvious order."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def sorted_classes(labels: Sequence[str]) -> list[str]:
+    return sorted(set(labels), key=natural_key)
+
+
+def resolve(root: Path, path: str | None) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else root / p
+
+
+# --- tables ---------------------------------------------------------------------
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """Read a CSV with every column as text, so labels like "03" survive the round trip."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable CSV ({e})") from None
+
+
+def read_labels(path: Path, *, id_column: str = "Id", label_column: str = "label") -> pd.DataFrame:
+    """The training labels as a table with columns Id and label, both text."""
+    df = read_csv(path)
+    for col, key in ((id_column, "id_column"), (label_column, "label_column")):
+        if col not in df.columns:
+            raise DataError(
+                f"{path}: no column '{col}' (config key {key}); columns are "
+                f"{', '.join(df.columns)}{suggest(col, list(df.columns))}"
+            )
+    if df.empty:
+        raise DataError(f"{path}: no rows")
+    out = pd.DataFrame({"Id": df[id_column].str.strip(), "label": df[label_column].str.strip()})
+    missing_id = out["Id"].isna()
+    if missing_id.any():
+        row = int(np.flatnonzero(missing_id)[0]) + 2
+        raise DataError(f"{path}: row {row} has an empty {id_column}")
+    missing = out["label"].isna()
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0]) + 2
+        raise DataError(f"{path}: row {row} (Id {out['Id'][row - 2]}) has an empty {label_column}")
+    dup = out["Id"].duplicated()
+    if dup.any():
+        row = int(np.flatnonzero(dup)[0]) + 2
+        raise DataError(f"{path}: duplicate Id '{out['Id'][row - 2]}' at row {row}")
+    return out
+
+
+# --- image files ----------------------------------------------------------------
+
+
+def index_images(folder: Path) -> dict[str, Path]:
+    """Map every image under ``folder`` by its relative path, with and without extension."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found")
+    index: dict[str, Path] = {}
+    ambiguous: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        rel_dir = Path(dirpath).relative_to(folder)
+        for name in sorted(filenames):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() not in IMAGE_EXTS or name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            rel = (rel_dir / name).as_posix()
+            rel_stem = (rel_dir / stem).as_posix()
+            index[rel] = path
+            if rel_stem in index:
+                ambiguous.add(rel_stem)
+            index[rel_stem] = path
+    for key in ambiguous:
+        del index[key]
+    return index
+
+
+def image_paths(ids: Sequence[str], folder: Path, index: dict[str, Path] | None = None) -> list[Path]:
+    """The file of each Id, refusing Ids that have no image."""
+    index = index if index is not None else index_images(folder)
+    paths, missing = [], []
+    for i in ids:
+        p = index.get(i)
+        if p is None:
+            missing.append(i)
+        else:
+            paths.append(p)
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DataError(
+            f"{folder}: no image for Id {', '.join(repr(m) for m in missing[:3])}{more} "
+            f"({len(missing)} of {len(ids)})"
+        )
+    return paths
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: EXIF rotation applied, transparency on BACKGROUND, 16-bit scaled."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def read_image(path: Path, size: int | None = None) -> np.ndarray:
+    """Decode one image to an RGB uint8 array, resized to size x size when given."""
+    try:
+        with Image.open(path) as img:
+            if size is not None:
+                # JPEG can decode straight at a reduced scale, much faster than full size.
+                img.draft("RGB", (size, size))
+            rgb = to_rgb(img)
+            if size is not None and rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            return np.asarray(rgb, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot read image ({e})") from None
+
+
+def load_images(paths: Sequence[Path], size: int, *, desc: str = "decode") -> np.ndarray:
+    """Decode and resize every image once, into one (N, size, size, 3) uint8 array."""
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    # PIL releases the GIL while decoding and resizing, so threads use every core.
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        it = pool.map(lambda p: read_image(p, size), paths, chunksize=64)
+        for i, arr in enumerate(tqdm(it, total=len(paths), desc=desc, unit="img", leave=False)):
+            out[i] = arr
+    return out
+
+
+# --- the competition as one object --------------------------------------------
+
+
+@dataclass
+class Competition:
+    """What every stage needs to know about the competition's files."""
+
+    train: pd.DataFrame  # Id, label
+    classes: list[str]
+    train_dir: Path
+    test_dir: Path | None
+    sample: pd.DataFrame | None  # the sample submission, as text
+
+    def train_paths(self, ids: Sequence[str] | None = None) -> list[Path]:
+        return image_paths(list(self.train["Id"] if ids is None else ids), self.train_dir)
+
+    def test_ids(self) -> list[str]:
+        """Test Ids in the order the submission must have: the sample's, else sorted files."""
+        if self.sample is not None:
+            return list(self.sample.iloc[:, 0])
+        if self.test_dir is None:
+            raise DataError("no test set: set test_dir or sample_submission in comp.yaml")
+        index = index_images(self.test_dir)
+        ids = sorted({k for k in index if os.path.splitext(k)[1].lower() not in IMAGE_EXTS})
+        if not ids:
+            raise DataError(f"{self.test_dir}: no test images")
+        return ids
+
+    def test_paths(self, ids: Sequence[str]) -> list[Path]:
+        if self.test_dir is None:
+            raise DataError("no test_dir in comp.yaml")
+        return image_paths(ids, self.test_dir)
+
+
+def load_competition(root: Path, cfg: Config) -> Competition:
+    train_csv = resolve(root, cfg.train_csv)
+    assert train_csv is not None
+    train = read_labels(train_csv, id_column=cfg.id_column, label_column=cfg.label_column)
+    sample_path = resolve(root, cfg.sample_submission)
+    sample = None
+    if sample_path is not None and sample_path.exists():
+        sample = read_csv(sample_path)
+        if sample.shape[1] < 2 or sample.empty:
+            raise DataError(f"{sample_path}: expected an Id column, a prediction column and rows")
+    train_dir = resolve(root, cfg.train_dir)
+    assert train_dir is not None
+    return Competition(
+        train=train,
+        classes=sorted_classes(list(train["label"])),
+        train_dir=train_dir,
+        test_dir=resolve(root, cfg.test_dir),
+        sample=sample,
+    )

@@ -1,0 +1,63 @@
+"""Cross-validation folds.
+
+Reads the labels table (``train_csv``). Writes ``folds/folds_k{n}_seed{s}.csv``
+with columns Id,label,fold; ``comp train`` reads the file that matches its
+config, so changing n_splits or seed never mixes two splits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from comp import io
+from comp.config import Config
+from comp.data import DataError, read_csv
+
+
+def folds_path(root: Path, cfg: Config) -> Path:
+    return root / "folds" / f"folds_k{cfg.n_splits}_seed{cfg.seed}.csv"
+
+
+def make_folds(labels: pd.DataFrame, *, n_splits: int, seed: int) -> pd.DataFrame:
+    """Stratified K folds: every class spread evenly over the folds, reproducibly."""
+    counts = labels["label"].value_counts()
+    small = counts[counts < n_splits]
+    if len(small):
+        listed = ", ".join(f"'{c}' ({n})" for c, n in small.sort_values().items())
+        raise DataError(
+            f"{len(small)} class(es) have fewer images than the {n_splits} folds: {listed}. "
+            "Lower --n-splits, or add or merge images of those classes."
+        )
+    skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    out = labels[["Id", "label"]].copy()
+    out["fold"] = -1
+    for k, (_, valid) in enumerate(skf.split(out["Id"], out["label"])):
+        out.iloc[valid, out.columns.get_loc("fold")] = k
+    return out
+
+
+def fold_counts(folds: pd.DataFrame) -> pd.DataFrame:
+    """Images per class (rows) and fold (columns), with totals."""
+    return pd.crosstab(folds["label"], folds["fold"], margins=True, margins_name="total")
+
+
+def write_folds(path: Path, folds: pd.DataFrame) -> None:
+    io.write_with(path, lambda tmp: folds.to_csv(tmp, index=False))
+
+
+def read_folds(path: Path, *, labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Read a folds file, checking that it still matches the labels table."""
+    if not path.exists():
+        raise DataError(f"{path}: no folds file for this config; run `comp folds` first")
+    df = read_csv(path)
+    if list(df.columns[:3]) != ["Id", "label", "fold"]:
+        raise DataError(f"{path}: expected columns Id,label,fold")
+    df["fold"] = df["fold"].astype(int)
+    if labels is not None:
+        merged = labels.merge(df, on="Id", how="outer", suffixes=("", "_folds"), indicator=True)
+        if (merged["_merge"] != "both").any() or (merged["label"] != merged["label_folds"]).any():
+            raise DataError(f"{path}: folds no longer match the labels table; run `comp folds` again")
+    return df

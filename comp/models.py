@@ -1,0 +1,120 @@
+"""Model factory, stage freezing and checkpoints.
+
+Reads timm weights: from ``pretrained_file`` (a local .pth/.safetensors, e.g. an
+attached Kaggle dataset, or an earlier comp checkpoint), from timm's cache or the
+hub. Writes checkpoints: the weights under ``state_dict`` plus plain metadata, so
+timm's own ``load_state_dict`` and ``pretrained_cfg_overlay=dict(file=...)`` read
+them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from comp import io
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(ValueError):
+    """A model name, weights file or checkpoint that cannot be used."""
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    pretrained: str = "auto",
+    pretrained_file: str | Path | None = None,
+) -> tuple[nn.Module, str]:
+    """A timm model with a fresh ``num_classes`` head, and where its weights came from.
+
+    ``pretrained`` is "auto" (weights if they can be had, else random init with a
+    warning), "true" (weights or an error) or "false" (random init).
+    """
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise ModelError(f"unknown timm model '{name}'{hint}")
+    if pretrained_file is not None:
+        path = Path(pretrained_file).expanduser()
+        if not path.is_file():
+            raise ModelError(f"{path}: pretrained_file not found")
+        try:
+            model = timm.create_model(
+                name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(path)}
+            )
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ModelError(f"{path}: weights do not fit {name} ({str(e).splitlines()[0]})") from None
+        return model, f"file:{path}"
+    if pretrained == "false":
+        return timm.create_model(name, pretrained=False, num_classes=num_classes), "random"
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes), "timm"
+    except Exception as e:  # the hub raises many kinds of network and lookup errors
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if pretrained == "true":
+            raise ModelError(
+                f"cannot get pretrained weights for {name} ({reason}); download them where there is "
+                "internet and pass --pretrained-file, or use --pretrained false"
+            ) from None
+        warnings.warn(
+            f"no pretrained weights for {name} ({reason}); training from random init. "
+            "Pass --pretrained-file to use a local weights file.",
+            stacklevel=2,
+        )
+        return timm.create_model(name, pretrained=False, num_classes=num_classes), "random"
+
+
+def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
+    """Stage 1 trains the classifier alone; stage 2 trains everything."""
+    for p in model.parameters():
+        p.requires_grad = not frozen
+    head = model.get_classifier()  # type: ignore[operator]
+    for p in head.parameters():
+        p.requires_grad = True
+
+
+def set_train_mode(model: nn.Module, *, frozen: bool) -> None:
+    """Train mode, except that a frozen backbone keeps its BatchNorm statistics fixed."""
+    model.train()
+    if frozen:
+        head = set(model.get_classifier().modules())  # type: ignore[operator]
+        for m in model.modules():
+            if m not in head and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def normalisation(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return torch.tensor(cfg["mean"], dtype=torch.float32), torch.tensor(cfg["std"], dtype=torch.float32)
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    io.write_with(path, lambda tmp: torch.save({"state_dict": state, "meta": meta}, tmp))
+
+
+def load_checkpoint(path: Path, *, classes: list[str] | None = None, model_name: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a comp checkpoint, refusing one trained for other classes or another model."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        meta = ckpt["meta"]
+    except FileNotFoundError:
+        raise ModelError(f"{path}: checkpoint not found") from None
+    except Exception as e:
+        raise ModelError(f"{path}: not a comp checkpoint ({type(e).__name__}: {e})") from None
+    if classes is not None and list(meta["classes"]) != list(classes):
+        raise ModelError(f"{path}: checkpoint was trained on other classes ({len(meta['classes'])} classes, expected {len(classes)})")
+    if model_name is not None and meta["model"] != model_name:
+        raise ModelError(f"{path}: checkpoint is a {meta['model']}, expected {model_name}")
+    model = timm.create_model(meta["model"], pretrained=False, num_classes=len(meta["classes"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model, meta

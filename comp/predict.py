@@ -1,0 +1,116 @@
+"""Prediction: every fold of a run, averaged over folds and test-time views, into a submission.
+
+Reads a run folder (``runs/<name>/``: config.yaml, classes.json, fold*/best.pt,
+cv.json), the test images and the sample submission. Writes
+``runs/<name>/test_probs.csv`` (Id + one probability column per class) and
+``submissions/<name>.csv`` with its sidecar ``<name>.json``, in exactly the
+sample submission's shape, validated before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from comp import io
+from comp.config import Config, make_config
+from comp.data import DataError, load_competition, load_images
+from comp.models import load_checkpoint, normalisation
+from comp.submission import build_submission, validate_submission, write_submission
+from comp.train import Echo, make_autocast, pick_device, predict_probs
+from comp.transforms import ImageDataset, tta_views
+
+
+def find_run(root: Path, run: str | None = None) -> Path:
+    """A run by name or path; by default the most recently finished one."""
+    if run is not None:
+        for candidate in (Path(run), root / "runs" / run):
+            if (candidate / "config.yaml").exists():
+                return candidate
+        known = sorted(p.name for p in (root / "runs").glob("*") if (p / "config.yaml").exists())
+        raise DataError(f"no run '{run}' in {root / 'runs'}; runs are: {', '.join(known) or 'none yet'}")
+    done = sorted((root / "runs").glob("*/cv.json"), key=lambda p: p.stat().st_mtime)
+    if not done:
+        raise DataError(f"no finished run in {root / 'runs'}; run `comp train` first")
+    return done[-1].parent
+
+
+def run_config(run_dir: Path) -> Config:
+    return make_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+
+
+def predict(
+    root: Path,
+    cfg: Config,
+    *,
+    run: str | None = None,
+    tta: str | None = None,
+    batch_size: int = 256,
+    out: Path | None = None,
+    echo: Echo = tqdm.write,
+) -> dict[str, Any]:
+    """Write the test probabilities and the submission of a run; return the sidecar facts."""
+    run_dir = find_run(root, run)
+    trained = run_config(run_dir)
+    classes = json.loads((run_dir / "classes.json").read_text())
+    checkpoints = sorted(run_dir.glob("fold*/best.pt"))
+    if not checkpoints:
+        raise DataError(f"{run_dir}: no fold checkpoints (fold*/best.pt)")
+    comp = load_competition(root, cfg)
+    unseen = sorted(set(comp.classes) - set(classes))
+    if unseen:
+        raise DataError(f"{run_dir}: run was trained without class(es) {', '.join(unseen[:5])} of the labels table")
+    views = tta_views(tta if tta is not None else cfg.tta)
+    device = pick_device(cfg.device)
+    autocast = make_autocast(device, cfg.amp)
+
+    ids = comp.test_ids()
+    images = load_images(comp.test_paths(ids), trained.img_size, desc="decode test")
+    total = np.zeros((len(ids), len(classes)), dtype=np.float64)
+    for ckpt in checkpoints:
+        model, _ = load_checkpoint(ckpt, classes=classes, model_name=trained.model)
+        model = model.to(device)
+        mean, std = (t.to(device) for t in normalisation(model))
+        for v, view in enumerate(views):
+            loader = DataLoader(ImageDataset(images, transform=view), batch_size=batch_size)
+            probs, _ = predict_probs(
+                model,
+                loader,
+                mean=mean,
+                std=std,
+                device=device,
+                autocast=autocast,
+                desc=f"{ckpt.parent.name} view {v + 1}/{len(views)}",
+            )
+            total += probs
+    probs = total / (len(checkpoints) * len(views))
+    if not np.isfinite(probs).all():
+        raise DataError(f"{run_dir}: predictions contain NaN or inf; the checkpoints are broken")
+
+    test_probs = pd.concat([pd.DataFrame({"Id": ids}), pd.DataFrame(probs, columns=classes)], axis=1)
+    io.write_with(run_dir / "test_probs.csv", lambda tmp: test_probs.to_csv(tmp, index=False))
+
+    submission = build_submission(ids, probs, classes=classes, sample=comp.sample)
+    validate_submission(submission, sample=comp.sample, classes=classes, ids=ids, name=run_dir.name)
+    cv = json.loads((run_dir / "cv.json").read_text()) if (run_dir / "cv.json").exists() else {}
+    out = out or root / "submissions" / f"{run_dir.name}.csv"
+    facts = {
+        "run": run_dir.name,
+        "cv_macro_f1": cv.get("cv_macro_f1"),
+        "folds": [p.parent.name for p in checkpoints],
+        "tta": [type(v.transforms[0]).__name__ if v else "none" for v in views],
+        "rows": len(submission),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "file": str(out),
+    }
+    write_submission(out, submission, facts)
+    echo(f"{len(ids)} test images, {len(checkpoints)} folds x {len(views)} views -> {out}")
+    return facts

@@ -1,0 +1,373 @@
+"""Training: two-stage fine-tuning of a timm model on every fold, with early stopping on macro-F1.
+
+Reads the workspace config, the folds file (``comp folds``) and the training
+images. Writes one run folder, ``runs/<name>/``:
+
+- ``config.yaml``      the resolved config, enough to reproduce the run
+- ``classes.json``     the label space, in model-output order
+- ``transforms.json``  the training augmentation, serialised by albumentations
+- ``fold{k}/best.pt``  the best checkpoint of fold k (by validation macro-F1)
+- ``fold{k}/metrics.csv``  one row per epoch: loss, accuracy, macro-F1, lr, seconds
+- ``fold{k}/oof.csv``  fold k's validation probabilities at its best epoch
+- ``oof.csv``, ``cv.json``  all folds' out-of-fold probabilities and the CV score
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from comp import io
+from comp.config import Config, ConfigError, to_dict
+from comp.data import DataError, load_competition, load_images
+from comp.folds import folds_path, read_folds
+from comp.models import create_model, normalisation, save_checkpoint, set_backbone_frozen, set_train_mode
+from comp.transforms import ImageDataset, create_transform, to_input
+
+Echo = Callable[[str], None]
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{spec}' asked for, but CUDA is not available here")
+    return torch.device(spec)
+
+
+def auto_workers(requested: int, device: torch.device) -> int:
+    if requested >= 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # On CPU the model needs every core and augmenting in-memory arrays is cheap, so
+    # workers would only compete with it; on a GPU they keep the device fed.
+    return min(8, cores - 1) if device.type == "cuda" else 0
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def make_autocast(device: torch.device, enabled: bool) -> Callable[[], Any]:
+    """A context factory for mixed precision on CUDA (bf16 where supported), a no-op elsewhere."""
+    dtype = amp_dtype(device, enabled)
+    if dtype is None:
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _reseed_worker(_: int) -> None:
+    # Each worker gets its own augmentation stream, derived from the loader's seed.
+    info = torch.utils.data.get_worker_info()
+    if info is not None and getattr(info.dataset, "transform", None) is not None:
+        info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)  # type: ignore[attr-defined]
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(f1_score(y_true, y_pred, average="macro"))
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    best_epoch: int
+    best_f1: float
+    epochs_run: int
+    valid_probs: np.ndarray  # (n_valid, n_classes) at the best epoch
+    pretrained: str
+
+
+def run_name(cfg: Config) -> str:
+    return f"{cfg.model.replace('/', '_')}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(
+    root: Path,
+    cfg: Config,
+    *,
+    name: str | None = None,
+    folds: list[int] | None = None,
+    echo: Echo = tqdm.write,
+) -> dict[str, Any]:
+    """Train ``folds`` (default: all) of a run and return its CV summary (also written to cv.json)."""
+    comp = load_competition(root, cfg)
+    table = read_folds(folds_path(root, cfg), labels=comp.train)
+    classes = comp.classes
+    all_folds = sorted(int(k) for k in table["fold"].unique())
+    folds = all_folds if folds is None else folds
+    for k in folds:
+        if k not in all_folds:
+            raise ConfigError(f"--fold {k}: folds are {all_folds[0]}..{all_folds[-1]}")
+    device = pick_device(cfg.device)
+
+    run_dir = root / "runs" / (name or run_name(cfg))
+    resolved = to_dict(cfg)
+    if (run_dir / "config.yaml").exists():
+        import yaml
+
+        if yaml.safe_load((run_dir / "config.yaml").read_text()) != resolved:
+            raise ConfigError(f"{run_dir}: this run was trained with another config; pick a new --name")
+    transform = create_transform(cfg.aug, img_size=cfg.img_size)
+    io.write_yaml(run_dir / "config.yaml", resolved)
+    io.write_json(run_dir / "classes.json", classes)
+    io.write_json(run_dir / "transforms.json", A.to_dict(transform))
+    echo(f"run {run_dir.name}: {cfg.model}, {len(classes)} classes, {len(table)} images, folds {folds}, device {device}")
+
+    # Decode every image once; each fold and epoch indexes the same array.
+    images = load_images(comp.train_paths(table["Id"]), cfg.img_size, desc="decode train")
+    targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+
+    for k in folds:
+        valid_idx = np.flatnonzero(table["fold"].to_numpy() == k)
+        train_idx = np.flatnonzero(table["fold"].to_numpy() != k)
+        result = train_fold(
+            cfg,
+            fold=k,
+            images=images,
+            targets=targets,
+            train_idx=train_idx,
+            valid_idx=valid_idx,
+            n_classes=len(classes),
+            classes=classes,
+            device=device,
+            transform=transform,
+            out_dir=run_dir / f"fold{k}",
+            echo=echo,
+        )
+        oof = table.iloc[valid_idx][["Id", "label", "fold"]].reset_index(drop=True)
+        oof = pd.concat([oof, pd.DataFrame(result.valid_probs, columns=classes)], axis=1)
+        io.write_with(run_dir / f"fold{k}" / "oof.csv", lambda tmp, df=oof: df.to_csv(tmp, index=False))
+        echo(f"fold {k}: best macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch} ({result.epochs_run} epochs run)")
+    return summarise(run_dir, classes=classes, n_folds=len(all_folds))
+
+
+def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, Any]:
+    """Gather every fold's OOF of a run into oof.csv and cv.json (folds may be trained apart)."""
+    parts = []
+    for k in range(n_folds):
+        path = run_dir / f"fold{k}" / "oof.csv"
+        if path.exists():
+            parts.append(pd.read_csv(path, dtype={"Id": str, "label": str}))
+    if not parts:
+        raise DataError(f"{run_dir}: no trained folds")
+    oof = pd.concat(parts, ignore_index=True)
+    probs = oof[classes].to_numpy(np.float64)
+    y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    pred = probs.argmax(1)
+    per_fold = {}
+    for k, part in oof.groupby("fold"):
+        idx = part.index.to_numpy()
+        per_fold[str(k)] = round(macro_f1(y[idx], pred[idx]), 6)
+    summary = {
+        "run": run_dir.name,
+        "cv_macro_f1": round(macro_f1(y, pred), 6),
+        "cv_accuracy": round(float(accuracy_score(y, pred)), 6),
+        "fold_macro_f1": per_fold,
+        "folds_trained": len(parts),
+        "n_folds": n_folds,
+        "complete": len(parts) == n_folds,
+        "n_oof": len(oof),
+    }
+    io.write_with(run_dir / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
+    io.write_json(run_dir / "cv.json", summary)
+    return summary
+
+
+def train_fold(
+    cfg: Config,
+    *,
+    fold: int,
+    images: np.ndarray,
+    targets: np.ndarray,
+    train_idx: np.ndarray,
+    valid_idx: np.ndarray,
+    n_classes: int,
+    classes: list[str],
+    device: torch.device,
+    transform: A.Compose,
+    out_dir: Path,
+    echo: Echo = tqdm.write,
+) -> FoldResult:
+    seed_everything(cfg.seed + fold)
+    transform.set_random_seed(cfg.seed + fold)
+    model, source = create_model(
+        cfg.model, num_classes=n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file
+    )
+    channels_last = device.type == "cuda"
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    mean, std = (t.to(device) for t in normalisation(model))
+    autocast = make_autocast(device, cfg.amp)
+    # bf16 needs no loss scaling; fp16 (e.g. a Kaggle T4) does.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, cfg.amp) == torch.float16)
+
+    workers = auto_workers(cfg.num_workers, device)
+    loader_args: dict[str, Any] = dict(
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        worker_init_fn=_reseed_worker if workers > 0 else None,
+    )
+    train_loader = DataLoader(
+        ImageDataset(images[train_idx], targets[train_idx], transform),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        # A last batch of one sample breaks BatchNorm in train mode.
+        drop_last=len(train_idx) % cfg.batch_size == 1,
+        generator=torch.Generator().manual_seed(cfg.seed + fold),
+        **loader_args,
+    )
+    valid_loader = DataLoader(
+        ImageDataset(images[valid_idx], targets[valid_idx]), batch_size=cfg.batch_size * 2, **loader_args
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    y_valid = targets[valid_idx]
+
+    best_f1, best_epoch, stale = -1.0, -1, 0
+    best_probs = np.zeros((len(valid_idx), n_classes), dtype=np.float32)
+    rows: list[dict[str, Any]] = []
+    epoch = 0
+    for epoch in range(cfg.epochs):
+        stage = 1 if epoch < cfg.freeze_epochs else 2
+        if epoch in (0, cfg.freeze_epochs):
+            # A new stage starts with a fresh optimizer and schedule: stage 1 sees only the
+            # head's parameters, and stage 2 must not inherit the head's momentum or lr decay.
+            frozen = stage == 1
+            set_backbone_frozen(model, frozen)
+            stage_start = epoch
+            stage_epochs = cfg.freeze_epochs if frozen else cfg.epochs - cfg.freeze_epochs
+            optimizer = create_optimizer_v2(
+                model, opt=cfg.optimizer, lr=cfg.lr1 if frozen else cfg.lr2, weight_decay=cfg.weight_decay
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # timm marks plateau deprecated; it is what people ask for
+                scheduler, _ = create_scheduler_v2(
+                    optimizer,
+                    sched=cfg.scheduler,
+                    num_epochs=stage_epochs,
+                    patience_epochs=max(1, cfg.patience // 2),
+                    plateau_mode="max",
+                )
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+
+        set_train_mode(model, frozen=stage == 1)
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(train_loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg.epochs} stage {stage}", leave=False, unit="batch")
+        for xb, yb in bar:
+            x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
+            y = yb.to(device, non_blocking=True)
+            with autocast():
+                logits = model(x)
+                loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        train_loss, train_acc = total_loss / max(seen, 1), correct / max(seen, 1)
+
+        probs, valid_loss = predict_probs(model, valid_loader, mean=mean, std=std, device=device, autocast=autocast, channels_last=channels_last)
+        pred = probs.argmax(1)
+        valid_f1, valid_acc = macro_f1(y_valid, pred), float(accuracy_score(y_valid, pred))
+        if scheduler is not None:
+            scheduler.step(epoch - stage_start + 1, valid_f1)
+
+        improved = valid_f1 > best_f1
+        if improved:
+            best_f1, best_epoch, best_probs, stale = valid_f1, epoch + 1, probs, 0
+            save_checkpoint(
+                out_dir / "best.pt",
+                model,
+                {"model": cfg.model, "classes": classes, "img_size": cfg.img_size, "fold": fold, "epoch": epoch + 1, "valid_macro_f1": valid_f1, "pretrained": source},
+            )
+        elif stage == 2:
+            # Patience counts only in stage 2, so a slow frozen stage never ends training
+            # before the backbone has been unfrozen.
+            stale += 1
+        rows.append(
+            {
+                "epoch": epoch + 1,
+                "stage": stage,
+                "lr": lr,
+                "train_loss": round(train_loss, 6),
+                "train_acc": round(train_acc, 6),
+                "valid_loss": round(valid_loss, 6),
+                "valid_acc": round(valid_acc, 6),
+                "valid_macro_f1": round(valid_f1, 6),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
+        io.write_with(out_dir / "metrics.csv", lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+        echo(
+            f"fold {fold} epoch {epoch + 1:>2}/{cfg.epochs} stage {stage} | train loss {train_loss:.4f} acc {train_acc:.3f} "
+            f"| valid loss {valid_loss:.4f} acc {valid_acc:.3f} macro-F1 {valid_f1:.4f}{' *' if improved else ''} "
+            f"| {rows[-1]['seconds']:.1f}s"
+        )
+        if stale >= cfg.patience:
+            echo(f"fold {fold}: early stop, no better macro-F1 for {cfg.patience} epochs")
+            break
+    return FoldResult(fold, best_epoch, best_f1, epoch + 1, best_probs, source)
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    *,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    autocast: Callable[[], Any] = nullcontext,
+    channels_last: bool = False,
+    desc: str | None = None,
+) -> tuple[np.ndarray, float]:
+    """Softmax probabilities over a loader, and the mean cross-entropy where targets are known."""
+    model.eval()
+    out, total_loss, seen = [], 0.0, 0
+    for xb, yb in tqdm(loader, desc=desc, leave=False, unit="batch", disable=desc is None):
+        x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
+        with autocast():
+            logits = model(x).float()
+        if (yb >= 0).all():
+            total_loss += float(nn.functional.cross_entropy(logits, yb.to(device), reduction="sum"))
+            seen += len(yb)
+        out.append(torch.softmax(logits, 1).cpu().numpy())
+    return np.concatenate(out).astype(np.float32), total_loss / max(seen, 1)
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "cv.json"
+    if not path.exists():
+        raise DataError(f"{run_dir}: no cv.json; the run has no finished fold")
+    return dict(json.loads(path.read_text()))

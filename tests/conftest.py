@@ -1,0 +1,113 @@
+"""Tiny competitions drawn on the fly: a few classes of coloured shapes, in both Kaggle layouts."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+
+# Keep the 2 CI cores for the one process under test.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+SHAPES = ("circle", "square", "triangle")
+MODES = ("RGB", "RGBA", "L", "P", "LA")
+
+
+def draw(shape: str, *, size: int = 24, rng: np.random.Generator, mode: str = "RGB") -> Image.Image:
+    """One shape of random colour, position and scale on a noisy background."""
+    bg = tuple(int(v) for v in rng.integers(0, 80, 3))
+    img = Image.new("RGB", (size, size), bg)
+    d = ImageDraw.Draw(img)
+    r = size * rng.uniform(0.25, 0.4)
+    cx, cy = size / 2 + rng.uniform(-2, 2), size / 2 + rng.uniform(-2, 2)
+    colour = tuple(int(v) for v in rng.integers(150, 256, 3))
+    if shape == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    elif shape == "square":
+        d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    else:
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    if mode == "P":
+        return img.convert("P", palette=Image.Palette.ADAPTIVE)
+    return img.convert(mode)
+
+
+def make_kaggle(
+    root: Path,
+    *,
+    n_per_class: int = 10,
+    n_test: int = 9,
+    size: int = 24,
+    id_column: str = "Id",
+    label_column: str = "label",
+    odd: bool = False,
+    seed: int = 0,
+) -> Path:
+    """A Kaggle-layout competition: train_labels.csv, train/, test/, sample_submission.csv, solution.csv.
+
+    With ``odd``, images come in every mode and several sizes and extensions.
+    """
+    rng = np.random.default_rng(seed)
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    rows, test_rows = [], []
+    for i in range(n_per_class * len(SHAPES) + n_test):
+        shape = SHAPES[i % len(SHAPES)]
+        ident = str(uuid.UUID(bytes=rng.bytes(16), version=4))
+        mode = MODES[i % len(MODES)] if odd else "RGB"
+        side = int(rng.choice([size, size + 7, 2 * size])) if odd else size
+        ext = (".png", ".jpg", ".webp", ".bmp")[i % 4] if odd and mode in ("RGB", "L") else ".png"
+        img = draw(shape, size=side, rng=rng, mode=mode)
+        is_test = i >= n_per_class * len(SHAPES)
+        img.save(root / ("test" if is_test else "train") / f"{ident}{ext}")
+        (test_rows if is_test else rows).append((ident, shape))
+    pd.DataFrame(rows, columns=[id_column, label_column]).to_csv(root / "train_labels.csv", index=False)
+    pd.DataFrame({"Id": [r[0] for r in test_rows], "label": SHAPES[0]}).to_csv(root / "sample_submission.csv", index=False)
+    usage = ["Public" if k % 3 == 0 else "Private" for k in range(len(test_rows))]
+    pd.DataFrame({"Id": [r[0] for r in test_rows], "label": [r[1] for r in test_rows], "Usage": usage}).to_csv(root / "solution.csv", index=False)
+    return root
+
+
+def make_imagefolder(root: Path, *, n_per_class: int = 8, seed: int = 0, jpeg: bool = True, mixed_sizes: bool = True) -> Path:
+    """One folder per class of mixed-size JPEGs, as Animals-10 ships (no test set)."""
+    rng = np.random.default_rng(seed)
+    for shape in SHAPES:
+        folder = root / shape
+        folder.mkdir(parents=True)
+        for k in range(n_per_class):
+            side = int(rng.integers(20, 60)) if mixed_sizes else 24
+            img = draw(shape, size=side, rng=rng)
+            img.save(folder / f"{shape}_{k}.{'jpeg' if jpeg else 'png'}")
+    return root
+
+
+@pytest.fixture
+def kaggle_comp(tmp_path: Path) -> Path:
+    return make_kaggle(tmp_path / "comp")
+
+
+@pytest.fixture
+def imagefolder(tmp_path: Path) -> Path:
+    return make_imagefolder(tmp_path / "animals")
+
+
+TINY = {"model": "resnet10t", "pretrained": "false", "img_size": 16, "epochs": 2, "freeze_epochs": 1, "batch_size": 8, "n_splits": 2, "lr1": 1e-3, "lr2": 1e-3}
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, kaggle_comp: Path) -> Callable[..., Path]:
+    """A workspace around ``kaggle_comp``, made by ``comp init``, with tiny-model overrides."""
+    from comp.workspace import init_workspace
+
+    def make(**overrides: object) -> Path:
+        root = tmp_path / "ws"
+        init_workspace(root, kaggle_comp, overrides={**TINY, **overrides}, force=True)
+        return root
+
+    return make

@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from comp.config import CONFIG_FILE, ConfigError, Config, coerce, find_workspace, load_config, make_config, parse_sets, render, to_dict, write_workspace_config
+
+
+def test_defaults_are_valid() -> None:
+    cfg = make_config()
+    assert cfg.n_splits == 5 and cfg.pretrained == "auto"
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "value"),
+    [("epochs", "7", 7), ("lr1", "3e-4", 3e-4), ("amp", "false", False), ("amp", "yes", True), ("solution", "null", None), ("pretrained", False, "false")],
+)
+def test_coerce_from_strings_and_yaml(key: str, raw: object, value: object) -> None:
+    assert coerce(key, raw) == value
+
+
+def test_unknown_key_suggests_the_right_name() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'freeze_epochs'"):
+        coerce("freeze_epoch", 3)
+    with pytest.raises(ConfigError, match="did you mean 'lr2'"):
+        parse_sets(["lr_2=0.1"])
+
+
+def test_bad_values_are_refused() -> None:
+    with pytest.raises(ConfigError, match="'epochs' needs a int"):
+        coerce("epochs", "many")
+    with pytest.raises(ConfigError, match="freeze_epochs must be between"):
+        make_config({"epochs": 3, "freeze_epochs": 5})
+    with pytest.raises(ConfigError, match="--set expects key=value"):
+        parse_sets(["epochs"])
+
+
+def test_rendered_file_round_trips(tmp_path: Path) -> None:
+    cfg = make_config({"model": "efficientnet_b0", "lr2": 2e-4, "solution": None})
+    write_workspace_config(tmp_path / CONFIG_FILE, cfg, header="hello")
+    text = (tmp_path / CONFIG_FILE).read_text()
+    assert text.startswith("# hello") and "# any timm model name" in text
+    assert load_config(tmp_path) == cfg
+    assert yaml.safe_load(render(to_dict(cfg))) == to_dict(cfg)
+
+
+def test_overrides_beat_the_file_and_typos_in_the_file_are_named(tmp_path: Path) -> None:
+    (tmp_path / CONFIG_FILE).write_text("epochs: 4\n")
+    assert load_config(tmp_path, {"epochs": "9"}).epochs == 9
+    (tmp_path / CONFIG_FILE).write_text("epochz: 4\n")
+    with pytest.raises(ConfigError, match=r"comp.yaml: unknown key 'epochz'; did you mean 'epochs'"):
+        load_config(tmp_path)
+    (tmp_path / CONFIG_FILE).write_text("epochs: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path)
+
+
+def test_find_workspace_walks_up(tmp_path: Path) -> None:
+    (tmp_path / CONFIG_FILE).write_text("")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    assert find_workspace(tmp_path / "a" / "b") == tmp_path.resolve()
+    with pytest.raises(ConfigError, match="comp init"):
+        find_workspace(Path("/"))
+
+
+def test_every_key_has_help_and_section() -> None:
+    import dataclasses
+
+    for f in dataclasses.fields(Config):
+        assert f.metadata["help"] and f.metadata["section"]

@@ -1,0 +1,76 @@
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from comp.config import ConfigError, load_config
+from comp.data import load_competition
+from comp.folds import folds_path, make_folds, write_folds
+from comp.models import create_model
+from comp.train import seed_everything, train
+
+
+def with_folds(root: Path, **overrides: object) -> tuple[Path, object]:
+    cfg = load_config(root, overrides)
+    comp = load_competition(root, cfg)
+    write_folds(folds_path(root, cfg), make_folds(comp.train, n_splits=cfg.n_splits, seed=cfg.seed))
+    return root, cfg
+
+
+def test_train_writes_every_artifact(workspace: Callable[..., Path]) -> None:
+    root, cfg = with_folds(workspace())
+    summary = train(root, cfg, name="r", echo=lambda s: None)  # type: ignore[arg-type]
+    run = root / "runs" / "r"
+    assert summary["complete"] and summary["n_oof"] == 30 and 0 <= summary["cv_macro_f1"] <= 1
+    assert json.loads((run / "cv.json").read_text()) == summary
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"] == "resnet10t"
+    assert json.loads((run / "classes.json").read_text()) == ["circle", "square", "triangle"]
+    assert "transform" in json.loads((run / "transforms.json").read_text())
+    for k in (0, 1):
+        metrics = pd.read_csv(run / f"fold{k}" / "metrics.csv")
+        assert list(metrics.columns) == ["epoch", "stage", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "valid_macro_f1", "seconds"]
+        assert metrics["stage"].tolist() == [1, 2]
+        assert (run / f"fold{k}" / "best.pt").exists()
+    oof = pd.read_csv(run / "oof.csv")
+    assert sorted(oof["Id"]) == sorted(pd.read_csv(folds_path(root, cfg))["Id"])  # type: ignore[arg-type]
+    assert np.allclose(oof[["circle", "square", "triangle"]].sum(1), 1, atol=1e-4)
+
+
+def test_stage_one_leaves_the_backbone_untouched(workspace: Callable[..., Path]) -> None:
+    root, cfg = with_folds(workspace(epochs=1, freeze_epochs=1, aug="none"))
+    train(root, cfg, name="frozen", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
+    state = torch.load(root / "runs" / "frozen" / "fold0" / "best.pt", weights_only=True)["state_dict"]
+    seed_everything(cfg.seed + 0)  # type: ignore[attr-defined]
+    init, _ = create_model("resnet10t", num_classes=3, pretrained="false")
+    for name, value in init.state_dict().items():
+        if name.startswith("fc."):
+            assert not torch.equal(value, state[name]), "the head must have trained"
+        else:
+            assert torch.equal(value, state[name]), f"{name} changed while frozen"
+
+
+def test_one_fold_at_a_time_builds_one_run(workspace: Callable[..., Path]) -> None:
+    root, cfg = with_folds(workspace(epochs=1, freeze_epochs=0))
+    first = train(root, cfg, name="split", folds=[1], echo=lambda s: None)  # type: ignore[arg-type]
+    assert not first["complete"] and first["folds_trained"] == 1
+    second = train(root, cfg, name="split", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
+    assert second["complete"] and second["n_oof"] == 30
+    other = load_config(root, {"epochs": 2, "freeze_epochs": 0})
+    with pytest.raises(ConfigError, match="another config"):
+        train(root, other, name="split", folds=[0])
+    with pytest.raises(ConfigError, match="--fold 7"):
+        train(root, cfg, name="split", folds=[7])  # type: ignore[arg-type]
+
+
+def test_training_is_reproducible(workspace: Callable[..., Path]) -> None:
+    root, cfg = with_folds(workspace(epochs=2, freeze_epochs=0))
+    a = train(root, cfg, name="a", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
+    b = train(root, cfg, name="b", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
+    oa, ob = (pd.read_csv(root / "runs" / n / "oof.csv") for n in "ab")
+    assert a["cv_macro_f1"] == b["cv_macro_f1"]
+    assert np.allclose(oa.iloc[:, 3:].to_numpy(), ob.iloc[:, 3:].to_numpy(), atol=1e-5)
