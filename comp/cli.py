@@ -62,8 +62,20 @@ def config_flags(*keys: str) -> Callable[[Callable[..., Any]], Callable[..., Any
 
     def decorator(f: Callable[..., Any]) -> Callable[..., Any]:
         for key in reversed(keys):
-            f = click.option(f"--{key.replace('_', '-')}", key, type=_click_type(key), default=None, help=f"{helps[key]} [config: {key}]")(f)
-        return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any comp.yaml key, e.g. --set weight_decay=0.05 (repeatable).")(f)
+            f = click.option(
+                f"--{key.replace('_', '-')}",
+                key,
+                type=_click_type(key),
+                default=None,
+                help=f"{helps[key]} [config: {key}]",
+            )(f)
+        return click.option(
+            "--set",
+            "sets",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override any comp.yaml key, e.g. --set weight_decay=0.05 (repeatable).",
+        )(f)
 
     return decorator
 
@@ -72,7 +84,9 @@ def workspace_config(ctx: click.Context, kwargs: dict[str, Any]) -> tuple[Path, 
     """Find the workspace and resolve its config: comp.yaml < --set < dedicated flags."""
     root = find_workspace(ctx.obj.get("workspace"))
     overrides: dict[str, Any] = dict(parse_sets(kwargs.pop("sets", ())))
-    overrides.update({k: kwargs.pop(k) for k in list(kwargs) if k in KEYS and kwargs[k] is not None})
+    overrides.update(
+        {k: kwargs.pop(k) for k in list(kwargs) if k in KEYS and kwargs[k] is not None}
+    )
     for k in [k for k in kwargs if k in KEYS]:
         kwargs.pop(k)
     return root, load_config(root, overrides)
@@ -80,7 +94,13 @@ def workspace_config(ctx: click.Context, kwargs: dict[str, Any]) -> tuple[Path, 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="comp")
-@click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), envvar="COMP_WORKSPACE", help="Workspace folder (default: the nearest folder upwards holding comp.yaml).")
+@click.option(
+    "-w",
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="COMP_WORKSPACE",
+    help="Workspace folder (default: the nearest folder upwards holding comp.yaml).",
+)
 @click.pass_context
 def cli(ctx: click.Context, workspace: Path | None) -> None:
     """Win Kaggle image-classification competitions from the command line.
@@ -100,8 +120,19 @@ def cli(ctx: click.Context, workspace: Path | None) -> None:
 
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="The competition folder, as downloaded from Kaggle.")
-@click.option("--holdout", default=0.2, show_default=True, help="Share of labelled images held back as a local test set when the data has no test set.")
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The competition folder, as downloaded from Kaggle.",
+)
+@click.option(
+    "--holdout",
+    default=0.2,
+    show_default=True,
+    help="Share of labelled images held back as a local test set when the data has no test set.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing comp.yaml.")
 @config_flags("model", "img_size", "n_splits", "seed")
 @friendly_errors
@@ -120,9 +151,13 @@ def init(directory: Path, data: Path, holdout: float, force: bool, **kwargs: Any
     overrides = dict(parse_sets(kwargs.pop("sets", ())))
     overrides.update({k: v for k, v in kwargs.items() if v is not None})
     seed = int(overrides.pop("seed", 42))
-    _, text = init_workspace(directory, data, holdout=holdout, seed=seed, force=force, overrides=overrides)
+    _, text = init_workspace(
+        directory, data, holdout=holdout, seed=seed, force=force, overrides=overrides
+    )
     click.echo(text)
-    click.echo(f"\nworkspace ready: {directory}/comp.yaml. Next: cd {directory} && comp folds && comp train")
+    click.echo(
+        f"\nworkspace ready: {directory}/comp.yaml. Next: cd {directory} && comp folds && comp train"
+    )
 
 
 @cli.command()
@@ -145,8 +180,12 @@ def demo(directory: Path, size: int, force: bool) -> None:
     from comp.demo import write_demo
 
     facts = write_demo(directory, size=size, force=force)
-    click.echo(f"demo competition in {directory}: {facts['train']} train and {facts['test']} test images, {facts['classes']} classes, {size}x{size} RGB PNGs")
-    click.echo(f"solution.csv holds {facts['public']} public and {facts['test'] - facts['public']} private answers. Next: cd {directory} && comp folds")
+    click.echo(
+        f"demo competition in {directory}: {facts['train']} train and {facts['test']} test images, {facts['classes']} classes, {size}x{size} RGB PNGs"
+    )
+    click.echo(
+        f"solution.csv holds {facts['public']} public and {facts['test'] - facts['public']} private answers. Next: cd {directory} && comp folds"
+    )
 
 
 @cli.command()
@@ -169,13 +208,44 @@ def folds(ctx: click.Context, **kwargs: Any) -> None:
     path = folds_path(root, cfg)
     write_folds(path, table)
     click.echo(fold_counts(table).to_string())
-    click.echo(f"\n{cfg.n_splits} stratified folds of {len(table)} images -> {path.relative_to(root)}")
+    click.echo(
+        f"\n{cfg.n_splits} stratified folds of {len(table)} images -> {path.relative_to(root)}"
+    )
 
 
 @cli.command()
-@config_flags("model", "pretrained", "pretrained_file", "img_size", "aug", "epochs", "freeze_epochs", "lr1", "lr2", "weight_decay", "optimizer", "scheduler", "patience", "batch_size", "num_workers", "device", "amp", "n_splits", "seed")
-@click.option("--fold", "fold_ids", type=int, multiple=True, help="Train only this fold (repeatable); default: all folds.")
-@click.option("--name", help="Run name (default: <model>-<date>-<time>). Folds trained under one name form one run.")
+@config_flags(
+    "model",
+    "pretrained",
+    "pretrained_file",
+    "img_size",
+    "aug",
+    "epochs",
+    "freeze_epochs",
+    "lr1",
+    "lr2",
+    "weight_decay",
+    "optimizer",
+    "scheduler",
+    "patience",
+    "batch_size",
+    "num_workers",
+    "device",
+    "amp",
+    "n_splits",
+    "seed",
+)
+@click.option(
+    "--fold",
+    "fold_ids",
+    type=int,
+    multiple=True,
+    help="Train only this fold (repeatable); default: all folds.",
+)
+@click.option(
+    "--name",
+    help="Run name (default: <model>-<date>-<time>). Folds trained under one name form one run.",
+)
 @click.pass_context
 @friendly_errors
 def train(ctx: click.Context, fold_ids: tuple[int, ...], name: str | None, **kwargs: Any) -> None:
@@ -195,19 +265,33 @@ def train(ctx: click.Context, fold_ids: tuple[int, ...], name: str | None, **kwa
     root, cfg = workspace_config(ctx, kwargs)
     t0 = time.perf_counter()
     summary = train_run(root, cfg, name=name, folds=list(fold_ids) or None, echo=click.echo)
-    scope = "CV" if summary["complete"] else f"CV over {summary['folds_trained']}/{summary['n_folds']} folds"
-    click.echo(f"\nrun {summary['run']}: {scope} macro-F1 {summary['cv_macro_f1']:.4f}, accuracy {summary['cv_accuracy']:.4f} ({time.perf_counter() - t0:.0f}s)")
-    click.echo("per fold: " + ", ".join(f"{k}: {v:.4f}" for k, v in summary["fold_macro_f1"].items()))
+    scope = (
+        "CV"
+        if summary["complete"]
+        else f"CV over {summary['folds_trained']}/{summary['n_folds']} folds"
+    )
+    click.echo(
+        f"\nrun {summary['run']}: {scope} macro-F1 {summary['cv_macro_f1']:.4f}, accuracy {summary['cv_accuracy']:.4f} ({time.perf_counter() - t0:.0f}s)"
+    )
+    click.echo(
+        "per fold: " + ", ".join(f"{k}: {v:.4f}" for k, v in summary["fold_macro_f1"].items())
+    )
 
 
 @cli.command()
 @click.argument("run", required=False)
 @config_flags("tta", "device")
 @click.option("--batch-size", default=256, show_default=True, help="Inference batch size.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Submission path (default: submissions/<run>.csv).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Submission path (default: submissions/<run>.csv).",
+)
 @click.pass_context
 @friendly_errors
-def predict(ctx: click.Context, run: str | None, batch_size: int, out: Path | None, **kwargs: Any) -> None:
+def predict(
+    ctx: click.Context, run: str | None, batch_size: int, out: Path | None, **kwargs: Any
+) -> None:
     """Predict the test set with every fold of RUN (default: the latest run).
 
     Averages class probabilities over folds and test-time views, and writes a
@@ -233,7 +317,11 @@ def _sha256(path: Path) -> str:
 @cli.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-m", "--message", default="", help="A note to keep with the submission.")
-@click.option("--local", is_flag=True, help="Score against the workspace's solution.csv instead of submitting to Kaggle.")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Score against the workspace's solution.csv instead of submitting to Kaggle.",
+)
 @click.option("--run", help="Run that made FILE (default: read from FILE's .json sidecar).")
 @click.pass_context
 @friendly_errors
@@ -250,18 +338,28 @@ def submit(ctx: click.Context, file: Path, message: str, local: bool, run: str |
 
     root, cfg = workspace_config(ctx, {})
     if not local:
-        raise click.ClickException("submitting to Kaggle is not available yet; use --local to score against solution.csv")
+        raise click.ClickException(
+            "submitting to Kaggle is not available yet; use --local to score against solution.csv"
+        )
     comp = load_competition(root, cfg)
     df = read_submission(file)
-    validate_submission(df, sample=comp.sample, classes=comp.classes, ids=comp.test_ids(), name=str(file))
+    validate_submission(
+        df, sample=comp.sample, classes=comp.classes, ids=comp.test_ids(), name=str(file)
+    )
     solution = resolve(root, cfg.solution)
     if solution is None or not solution.exists():
-        raise click.ClickException(f"no solution file for local scoring (config key solution: {cfg.solution})")
+        raise click.ClickException(
+            f"no solution file for local scoring (config key solution: {cfg.solution})"
+        )
     scores = score_local(df, solution)
     sidecar = file.with_suffix(".json")
     facts = json.loads(sidecar.read_text()) if sidecar.exists() else {}
     row = Ledger(ledger_path(root)).add(
-        file=str(file.resolve().relative_to(root) if file.resolve().is_relative_to(root) else file.resolve()),
+        file=str(
+            file.resolve().relative_to(root)
+            if file.resolve().is_relative_to(root)
+            else file.resolve()
+        ),
         sha256=_sha256(file),
         run=run or facts.get("run"),
         cv=facts.get("cv_macro_f1"),
@@ -272,7 +370,11 @@ def submit(ctx: click.Context, file: Path, message: str, local: bool, run: str |
         status="scored",
     )
     cv = facts.get("cv_macro_f1")
-    click.echo(f"submission #{row}: CV macro-F1 {cv:.4f} | public {scores.get('public', float('nan')):.4f} | private {scores.get('private', float('nan')):.4f}" if cv is not None else f"submission #{row}: public {scores.get('public', float('nan')):.4f} | private {scores.get('private', float('nan')):.4f}")
+    click.echo(
+        f"submission #{row}: CV macro-F1 {cv:.4f} | public {scores.get('public', float('nan')):.4f} | private {scores.get('private', float('nan')):.4f}"
+        if cv is not None
+        else f"submission #{row}: public {scores.get('public', float('nan')):.4f} | private {scores.get('private', float('nan')):.4f}"
+    )
 
 
 @cli.command()
@@ -292,7 +394,12 @@ def submissions(ctx: click.Context) -> None:
     if not rows:
         click.echo("no submissions yet; make one with `comp submit FILE --local`")
         return
-    click.echo(format_table(rows, ["id", "created_at", "run", "cv", "public", "private", "target", "status", "message"]))
+    click.echo(
+        format_table(
+            rows,
+            ["id", "created_at", "run", "cv", "public", "private", "target", "status", "message"],
+        )
+    )
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

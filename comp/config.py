@@ -37,7 +37,9 @@ def _key(default: Any, help: str, section: str) -> Any:
 @dataclass
 class Config:
     # Paths are relative to the workspace root unless absolute.
-    train_csv: str = _key("data/train_labels.csv", "labels table (one row per training image)", "data")
+    train_csv: str = _key(
+        "data/train_labels.csv", "labels table (one row per training image)", "data"
+    )
     id_column: str = _key("Id", "column of train_csv holding the image Id", "data")
     label_column: str = _key("label", "column of train_csv holding the class label", "data")
     train_dir: str = _key("data/train", "folder of training images, named <Id>.<ext>", "data")
@@ -45,7 +47,9 @@ class Config:
     sample_submission: str | None = _key(
         "data/sample_submission.csv", "the competition's sample submission", "data"
     )
-    solution: str | None = _key(None, "held-back answers (Id,label,Usage) for local scoring", "data")
+    solution: str | None = _key(
+        None, "held-back answers (Id,label,Usage) for local scoring", "data"
+    )
 
     n_splits: int = _key(5, "number of cross-validation folds", "folds")
     seed: int = _key(42, "seed for folds, initialisation and augmentation", "folds")
@@ -61,7 +65,9 @@ class Config:
     )
     img_size: int = _key(64, "images are resized to img_size x img_size", "model")
 
-    aug: str = _key("light", "augmentation preset: none, shift (no flips), light, medium, heavy", "train")
+    aug: str = _key(
+        "light", "augmentation preset: none, shift (no flips), light, medium, heavy", "train"
+    )
     epochs: int = _key(15, "total epochs per fold (stage 1 + stage 2)", "train")
     freeze_epochs: int = _key(3, "stage 1: epochs with the backbone frozen, head only", "train")
     lr1: float = _key(1e-3, "learning rate of stage 1 (head only)", "train")
@@ -69,13 +75,17 @@ class Config:
     weight_decay: float = _key(0.01, "AdamW weight decay", "train")
     optimizer: str = _key("adamw", "any timm optimizer name (adamw, sgd, lamb, ...)", "train")
     scheduler: str = _key("cosine", "learning-rate schedule per stage: cosine or plateau", "train")
-    patience: int = _key(5, "stage 2 stops after this many epochs without a better macro-F1", "train")
+    patience: int = _key(
+        5, "stage 2 stops after this many epochs without a better macro-F1", "train"
+    )
     batch_size: int = _key(64, "training batch size", "train")
     num_workers: int = _key(-1, "DataLoader workers; -1 picks from the cores and device", "train")
     device: str = _key("auto", "auto, cpu, cuda or cuda:N", "train")
     amp: bool = _key(True, "mixed precision on CUDA (ignored on CPU)", "train")
 
-    tta: str = _key("none", "test-time augmentation: none, hflip, or a list like hflip,vflip", "predict")
+    tta: str = _key(
+        "none", "test-time augmentation: none, hflip, or a list like hflip,vflip", "predict"
+    )
 
 
 SECTIONS = ["data", "folds", "model", "train", "predict"]
@@ -125,9 +135,7 @@ def coerce(name: str, value: Any) -> Any:
                 return "true" if value else "false"
             return str(value)
     except ValueError:
-        raise ConfigError(
-            f"config key '{name}' needs a {base.__name__}, got {value!r}"
-        ) from None
+        raise ConfigError(f"config key '{name}' needs a {base.__name__}, got {value!r}") from None
     raise ConfigError(f"config key '{name}' has an unsupported type")
 
 

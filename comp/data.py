@@ -118,7 +118,9 @@ def index_images(folder: Path) -> dict[str, Path]:
     return index
 
 
-def image_paths(ids: Sequence[str], folder: Path, index: dict[str, Path] | None = None) -> list[Path]:
+def image_paths(
+    ids: Sequence[str], folder: Path, index: dict[str, Path] | None = None
+) -> list[Path]:
     """The file of each Id, refusing Ids that have no image."""
     index = index if index is not None else index_images(folder)
     paths, missing = [], []

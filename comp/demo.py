@@ -65,9 +65,10 @@ def write_demo(
 ) -> dict[str, int]:
     """Write the demo workspace into ``target``; refuse a non-empty folder unless ``force``."""
     target = Path(target)
-    if target.exists() and any(target.iterdir()):
-        if not force:
-            raise FileExistsError(f"{target}: folder exists and is not empty (use --force to replace it)")
+    if target.exists() and any(target.iterdir()) and not force:
+        raise FileExistsError(
+            f"{target}: folder exists and is not empty (use --force to replace it)"
+        )
     digits = load_digits()
     rng = np.random.default_rng(seed)
     ids = [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(len(digits.target))]
@@ -109,4 +110,9 @@ def write_demo(
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"train": len(train_i), "test": len(test_i), "classes": len(set(labels)), "public": int((usage == "Public").sum())}
+    return {
+        "train": len(train_i),
+        "test": len(test_i),
+        "classes": len(set(labels)),
+        "public": int((usage == "Public").sum()),
+    }

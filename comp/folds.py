@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
@@ -32,11 +33,10 @@ def make_folds(labels: pd.DataFrame, *, n_splits: int, seed: int) -> pd.DataFram
             "Lower --n-splits, or add or merge images of those classes."
         )
     skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    out = labels[["Id", "label"]].copy()
-    out["fold"] = -1
-    for k, (_, valid) in enumerate(skf.split(out["Id"], out["label"])):
-        out.iloc[valid, out.columns.get_loc("fold")] = k
-    return out
+    fold = np.full(len(labels), -1, dtype=np.int64)
+    for k, (_, valid) in enumerate(skf.split(labels["Id"], labels["label"])):
+        fold[valid] = k
+    return labels[["Id", "label"]].assign(fold=fold)
 
 
 def fold_counts(folds: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +45,7 @@ def fold_counts(folds: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_folds(path: Path, folds: pd.DataFrame) -> None:
-    io.write_with(path, lambda tmp: folds.to_csv(tmp, index=False))
+    io.write_csv(path, folds)
 
 
 def read_folds(path: Path, *, labels: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -59,5 +59,7 @@ def read_folds(path: Path, *, labels: pd.DataFrame | None = None) -> pd.DataFram
     if labels is not None:
         merged = labels.merge(df, on="Id", how="outer", suffixes=("", "_folds"), indicator=True)
         if (merged["_merge"] != "both").any() or (merged["label"] != merged["label_folds"]).any():
-            raise DataError(f"{path}: folds no longer match the labels table; run `comp folds` again")
+            raise DataError(
+                f"{path}: folds no longer match the labels table; run `comp folds` again"
+            )
     return df

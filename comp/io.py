@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import pandas as pd
 import yaml
 
 
@@ -52,6 +53,11 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 def write_yaml(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def write_csv(path: str | os.PathLike[str], df: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:

@@ -34,7 +34,22 @@ CREATE TABLE IF NOT EXISTS submissions (
     error       TEXT
 );
 """
-COLUMNS = ("id", "created_at", "file", "sha256", "run", "cv", "public", "private", "message", "target", "status", "competition", "kaggle_ref", "error")
+COLUMNS = (
+    "id",
+    "created_at",
+    "file",
+    "sha256",
+    "run",
+    "cv",
+    "public",
+    "private",
+    "message",
+    "target",
+    "status",
+    "competition",
+    "kaggle_ref",
+    "error",
+)
 
 
 class Ledger:
@@ -64,7 +79,9 @@ class Ledger:
         keys = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         with self._connect() as conn:
-            cur = conn.execute(f"INSERT INTO submissions ({keys}) VALUES ({marks})", tuple(fields.values()))
+            cur = conn.execute(
+                f"INSERT INTO submissions ({keys}) VALUES ({marks})", tuple(fields.values())
+            )
             return int(cur.lastrowid or 0)
 
     def update(self, row_id: int, **fields: Any) -> None:

@@ -49,10 +49,15 @@ def create_model(
             raise ModelError(f"{path}: pretrained_file not found")
         try:
             model = timm.create_model(
-                name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(path)}
+                name,
+                pretrained=True,
+                num_classes=num_classes,
+                pretrained_cfg_overlay={"file": str(path)},
             )
         except (RuntimeError, KeyError, ValueError) as e:
-            raise ModelError(f"{path}: weights do not fit {name} ({str(e).splitlines()[0]})") from None
+            raise ModelError(
+                f"{path}: weights do not fit {name} ({str(e).splitlines()[0]})"
+            ) from None
         return model, f"file:{path}"
     if pretrained == "false":
         return timm.create_model(name, pretrained=False, num_classes=num_classes), "random"
@@ -94,7 +99,9 @@ def set_train_mode(model: nn.Module, *, frozen: bool) -> None:
 
 def normalisation(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = timm.data.resolve_data_config({}, model=model)
-    return torch.tensor(cfg["mean"], dtype=torch.float32), torch.tensor(cfg["std"], dtype=torch.float32)
+    return torch.tensor(cfg["mean"], dtype=torch.float32), torch.tensor(
+        cfg["std"], dtype=torch.float32
+    )
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -102,7 +109,9 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     io.write_with(path, lambda tmp: torch.save({"state_dict": state, "meta": meta}, tmp))
 
 
-def load_checkpoint(path: Path, *, classes: list[str] | None = None, model_name: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(
+    path: Path, *, classes: list[str] | None = None, model_name: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a comp checkpoint, refusing one trained for other classes or another model."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -112,7 +121,9 @@ def load_checkpoint(path: Path, *, classes: list[str] | None = None, model_name:
     except Exception as e:
         raise ModelError(f"{path}: not a comp checkpoint ({type(e).__name__}: {e})") from None
     if classes is not None and list(meta["classes"]) != list(classes):
-        raise ModelError(f"{path}: checkpoint was trained on other classes ({len(meta['classes'])} classes, expected {len(classes)})")
+        raise ModelError(
+            f"{path}: checkpoint was trained on other classes ({len(meta['classes'])} classes, expected {len(classes)})"
+        )
     if model_name is not None and meta["model"] != model_name:
         raise ModelError(f"{path}: checkpoint is a {meta['model']}, expected {model_name}")
     model = timm.create_model(meta["model"], pretrained=False, num_classes=len(meta["classes"]))

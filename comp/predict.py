@@ -36,7 +36,9 @@ def find_run(root: Path, run: str | None = None) -> Path:
             if (candidate / "config.yaml").exists():
                 return candidate
         known = sorted(p.name for p in (root / "runs").glob("*") if (p / "config.yaml").exists())
-        raise DataError(f"no run '{run}' in {root / 'runs'}; runs are: {', '.join(known) or 'none yet'}")
+        raise DataError(
+            f"no run '{run}' in {root / 'runs'}; runs are: {', '.join(known) or 'none yet'}"
+        )
     done = sorted((root / "runs").glob("*/cv.json"), key=lambda p: p.stat().st_mtime)
     if not done:
         raise DataError(f"no finished run in {root / 'runs'}; run `comp train` first")
@@ -67,7 +69,9 @@ def predict(
     comp = load_competition(root, cfg)
     unseen = sorted(set(comp.classes) - set(classes))
     if unseen:
-        raise DataError(f"{run_dir}: run was trained without class(es) {', '.join(unseen[:5])} of the labels table")
+        raise DataError(
+            f"{run_dir}: run was trained without class(es) {', '.join(unseen[:5])} of the labels table"
+        )
     views = tta_views(tta if tta is not None else cfg.tta)
     device = pick_device(cfg.device)
     autocast = make_autocast(device, cfg.amp)
@@ -95,8 +99,10 @@ def predict(
     if not np.isfinite(probs).all():
         raise DataError(f"{run_dir}: predictions contain NaN or inf; the checkpoints are broken")
 
-    test_probs = pd.concat([pd.DataFrame({"Id": ids}), pd.DataFrame(probs, columns=classes)], axis=1)
-    io.write_with(run_dir / "test_probs.csv", lambda tmp: test_probs.to_csv(tmp, index=False))
+    test_probs = pd.concat(
+        [pd.DataFrame({"Id": ids}), pd.DataFrame(probs, columns=classes)], axis=1
+    )
+    io.write_csv(run_dir / "test_probs.csv", test_probs)
 
     submission = build_submission(ids, probs, classes=classes, sample=comp.sample)
     validate_submission(submission, sample=comp.sample, classes=classes, ids=ids, name=run_dir.name)

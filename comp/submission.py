@@ -32,7 +32,9 @@ def is_probability_format(columns: list[str], classes: list[str]) -> bool:
     return len(columns) > 2 and sorted(columns[1:]) == sorted(classes)
 
 
-def build_submission(ids: list[str], probs: np.ndarray, *, classes: list[str], sample: pd.DataFrame | None) -> pd.DataFrame:
+def build_submission(
+    ids: list[str], probs: np.ndarray, *, classes: list[str], sample: pd.DataFrame | None
+) -> pd.DataFrame:
     columns = submission_columns(sample)
     if is_probability_format(columns, classes):
         df = pd.DataFrame(probs, columns=classes)[columns[1:]]
@@ -41,25 +43,40 @@ def build_submission(ids: list[str], probs: np.ndarray, *, classes: list[str], s
     return pd.DataFrame({columns[0]: ids, columns[1]: [classes[i] for i in probs.argmax(1)]})
 
 
-def validate_submission(df: pd.DataFrame, *, sample: pd.DataFrame | None, classes: list[str], ids: list[str] | None = None, name: str = "submission") -> None:
+def validate_submission(
+    df: pd.DataFrame,
+    *,
+    sample: pd.DataFrame | None,
+    classes: list[str],
+    ids: list[str] | None = None,
+    name: str = "submission",
+) -> None:
     """Refuse anything Kaggle would reject: columns, row count, Ids, and labels outside the class set."""
     expected = submission_columns(sample)
     if list(df.columns) != expected:
-        raise SubmissionError(f"{name}: header is {','.join(map(str, df.columns))}, expected {','.join(expected)}")
+        raise SubmissionError(
+            f"{name}: header is {','.join(map(str, df.columns))}, expected {','.join(expected)}"
+        )
     want = ids if ids is not None else (list(sample.iloc[:, 0]) if sample is not None else None)
     if want is not None and len(df) != len(want):
         raise SubmissionError(f"{name}: {len(df)} rows, expected {len(want)}")
     got_ids = df.iloc[:, 0].astype(str)
     dup = got_ids.duplicated()
     if dup.any():
-        raise SubmissionError(f"{name}: duplicate Id '{got_ids[dup].iloc[0]}' at row {int(np.flatnonzero(dup)[0]) + 2}")
+        raise SubmissionError(
+            f"{name}: duplicate Id '{got_ids[dup].iloc[0]}' at row {int(np.flatnonzero(dup)[0]) + 2}"
+        )
     if want is not None:
         unknown = sorted(set(got_ids) - set(want))
         if unknown:
-            raise SubmissionError(f"{name}: {len(unknown)} Id(s) not in the sample submission, e.g. '{unknown[0]}'")
+            raise SubmissionError(
+                f"{name}: {len(unknown)} Id(s) not in the sample submission, e.g. '{unknown[0]}'"
+            )
         absent = sorted(set(want) - set(got_ids))
         if absent:
-            raise SubmissionError(f"{name}: {len(absent)} Id(s) of the sample submission missing, e.g. '{absent[0]}'")
+            raise SubmissionError(
+                f"{name}: {len(absent)} Id(s) of the sample submission missing, e.g. '{absent[0]}'"
+            )
     if is_probability_format(expected, classes):
         values = df.iloc[:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
         if not np.isfinite(values).all() or (values < 0).any() or (values > 1).any():
@@ -67,7 +84,9 @@ def validate_submission(df: pd.DataFrame, *, sample: pd.DataFrame | None, classe
         return
     labels = df.iloc[:, 1]
     if labels.isna().any():
-        raise SubmissionError(f"{name}: empty label at row {int(np.flatnonzero(labels.isna())[0]) + 2}")
+        raise SubmissionError(
+            f"{name}: empty label at row {int(np.flatnonzero(labels.isna())[0]) + 2}"
+        )
     bad = labels.astype(str)[~labels.astype(str).isin(set(classes))]
     if len(bad):
         raise SubmissionError(
@@ -77,7 +96,7 @@ def validate_submission(df: pd.DataFrame, *, sample: pd.DataFrame | None, classe
 
 
 def write_submission(path: Path, df: pd.DataFrame, sidecar: dict[str, Any]) -> None:
-    io.write_with(path, lambda tmp: df.to_csv(tmp, index=False))
+    io.write_csv(path, df)
     io.write_json(path.with_suffix(".json"), sidecar)
 
 
@@ -99,10 +118,14 @@ def score_local(submission: pd.DataFrame, solution_path: Path) -> dict[str, floa
     sol = solution.rename(columns={solution.columns[0]: "Id", solution.columns[1]: "truth"})
     merged = sol.merge(answers, on="Id", how="left")
     if merged["pred"].isna().any():
-        raise SubmissionError(f"submission has no prediction for {int(merged['pred'].isna().sum())} solution Id(s)")
+        raise SubmissionError(
+            f"submission has no prediction for {int(merged['pred'].isna().sum())} solution Id(s)"
+        )
     scores = {}
     for usage in ("Public", "Private"):
         part = merged[merged["Usage"] == usage]
         if len(part):
-            scores[usage.lower()] = round(float(f1_score(part["truth"], part["pred"].astype(str), average="macro")), 6)
+            scores[usage.lower()] = round(
+                float(f1_score(part["truth"], part["pred"].astype(str), average="macro")), 6
+            )
     return scores

@@ -41,7 +41,13 @@ from comp import io
 from comp.config import Config, ConfigError, to_dict
 from comp.data import DataError, load_competition, load_images
 from comp.folds import folds_path, read_folds
-from comp.models import create_model, normalisation, save_checkpoint, set_backbone_frozen, set_train_mode
+from comp.models import (
+    create_model,
+    normalisation,
+    save_checkpoint,
+    set_backbone_frozen,
+    set_train_mode,
+)
 from comp.transforms import ImageDataset, create_transform, to_input
 
 Echo = Callable[[str], None]
@@ -58,7 +64,9 @@ def pick_device(spec: str) -> torch.device:
 def auto_workers(requested: int, device: torch.device) -> int:
     if requested >= 0:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     # On CPU the model needs every core and augmenting in-memory arrays is cheap, so
     # workers would only compete with it; on a GPU they keep the device fed.
     return min(8, cores - 1) if device.type == "cuda" else 0
@@ -134,15 +142,19 @@ def train(
         import yaml
 
         if yaml.safe_load((run_dir / "config.yaml").read_text()) != resolved:
-            raise ConfigError(f"{run_dir}: this run was trained with another config; pick a new --name")
+            raise ConfigError(
+                f"{run_dir}: this run was trained with another config; pick a new --name"
+            )
     transform = create_transform(cfg.aug, img_size=cfg.img_size)
     io.write_yaml(run_dir / "config.yaml", resolved)
     io.write_json(run_dir / "classes.json", classes)
     io.write_json(run_dir / "transforms.json", A.to_dict(transform))
-    echo(f"run {run_dir.name}: {cfg.model}, {len(classes)} classes, {len(table)} images, folds {folds}, device {device}")
+    echo(
+        f"run {run_dir.name}: {cfg.model}, {len(classes)} classes, {len(table)} images, folds {folds}, device {device}"
+    )
 
     # Decode every image once; each fold and epoch indexes the same array.
-    images = load_images(comp.train_paths(table["Id"]), cfg.img_size, desc="decode train")
+    images = load_images(comp.train_paths(list(table["Id"])), cfg.img_size, desc="decode train")
     targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
 
     for k in folds:
@@ -164,8 +176,10 @@ def train(
         )
         oof = table.iloc[valid_idx][["Id", "label", "fold"]].reset_index(drop=True)
         oof = pd.concat([oof, pd.DataFrame(result.valid_probs, columns=classes)], axis=1)
-        io.write_with(run_dir / f"fold{k}" / "oof.csv", lambda tmp, df=oof: df.to_csv(tmp, index=False))
-        echo(f"fold {k}: best macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch} ({result.epochs_run} epochs run)")
+        io.write_csv(run_dir / f"fold{k}" / "oof.csv", oof)
+        echo(
+            f"fold {k}: best macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch} ({result.epochs_run} epochs run)"
+        )
     return summarise(run_dir, classes=classes, n_folds=len(all_folds))
 
 
@@ -183,8 +197,9 @@ def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, A
     y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     pred = probs.argmax(1)
     per_fold = {}
-    for k, part in oof.groupby("fold"):
-        idx = part.index.to_numpy()
+    folds = oof["fold"].to_numpy()
+    for k in sorted(set(folds.tolist())):
+        idx = np.flatnonzero(folds == k)
         per_fold[str(k)] = round(macro_f1(y[idx], pred[idx]), 6)
     summary = {
         "run": run_dir.name,
@@ -196,7 +211,7 @@ def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, A
         "complete": len(parts) == n_folds,
         "n_oof": len(oof),
     }
-    io.write_with(run_dir / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
+    io.write_csv(run_dir / "oof.csv", oof)
     io.write_json(run_dir / "cv.json", summary)
     return summary
 
@@ -219,10 +234,15 @@ def train_fold(
     seed_everything(cfg.seed + fold)
     transform.set_random_seed(cfg.seed + fold)
     model, source = create_model(
-        cfg.model, num_classes=n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file
+        cfg.model,
+        num_classes=n_classes,
+        pretrained=cfg.pretrained,
+        pretrained_file=cfg.pretrained_file,
     )
     channels_last = device.type == "cuda"
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     mean, std = (t.to(device) for t in normalisation(model))
     autocast = make_autocast(device, cfg.amp)
     # bf16 needs no loss scaling; fp16 (e.g. a Kaggle T4) does.
@@ -245,7 +265,9 @@ def train_fold(
         **loader_args,
     )
     valid_loader = DataLoader(
-        ImageDataset(images[valid_idx], targets[valid_idx]), batch_size=cfg.batch_size * 2, **loader_args
+        ImageDataset(images[valid_idx], targets[valid_idx]),
+        batch_size=cfg.batch_size * 2,
+        **loader_args,
     )
     loss_fn = nn.CrossEntropyLoss()
     y_valid = targets[valid_idx]
@@ -264,10 +286,15 @@ def train_fold(
             stage_start = epoch
             stage_epochs = cfg.freeze_epochs if frozen else cfg.epochs - cfg.freeze_epochs
             optimizer = create_optimizer_v2(
-                model, opt=cfg.optimizer, lr=cfg.lr1 if frozen else cfg.lr2, weight_decay=cfg.weight_decay
+                model,
+                opt=cfg.optimizer,
+                lr=cfg.lr1 if frozen else cfg.lr2,
+                weight_decay=cfg.weight_decay,
             )
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # timm marks plateau deprecated; it is what people ask for
+                warnings.simplefilter(
+                    "ignore"
+                )  # timm marks plateau deprecated; it is what people ask for
                 scheduler, _ = create_scheduler_v2(
                     optimizer,
                     sched=cfg.scheduler,
@@ -280,7 +307,12 @@ def train_fold(
 
         set_train_mode(model, frozen=stage == 1)
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(train_loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg.epochs} stage {stage}", leave=False, unit="batch")
+        bar = tqdm(
+            train_loader,
+            desc=f"fold {fold} epoch {epoch + 1}/{cfg.epochs} stage {stage}",
+            leave=False,
+            unit="batch",
+        )
         for xb, yb in bar:
             x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
             y = yb.to(device, non_blocking=True)
@@ -297,7 +329,15 @@ def train_fold(
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
         train_loss, train_acc = total_loss / max(seen, 1), correct / max(seen, 1)
 
-        probs, valid_loss = predict_probs(model, valid_loader, mean=mean, std=std, device=device, autocast=autocast, channels_last=channels_last)
+        probs, valid_loss = predict_probs(
+            model,
+            valid_loader,
+            mean=mean,
+            std=std,
+            device=device,
+            autocast=autocast,
+            channels_last=channels_last,
+        )
         pred = probs.argmax(1)
         valid_f1, valid_acc = macro_f1(y_valid, pred), float(accuracy_score(y_valid, pred))
         if scheduler is not None:
@@ -309,7 +349,15 @@ def train_fold(
             save_checkpoint(
                 out_dir / "best.pt",
                 model,
-                {"model": cfg.model, "classes": classes, "img_size": cfg.img_size, "fold": fold, "epoch": epoch + 1, "valid_macro_f1": valid_f1, "pretrained": source},
+                {
+                    "model": cfg.model,
+                    "classes": classes,
+                    "img_size": cfg.img_size,
+                    "fold": fold,
+                    "epoch": epoch + 1,
+                    "valid_macro_f1": valid_f1,
+                    "pretrained": source,
+                },
             )
         elif stage == 2:
             # Patience counts only in stage 2, so a slow frozen stage never ends training
@@ -328,7 +376,7 @@ def train_fold(
                 "seconds": round(time.perf_counter() - t0, 3),
             }
         )
-        io.write_with(out_dir / "metrics.csv", lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+        io.write_csv(out_dir / "metrics.csv", pd.DataFrame(rows))
         echo(
             f"fold {fold} epoch {epoch + 1:>2}/{cfg.epochs} stage {stage} | train loss {train_loss:.4f} acc {train_acc:.3f} "
             f"| valid loss {valid_loss:.4f} acc {valid_acc:.3f} macro-F1 {valid_f1:.4f}{' *' if improved else ''} "

@@ -36,7 +36,9 @@ def create_transform(preset: str, *, img_size: int) -> A.Compose:
     ``shift`` has no flips, for data whose orientation carries meaning (digits, text).
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown augmentation preset '{preset}'{suggest(preset, list(PRESETS))}; choose from {', '.join(PRESETS)}")
+        raise ValueError(
+            f"unknown augmentation preset '{preset}'{suggest(preset, list(PRESETS))}; choose from {', '.join(PRESETS)}"
+        )
     hole = max(1, img_size // 8)
     ops: dict[str, list[A.BasicTransform]] = {
         "none": [],
@@ -46,7 +48,12 @@ def create_transform(preset: str, *, img_size: int) -> A.Compose:
             A.HorizontalFlip(p=0.5),
             _affine(1.5),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5),
-            A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(hole, 2 * hole), hole_width_range=(hole, 2 * hole), p=0.3),
+            A.CoarseDropout(
+                num_holes_range=(1, 3),
+                hole_height_range=(hole, 2 * hole),
+                hole_width_range=(hole, 2 * hole),
+                p=0.3,
+            ),
         ],
         "heavy": [
             A.HorizontalFlip(p=0.5),
@@ -55,7 +62,12 @@ def create_transform(preset: str, *, img_size: int) -> A.Compose:
             A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1, p=0.7),
             A.ToGray(p=0.1),
             A.GaussNoise(p=0.2),
-            A.CoarseDropout(num_holes_range=(1, 6), hole_height_range=(hole, 2 * hole), hole_width_range=(hole, 2 * hole), p=0.5),
+            A.CoarseDropout(
+                num_holes_range=(1, 6),
+                hole_height_range=(hole, 2 * hole),
+                hole_width_range=(hole, 2 * hole),
+                p=0.5,
+            ),
         ],
     }
     return A.Compose(ops[preset])
@@ -90,7 +102,12 @@ def tta_views(spec: str) -> list[A.Compose | None]:
 class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
     """Decoded images (N, H, W, 3) uint8 with optional targets and augmentation."""
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray | None = None, transform: A.Compose | None = None):
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: np.ndarray | None = None,
+        transform: A.Compose | None = None,
+    ):
         self.images = images
         self.targets = targets
         self.transform = transform
@@ -106,7 +123,14 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
         return torch.from_numpy(np.ascontiguousarray(img)), target
 
 
-def to_input(batch: torch.Tensor, *, mean: torch.Tensor, std: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+def to_input(
+    batch: torch.Tensor,
+    *,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    channels_last: bool = False,
+) -> torch.Tensor:
     """uint8 NHWC batch -> normalised float NCHW on ``device``."""
     x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
     x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)

@@ -67,14 +67,22 @@ def make_kaggle(
         is_test = i >= n_per_class * len(SHAPES)
         img.save(root / ("test" if is_test else "train") / f"{ident}{ext}")
         (test_rows if is_test else rows).append((ident, shape))
-    pd.DataFrame(rows, columns=[id_column, label_column]).to_csv(root / "train_labels.csv", index=False)
-    pd.DataFrame({"Id": [r[0] for r in test_rows], "label": SHAPES[0]}).to_csv(root / "sample_submission.csv", index=False)
+    pd.DataFrame(rows, columns=[id_column, label_column]).to_csv(
+        root / "train_labels.csv", index=False
+    )
+    pd.DataFrame({"Id": [r[0] for r in test_rows], "label": SHAPES[0]}).to_csv(
+        root / "sample_submission.csv", index=False
+    )
     usage = ["Public" if k % 3 == 0 else "Private" for k in range(len(test_rows))]
-    pd.DataFrame({"Id": [r[0] for r in test_rows], "label": [r[1] for r in test_rows], "Usage": usage}).to_csv(root / "solution.csv", index=False)
+    pd.DataFrame(
+        {"Id": [r[0] for r in test_rows], "label": [r[1] for r in test_rows], "Usage": usage}
+    ).to_csv(root / "solution.csv", index=False)
     return root
 
 
-def make_imagefolder(root: Path, *, n_per_class: int = 8, seed: int = 0, jpeg: bool = True, mixed_sizes: bool = True) -> Path:
+def make_imagefolder(
+    root: Path, *, n_per_class: int = 8, seed: int = 0, jpeg: bool = True, mixed_sizes: bool = True
+) -> Path:
     """One folder per class of mixed-size JPEGs, as Animals-10 ships (no test set)."""
     rng = np.random.default_rng(seed)
     for shape in SHAPES:
@@ -97,7 +105,17 @@ def imagefolder(tmp_path: Path) -> Path:
     return make_imagefolder(tmp_path / "animals")
 
 
-TINY = {"model": "resnet10t", "pretrained": "false", "img_size": 16, "epochs": 2, "freeze_epochs": 1, "batch_size": 8, "n_splits": 2, "lr1": 1e-3, "lr2": 1e-3}
+TINY = {
+    "model": "resnet10t",
+    "pretrained": "false",
+    "img_size": 16,
+    "epochs": 2,
+    "freeze_epochs": 1,
+    "batch_size": 8,
+    "n_splits": 2,
+    "lr1": 1e-3,
+    "lr2": 1e-3,
+}
 
 
 @pytest.fixture

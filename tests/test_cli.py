@@ -52,7 +52,27 @@ def test_whole_loop_on_the_demo(tmp_path: Path) -> None:
     run("demo", ws, "--size", "16")
     out = run("-w", ws, "folds", "--n-splits", "3")
     assert "3 stratified folds of 1437 images" in out
-    out = run("-w", ws, "train", "--n-splits", "3", "--epochs", "2", "--model", "resnet10t", "--img-size", "16", "--name", "tiny", "--fold", "0", "--fold", "1", "--fold", "2")
+    out = run(
+        "-w",
+        ws,
+        "train",
+        "--n-splits",
+        "3",
+        "--epochs",
+        "2",
+        "--model",
+        "resnet10t",
+        "--img-size",
+        "16",
+        "--name",
+        "tiny",
+        "--fold",
+        "0",
+        "--fold",
+        "1",
+        "--fold",
+        "2",
+    )
     cv = float(re.search(r"CV macro-F1 ([0-9.]+)", out).group(1))  # type: ignore[union-attr]
     assert cv > 0.5
     out = run("-w", ws, "predict", "tiny")
@@ -76,10 +96,39 @@ def test_whole_loop_on_the_demo(tmp_path: Path) -> None:
 def test_whole_loop_on_an_imagefolder_of_mixed_jpegs(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "animals", n_per_class=10)
     ws = str(tmp_path / "ws")
-    out = run("init", ws, "--data", str(data), "--model", "resnet10t", "--set", "pretrained=false", "--n-splits", "2")
-    assert "layout: imagefolder" in out and "train images: 24 in 3 classes" in out and "JPEG" not in out
+    out = run(
+        "init",
+        ws,
+        "--data",
+        str(data),
+        "--model",
+        "resnet10t",
+        "--set",
+        "pretrained=false",
+        "--n-splits",
+        "2",
+    )
+    assert (
+        "layout: imagefolder" in out
+        and "train images: 24 in 3 classes" in out
+        and "JPEG" not in out
+    )
     run("-w", ws, "folds")
-    run("-w", ws, "train", "--epochs", "2", "--freeze-epochs", "1", "--img-size", "16", "--batch-size", "8", "--name", "r")
+    run(
+        "-w",
+        ws,
+        "train",
+        "--epochs",
+        "2",
+        "--freeze-epochs",
+        "1",
+        "--img-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--name",
+        "r",
+    )
     run("-w", ws, "predict")
     out = run("-w", ws, "submit", f"{ws}/submissions/r.csv", "--local")
     assert re.search(r"public [0-9.]+ \| private [0-9.]+", out)

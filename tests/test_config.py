@@ -3,7 +3,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from comp.config import CONFIG_FILE, ConfigError, Config, coerce, find_workspace, load_config, make_config, parse_sets, render, to_dict, write_workspace_config
+from comp.config import (
+    CONFIG_FILE,
+    Config,
+    ConfigError,
+    coerce,
+    find_workspace,
+    load_config,
+    make_config,
+    parse_sets,
+    render,
+    to_dict,
+    write_workspace_config,
+)
 
 
 def test_defaults_are_valid() -> None:
@@ -13,7 +25,14 @@ def test_defaults_are_valid() -> None:
 
 @pytest.mark.parametrize(
     ("key", "raw", "value"),
-    [("epochs", "7", 7), ("lr1", "3e-4", 3e-4), ("amp", "false", False), ("amp", "yes", True), ("solution", "null", None), ("pretrained", False, "false")],
+    [
+        ("epochs", "7", 7),
+        ("lr1", "3e-4", 3e-4),
+        ("amp", "false", False),
+        ("amp", "yes", True),
+        ("solution", "null", None),
+        ("pretrained", False, "false"),
+    ],
 )
 def test_coerce_from_strings_and_yaml(key: str, raw: object, value: object) -> None:
     assert coerce(key, raw) == value
@@ -48,7 +67,9 @@ def test_overrides_beat_the_file_and_typos_in_the_file_are_named(tmp_path: Path)
     (tmp_path / CONFIG_FILE).write_text("epochs: 4\n")
     assert load_config(tmp_path, {"epochs": "9"}).epochs == 9
     (tmp_path / CONFIG_FILE).write_text("epochz: 4\n")
-    with pytest.raises(ConfigError, match=r"comp.yaml: unknown key 'epochz'; did you mean 'epochs'"):
+    with pytest.raises(
+        ConfigError, match=r"comp.yaml: unknown key 'epochz'; did you mean 'epochs'"
+    ):
         load_config(tmp_path)
     (tmp_path / CONFIG_FILE).write_text("epochs: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

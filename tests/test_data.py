@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comp.data import DataError, image_paths, index_images, load_images, read_image, read_labels, sorted_classes, to_rgb
+from comp.data import (
+    DataError,
+    image_paths,
+    index_images,
+    load_images,
+    read_image,
+    read_labels,
+    sorted_classes,
+    to_rgb,
+)
 
 
 def write(path: Path, text: str) -> Path:
@@ -13,7 +22,11 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_read_labels_renames_and_keeps_text(tmp_path: Path) -> None:
-    df = read_labels(write(tmp_path / "l.csv", "image_id,type\na,03\nb,Fire\n"), id_column="image_id", label_column="type")
+    df = read_labels(
+        write(tmp_path / "l.csv", "image_id,type\na,03\nb,Fire\n"),
+        id_column="image_id",
+        label_column="type",
+    )
     assert list(df.columns) == ["Id", "label"] and list(df["label"]) == ["03", "Fire"]
 
 
@@ -41,7 +54,11 @@ def test_index_finds_ids_with_and_without_extension(tmp_path: Path) -> None:
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     index = index_images(tmp_path)
-    assert index["a"].name == "a.png" and index["a.png"].name == "a.png" and index["sub/c"].name == "c.webp"
+    assert (
+        index["a"].name == "a.png"
+        and index["a.png"].name == "a.png"
+        and index["sub/c"].name == "c.webp"
+    )
     assert "notes" not in index
     with pytest.raises(DataError, match=r"no image for Id 'zz' \(1 of 2\)"):
         image_paths(["a", "zz"], tmp_path)

@@ -14,8 +14,12 @@ def test_demo_is_a_kaggle_competition(tmp_path: Path) -> None:
     train = pd.read_csv(ws / "data" / "train_labels.csv", dtype=str)
     solution = pd.read_csv(ws / "solution.csv", dtype=str)
     sample = pd.read_csv(ws / "data" / "sample_submission.csv", dtype=str)
-    assert facts["train"] + facts["test"] == 1797 and sorted(train["label"].unique()) == [str(d) for d in range(10)]
-    assert list(solution.columns) == ["Id", "label", "Usage"] and list(sample["Id"]) == list(solution["Id"])
+    assert facts["train"] + facts["test"] == 1797 and sorted(train["label"].unique()) == [
+        str(d) for d in range(10)
+    ]
+    assert list(solution.columns) == ["Id", "label", "Usage"] and list(sample["Id"]) == list(
+        solution["Id"]
+    )
     assert uuid.UUID(train["Id"][0]).version == 4
     assert not set(train["Id"]) & set(solution["Id"])
     with Image.open(ws / "data" / "train" / f"{train['Id'][0]}.png") as img:

@@ -23,7 +23,9 @@ def test_folds_are_stratified_and_seeded() -> None:
 
 
 def test_small_classes_are_refused_by_name() -> None:
-    with pytest.raises(DataError, match=r"1 class\(es\) have fewer images than the 5 folds: 'rare' \(3\)"):
+    with pytest.raises(
+        DataError, match=r"1 class\(es\) have fewer images than the 5 folds: 'rare' \(3\)"
+    ):
         make_folds(labels({"common": 10, "rare": 3}), n_splits=5, seed=0)
 
 

@@ -8,7 +8,17 @@ from comp.ledger import Ledger
 def test_ledger_rows_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "submissions" / "ledger.sqlite"
     led = Ledger(path)
-    first = led.add(file="a.csv", sha256="0" * 64, run="r1", cv=0.9, public=0.8, private=0.85, message="m", target="local", status="scored")
+    first = led.add(
+        file="a.csv",
+        sha256="0" * 64,
+        run="r1",
+        cv=0.9,
+        public=0.8,
+        private=0.85,
+        message="m",
+        target="local",
+        status="scored",
+    )
     second = led.add(file="b.csv", sha256="1" * 64, target="kaggle", status="pending")
     Ledger(path).update(second, status="complete", public=0.7)
     rows = Ledger(path).rows()

@@ -4,7 +4,14 @@ import pytest
 import timm
 import torch
 
-from comp.models import ModelError, create_model, load_checkpoint, save_checkpoint, set_backbone_frozen, set_train_mode
+from comp.models import (
+    ModelError,
+    create_model,
+    load_checkpoint,
+    save_checkpoint,
+    set_backbone_frozen,
+    set_train_mode,
+)
 
 
 def test_random_init_and_unknown_name() -> None:
@@ -19,7 +26,9 @@ def test_weights_from_a_local_file_like_a_kaggle_dataset(tmp_path: Path) -> None
     torch.manual_seed(0)
     donor = timm.create_model("resnet10t", pretrained=False)
     torch.save(donor.state_dict(), tmp_path / "resnet10t.pth")
-    model, source = create_model("resnet10t", num_classes=3, pretrained="true", pretrained_file=tmp_path / "resnet10t.pth")
+    model, source = create_model(
+        "resnet10t", num_classes=3, pretrained="true", pretrained_file=tmp_path / "resnet10t.pth"
+    )
     assert source.startswith("file:")
     assert torch.equal(model.conv1[0].weight, donor.conv1[0].weight)
     assert model.get_classifier().out_features == 3  # a fresh head for the competition's classes
@@ -27,7 +36,7 @@ def test_weights_from_a_local_file_like_a_kaggle_dataset(tmp_path: Path) -> None
 
 def test_bad_weights_file_is_named(tmp_path: Path) -> None:
     torch.save(timm.create_model("test_efficientnet").state_dict(), tmp_path / "other.pth")
-    with pytest.raises(ModelError, match="other.pth: weights do not fit resnet10t"):
+    with pytest.raises(ModelError, match=r"other\.pth: weights do not fit resnet10t"):
         create_model("resnet10t", num_classes=3, pretrained_file=tmp_path / "other.pth")
     with pytest.raises(ModelError, match="pretrained_file not found"):
         create_model("resnet10t", num_classes=3, pretrained_file=tmp_path / "missing.pth")
@@ -37,7 +46,9 @@ def test_required_pretrained_weights_fail_clearly_offline(monkeypatch: pytest.Mo
     def offline(*args: object, **kwargs: object) -> None:
         raise OSError("no network")
 
-    monkeypatch.setattr(timm, "create_model", lambda *a, pretrained=False, **k: offline() if pretrained else None)
+    monkeypatch.setattr(
+        timm, "create_model", lambda *a, pretrained=False, **k: offline() if pretrained else None
+    )
     with pytest.raises(ModelError, match="--pretrained-file"):
         create_model("resnet10t", num_classes=3, pretrained="true")
 
@@ -55,7 +66,9 @@ def test_stage_one_freezes_all_but_the_head() -> None:
 
 def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
     model, _ = create_model("test_efficientnet", num_classes=2, pretrained="false")
-    save_checkpoint(tmp_path / "best.pt", model, {"model": "test_efficientnet", "classes": ["a", "b"]})
+    save_checkpoint(
+        tmp_path / "best.pt", model, {"model": "test_efficientnet", "classes": ["a", "b"]}
+    )
     again, meta = load_checkpoint(tmp_path / "best.pt", classes=["a", "b"])
     assert meta["classes"] == ["a", "b"]
     for (k, v), w in zip(model.state_dict().items(), again.state_dict().values(), strict=True):

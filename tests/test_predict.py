@@ -32,14 +32,20 @@ def test_predict_writes_the_sample_shape(trained: Path) -> None:
     probs = pd.read_csv(root / "runs" / "r" / "test_probs.csv")
     assert np.allclose(probs.iloc[:, 1:].sum(1), 1, atol=1e-4)
     side = json.loads((root / "submissions" / "r.json").read_text())
-    assert side["run"] == "r" and side["folds"] == ["fold0", "fold1"] and side == facts | {"file": side["file"]}
+    assert (
+        side["run"] == "r"
+        and side["folds"] == ["fold0", "fold1"]
+        and side == facts | {"file": side["file"]}
+    )
 
 
 def test_tta_averages_views(trained: Path) -> None:
     root = trained
     predict(root, load_config(root), **QUIET)  # type: ignore[arg-type]
     plain = pd.read_csv(root / "runs" / "r" / "test_probs.csv").iloc[:, 1:].to_numpy()
-    facts = predict(root, load_config(root), tta="hflip,vflip", out=root / "submissions" / "tta.csv", **QUIET)  # type: ignore[arg-type]
+    facts = predict(
+        root, load_config(root), tta="hflip,vflip", out=root / "submissions" / "tta.csv", **QUIET
+    )  # type: ignore[arg-type]
     tta = pd.read_csv(root / "runs" / "r" / "test_probs.csv").iloc[:, 1:].to_numpy()
     assert facts["tta"] == ["none", "HorizontalFlip", "VerticalFlip"]
     assert not np.allclose(plain, tta)
@@ -47,5 +53,5 @@ def test_tta_averages_views(trained: Path) -> None:
 
 def test_find_run(trained: Path) -> None:
     assert find_run(trained).name == "r"
-    with pytest.raises(DataError, match="no run 'nope'.*runs are: r"):
+    with pytest.raises(DataError, match=r"no run 'nope'.*runs are: r"):
         find_run(trained, "nope")

@@ -12,7 +12,9 @@ SAMPLE = pd.DataFrame({"Id": ["x", "y", "z"], "label": ["a", "a", "a"]})
 CLASSES = ["a", "b"]
 
 
-def sub(ids: list[str], labels: list[str], columns: tuple[str, str] = ("Id", "label")) -> pd.DataFrame:
+def sub(
+    ids: list[str], labels: list[str], columns: tuple[str, str] = ("Id", "label")
+) -> pd.DataFrame:
     return pd.DataFrame({columns[0]: ids, columns[1]: labels})
 
 
@@ -25,7 +27,9 @@ def test_built_submission_follows_the_sample() -> None:
 
 def test_probability_format_sample() -> None:
     sample = pd.DataFrame({"image": ["x", "y"], "b": ["0", "0"], "a": ["0", "0"]})
-    df = build_submission(["x", "y"], np.array([[0.9, 0.1], [0.2, 0.8]]), classes=CLASSES, sample=sample)
+    df = build_submission(
+        ["x", "y"], np.array([[0.9, 0.1], [0.2, 0.8]]), classes=CLASSES, sample=sample
+    )
     assert list(df.columns) == ["image", "b", "a"] and df["b"].tolist() == [0.1, 0.8]
     validate_submission(df, sample=sample, classes=CLASSES)
     df.loc[0, "a"] = 1.5
@@ -36,7 +40,10 @@ def test_probability_format_sample() -> None:
 @pytest.mark.parametrize(
     ("df", "match"),
     [
-        (sub(["x", "y", "z"], ["a", "b", "a"], ("id", "label")), "header is id,label, expected Id,label"),
+        (
+            sub(["x", "y", "z"], ["a", "b", "a"], ("id", "label")),
+            "header is id,label, expected Id,label",
+        ),
         (sub(["x", "y"], ["a", "b"]), "2 rows, expected 3"),
         (sub(["x", "y", "w"], ["a", "b", "a"]), "not in the sample submission, e.g. 'w'"),
         (sub(["x", "y", "y"], ["a", "b", "a"]), "duplicate Id 'y' at row 4"),
@@ -60,7 +67,13 @@ def test_validator_accepts_exactly_the_class_set(labels: list[str]) -> None:
 
 
 def test_local_score_splits_public_and_private(tmp_path: Path) -> None:
-    pd.DataFrame({"Id": ["x", "y", "z", "w"], "label": ["a", "b", "a", "b"], "Usage": ["Public", "Public", "Private", "Private"]}).to_csv(tmp_path / "s.csv", index=False)
+    pd.DataFrame(
+        {
+            "Id": ["x", "y", "z", "w"],
+            "label": ["a", "b", "a", "b"],
+            "Usage": ["Public", "Public", "Private", "Private"],
+        }
+    ).to_csv(tmp_path / "s.csv", index=False)
     scores = score_local(sub(["x", "y", "z", "w"], ["a", "b", "b", "b"]), tmp_path / "s.csv")
     assert scores["public"] == 1.0
     assert scores["private"] == pytest.approx(1 / 3)

@@ -33,7 +33,17 @@ def test_train_writes_every_artifact(workspace: Callable[..., Path]) -> None:
     assert "transform" in json.loads((run / "transforms.json").read_text())
     for k in (0, 1):
         metrics = pd.read_csv(run / f"fold{k}" / "metrics.csv")
-        assert list(metrics.columns) == ["epoch", "stage", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "valid_macro_f1", "seconds"]
+        assert list(metrics.columns) == [
+            "epoch",
+            "stage",
+            "lr",
+            "train_loss",
+            "train_acc",
+            "valid_loss",
+            "valid_acc",
+            "valid_macro_f1",
+            "seconds",
+        ]
         assert metrics["stage"].tolist() == [1, 2]
         assert (run / f"fold{k}" / "best.pt").exists()
     oof = pd.read_csv(run / "oof.csv")
@@ -44,7 +54,9 @@ def test_train_writes_every_artifact(workspace: Callable[..., Path]) -> None:
 def test_stage_one_leaves_the_backbone_untouched(workspace: Callable[..., Path]) -> None:
     root, cfg = with_folds(workspace(epochs=1, freeze_epochs=1, aug="none"))
     train(root, cfg, name="frozen", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
-    state = torch.load(root / "runs" / "frozen" / "fold0" / "best.pt", weights_only=True)["state_dict"]
+    state = torch.load(root / "runs" / "frozen" / "fold0" / "best.pt", weights_only=True)[
+        "state_dict"
+    ]
     seed_everything(cfg.seed + 0)  # type: ignore[attr-defined]
     init, _ = create_model("resnet10t", num_classes=3, pretrained="false")
     for name, value in init.state_dict().items():

@@ -37,5 +37,10 @@ def test_dataset_and_batch_normalisation() -> None:
     x, y = ds[1]
     assert x.dtype == torch.uint8 and y == 1
     batch = torch.stack([ds[i][0] for i in range(3)])
-    out = to_input(batch, mean=torch.tensor([0.5, 0.5, 0.5]), std=torch.tensor([0.5, 0.5, 0.5]), device=torch.device("cpu"))
+    out = to_input(
+        batch,
+        mean=torch.tensor([0.5, 0.5, 0.5]),
+        std=torch.tensor([0.5, 0.5, 0.5]),
+        device=torch.device("cpu"),
+    )
     assert out.shape == (3, 3, 4, 4) and torch.allclose(out, torch.ones_like(out))

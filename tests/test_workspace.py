@@ -10,10 +10,16 @@ from tests.conftest import make_imagefolder, make_kaggle
 
 
 def test_kaggle_layout_with_other_column_names(tmp_path: Path) -> None:
-    data = make_kaggle(tmp_path / "pokemon", id_column="image_id", label_column="primary_type", odd=True)
+    data = make_kaggle(
+        tmp_path / "pokemon", id_column="image_id", label_column="primary_type", odd=True
+    )
     values, text = init_workspace(tmp_path / "ws", data)
     assert values["id_column"] == "image_id" and values["label_column"] == "primary_type"
-    assert "layout: kaggle" in text and "train images: 30 in 3 classes" in text and "test images: 9" in text
+    assert (
+        "layout: kaggle" in text
+        and "train images: 30 in 3 classes" in text
+        and "test images: 9" in text
+    )
     assert "modes:" in text and "RGBA" in text and "P " in text
     cfg = load_config(tmp_path / "ws")
     comp = load_competition(tmp_path / "ws", cfg)
@@ -25,7 +31,7 @@ def test_kaggle_layout_with_other_column_names(tmp_path: Path) -> None:
 
 
 def test_imagefolder_without_test_set_gets_a_holdout(tmp_path: Path, imagefolder: Path) -> None:
-    values, text = init_workspace(tmp_path / "ws", imagefolder, holdout=0.25)
+    _, text = init_workspace(tmp_path / "ws", imagefolder, holdout=0.25)
     assert "layout: imagefolder" in text and "held back" in text
     ws = tmp_path / "ws"
     train = pd.read_csv(ws / "train_labels.csv")
