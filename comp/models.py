@@ -10,9 +10,11 @@ them back.
 from __future__ import annotations
 
 import logging
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -62,6 +64,17 @@ def create_model(
     if pretrained == "false":
         return timm.create_model(name, pretrained=False, num_classes=num_classes), "random"
     try:
+        if not _hub_reachable():
+            # Offline (a Kaggle notebook without internet): the local caches or nothing,
+            # without waiting through the hub client's retries.
+            cached = cached_weights(name)
+            if cached is None:
+                raise OSError(
+                    "the model hub cannot be reached and the weights are not in the local cache"
+                )
+            return create_model(name, num_classes=num_classes, pretrained_file=cached)[
+                0
+            ], f"cache:{cached}"
         return timm.create_model(name, pretrained=True, num_classes=num_classes), "timm"
     except Exception as e:  # the hub raises many kinds of network and lookup errors
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -76,6 +89,41 @@ def create_model(
             stacklevel=2,
         )
         return timm.create_model(name, pretrained=False, num_classes=num_classes), "random"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def cached_weights(name: str) -> str | None:
+    """Pretrained weights of ``name`` already in the Hugging Face or torch hub cache, if any."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name) or {}
+    if not isinstance(cfg, dict):
+        cfg = cfg.to_dict()
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        repo, _, revision = hub_id.partition("@")
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(found, str):
+                return found
+    url = cfg.get("url")
+    if url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+        if path.is_file():
+            return str(path)
+    return None
 
 
 def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:

@@ -14,6 +14,7 @@ images. Writes one run folder, ``runs/<name>/``:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -146,6 +147,12 @@ def train(
                 f"{run_dir}: this run was trained with another config; pick a new --name"
             )
     transform = create_transform(cfg.aug, img_size=cfg.img_size)
+    if cfg.pretrained == "auto" and cfg.pretrained_file is None:
+        # Find out once, not once per fold, whether pretrained weights can be had.
+        _, source = create_model(cfg.model, num_classes=len(classes), pretrained="auto")
+        if source == "random":
+            cfg = dataclasses.replace(cfg, pretrained="false")
+        echo(f"weights: {source}")
     io.write_yaml(run_dir / "config.yaml", resolved)
     io.write_json(run_dir / "classes.json", classes)
     io.write_json(run_dir / "transforms.json", A.to_dict(transform))

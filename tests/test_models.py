@@ -80,3 +80,23 @@ def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(ModelError, match="not a comp checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_offline_auto_uses_cached_hub_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import comp.models as models
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    with pytest.warns(UserWarning, match="training from random init"):
+        _, source = create_model("resnet10t", num_classes=3, pretrained="auto")
+    assert source == "random"
+    # The file name timm's pretrained_cfg url points at, as a previous online run would have cached it.
+    url = timm.models.get_pretrained_cfg("resnet10t").url  # type: ignore[union-attr]
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    donor = timm.create_model("resnet10t")
+    torch.save(donor.state_dict(), tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1])
+    model, source = create_model("resnet10t", num_classes=3, pretrained="auto")
+    assert source.startswith("cache:")
+    assert torch.equal(model.conv1[0].weight, donor.conv1[0].weight)
