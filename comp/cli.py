@@ -414,5 +414,13 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    return f"warning: {message}\n"
+
+
 def main() -> None:
+    import warnings
+
+    # Warnings are for the person at the terminal: one line, no source excerpt.
+    warnings.formatwarning = _one_line_warning
     cli(prog_name="comp")

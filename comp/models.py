@@ -108,9 +108,8 @@ def cached_weights(name: str) -> str | None:
     """Pretrained weights of ``name`` already in the Hugging Face or torch hub cache, if any."""
     from huggingface_hub import try_to_load_from_cache
 
-    cfg = timm.models.get_pretrained_cfg(name) or {}
-    if not isinstance(cfg, dict):
-        cfg = cfg.to_dict()
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    cfg: dict[str, Any] = pretrained_cfg.to_dict() if pretrained_cfg is not None else {}
     hub_id = cfg.get("hf_hub_id")
     if hub_id:
         repo, _, revision = hub_id.partition("@")
