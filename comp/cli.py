@@ -414,7 +414,9 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any
+) -> str:
     return f"warning: {message}\n"
 
 

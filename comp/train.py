@@ -10,6 +10,7 @@ images. Writes one run folder, ``runs/<name>/``:
 - ``fold{k}/metrics.csv``  one row per epoch: loss, accuracy, macro-F1, lr, seconds
 - ``fold{k}/oof.csv``  fold k's validation probabilities at its best epoch
 - ``oof.csv``, ``cv.json``  all folds' out-of-fold probabilities and the CV score
+- ``curves.png``       loss, accuracy and macro-F1 per epoch and fold
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from comp.models import (
     set_backbone_frozen,
     set_train_mode,
 )
+from comp.plots import plot_curves
 from comp.transforms import ImageDataset, create_transform, to_input
 
 Echo = Callable[[str], None]
@@ -220,6 +222,7 @@ def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, A
     }
     io.write_csv(run_dir / "oof.csv", oof)
     io.write_json(run_dir / "cv.json", summary)
+    plot_curves(run_dir)
     return summary
 
 

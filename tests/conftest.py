@@ -119,13 +119,15 @@ TINY = {
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, kaggle_comp: Path) -> Callable[..., Path]:
-    """A workspace around ``kaggle_comp``, made by ``comp init``, with tiny-model overrides."""
+def workspace(tmp_path: Path) -> Callable[..., Path]:
+    """A workspace made by ``comp init`` around a competition of odd image modes, sizes and
+    extensions, with tiny-model overrides."""
+    odd_comp = make_kaggle(tmp_path / "odd", odd=True)
     from comp.workspace import init_workspace
 
     def make(**overrides: object) -> Path:
         root = tmp_path / "ws"
-        init_workspace(root, kaggle_comp, overrides={**TINY, **overrides}, force=True)
+        init_workspace(root, odd_comp, overrides={**TINY, **overrides}, force=True)
         return root
 
     return make

@@ -31,6 +31,7 @@ def test_train_writes_every_artifact(workspace: Callable[..., Path]) -> None:
     assert yaml.safe_load((run / "config.yaml").read_text())["model"] == "resnet10t"
     assert json.loads((run / "classes.json").read_text()) == ["circle", "square", "triangle"]
     assert "transform" in json.loads((run / "transforms.json").read_text())
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for k in (0, 1):
         metrics = pd.read_csv(run / f"fold{k}" / "metrics.csv")
         assert list(metrics.columns) == [

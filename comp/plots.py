@@ -1,0 +1,63 @@
+"""Pictures of a run, for where people would rather look than read.
+
+Reads ``runs/<name>/fold*/metrics.csv``. Writes ``runs/<name>/curves.png``:
+loss, accuracy and macro-F1 per epoch, train against validation, one line per fold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from comp import io
+
+
+def plot_curves(run_dir: Path) -> Path | None:
+    """Training curves of every trained fold; None when no fold has metrics yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folds = sorted(run_dir.glob("fold*/metrics.csv"))
+    if not folds:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    panels = [
+        ("loss", "train_loss", "valid_loss"),
+        ("accuracy", "train_acc", "valid_acc"),
+        ("macro-F1", None, "valid_macro_f1"),
+    ]
+    two_stages = False
+    for i, path in enumerate(folds):
+        m = pd.read_csv(path)
+        colour = f"C{i}"
+        for ax, (title, train_col, valid_col) in zip(axes, panels, strict=True):
+            if train_col:
+                ax.plot(m["epoch"], m[train_col], color=colour, linestyle="--", alpha=0.6)
+            ax.plot(
+                m["epoch"],
+                m[valid_col],
+                color=colour,
+                marker="o",
+                markersize=3,
+                label=path.parent.name if valid_col == "valid_macro_f1" else None,
+            )
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+        unfrozen = m.loc[m["stage"] == 2, "epoch"]
+        if i == 0 and len(unfrozen) and (m["stage"] == 1).any():
+            two_stages = True
+            for ax in axes:
+                ax.axvline(unfrozen.iloc[0] - 0.5, color="grey", linewidth=0.8, linestyle=":")
+    axes[2].legend(title="validation", fontsize=8)
+    axes[0].plot([], [], color="black", linestyle="--", label="train")
+    axes[0].plot([], [], color="black", marker="o", label="validation")
+    axes[0].legend(fontsize=8)
+    note = " (dotted line: backbone unfrozen)" if two_stages else ""
+    fig.suptitle(f"{run_dir.name}: training curves{note}")
+    out = run_dir / "curves.png"
+    io.write_with(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return out
