@@ -32,6 +32,7 @@ import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from sklearn.metrics import accuracy_score, f1_score
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -41,7 +42,7 @@ from tqdm.auto import tqdm
 
 from comp import io
 from comp.config import Config, ConfigError, to_dict
-from comp.data import DataError, load_competition, load_images
+from comp.data import DataError, load_competition, load_images, resolve
 from comp.folds import folds_path, read_folds
 from comp.models import (
     create_model,
@@ -141,15 +142,14 @@ def train(
 
     run_dir = root / "runs" / (name or run_name(cfg))
     resolved = to_dict(cfg)
-    if (run_dir / "config.yaml").exists():
-        import yaml
-
-        if yaml.safe_load((run_dir / "config.yaml").read_text()) != resolved:
-            raise ConfigError(
-                f"{run_dir}: this run was trained with another config; pick a new --name"
-            )
+    saved = run_dir / "config.yaml"
+    if saved.exists() and yaml.safe_load(saved.read_text()) != resolved:
+        raise ConfigError(f"{run_dir}: this run was trained with another config; pick a new --name")
     transform = create_transform(cfg.aug, img_size=cfg.img_size)
-    if cfg.pretrained == "auto" and cfg.pretrained_file is None:
+    if cfg.pretrained_file is not None:
+        # Like every path in comp.yaml, relative to the workspace, not to where comp runs.
+        cfg = dataclasses.replace(cfg, pretrained_file=str(resolve(root, cfg.pretrained_file)))
+    elif cfg.pretrained == "auto":
         # Find out once, not once per fold, whether pretrained weights can be had.
         _, source = create_model(cfg.model, num_classes=len(classes), pretrained="auto")
         if source == "random":

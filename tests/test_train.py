@@ -87,3 +87,22 @@ def test_training_is_reproducible(workspace: Callable[..., Path]) -> None:
     oa, ob = (pd.read_csv(root / "runs" / n / "oof.csv") for n in "ab")
     assert a["cv_macro_f1"] == b["cv_macro_f1"]
     assert np.allclose(oa.iloc[:, 3:].to_numpy(), ob.iloc[:, 3:].to_numpy(), atol=1e-5)
+
+
+def test_pretrained_file_is_relative_to_the_workspace(
+    workspace: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import timm
+
+    root = workspace(epochs=1, freeze_epochs=1)
+    (root / "weights").mkdir()
+    torch.manual_seed(1)
+    donor = timm.create_model("resnet10t")
+    torch.save(donor.state_dict(), root / "weights" / "r10.pth")
+    root, cfg = with_folds(root, pretrained_file="weights/r10.pth")
+    monkeypatch.chdir(tmp_path)
+    train(root, cfg, name="w", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
+    ckpt = torch.load(root / "runs" / "w" / "fold0" / "best.pt", weights_only=True)
+    assert ckpt["meta"]["pretrained"].startswith("file:")
+    # Stage 1 only: the backbone is still exactly the donor's.
+    assert torch.equal(ckpt["state_dict"]["conv1.0.weight"], donor.state_dict()["conv1.0.weight"])
