@@ -281,7 +281,13 @@ def train(ctx: click.Context, fold_ids: tuple[int, ...], name: str | None, **kwa
 @cli.command()
 @click.argument("run", required=False)
 @config_flags("tta", "device")
-@click.option("--batch-size", default=256, show_default=True, help="Inference batch size.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Inference batch size.",
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),

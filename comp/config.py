@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -24,6 +25,7 @@ import yaml
 from comp import io
 
 CONFIG_FILE = "comp.yaml"
+AUG_PRESETS = ("none", "shift", "light", "medium", "heavy")
 
 
 class ConfigError(ValueError):
@@ -144,7 +146,19 @@ def validate(cfg: Config) -> Config:
         (cfg.n_splits >= 2, "n_splits must be at least 2"),
         (cfg.img_size >= 8, "img_size must be at least 8"),
         (cfg.epochs >= 1, "epochs must be at least 1"),
-        (0 <= cfg.freeze_epochs <= cfg.epochs, "freeze_epochs must be between 0 and epochs"),
+        (
+            0 <= cfg.freeze_epochs <= cfg.epochs,
+            f"freeze_epochs ({cfg.freeze_epochs}) must be between 0 and epochs ({cfg.epochs}); "
+            "e.g. --freeze-epochs 0",
+        ),
+        (
+            cfg.aug in AUG_PRESETS,
+            f"aug '{cfg.aug}' is not a preset: {', '.join(AUG_PRESETS)}{suggest(cfg.aug, list(AUG_PRESETS))}",
+        ),
+        (
+            re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None,
+            f"device '{cfg.device}' must be auto, cpu, mps, cuda or cuda:N",
+        ),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.lr1 > 0 and cfg.lr2 > 0, "lr1 and lr2 must be positive"),
         (cfg.patience >= 1, "patience must be at least 1"),
@@ -169,7 +183,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(
+            f"{path}: not valid YAML{line} ({getattr(e, 'problem', None) or 'syntax error'})"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -232,7 +250,4 @@ def find_workspace(start: Path | None = None) -> Path:
 def load_config(root: Path, overrides: dict[str, Any] | None = None) -> Config:
     values = read_config_file(root / CONFIG_FILE)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return make_config(values)
-    except ConfigError as e:
-        raise ConfigError(f"{root / CONFIG_FILE}: {e}") from None
+    return make_config(values)

@@ -7,6 +7,7 @@ config, so changing n_splits or seed never mixes two splits.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,18 +45,30 @@ def fold_counts(folds: pd.DataFrame) -> pd.DataFrame:
     return pd.crosstab(folds["label"], folds["fold"], margins=True, margins_name="total")
 
 
+def _params(path: Path) -> tuple[str, str]:
+    m = re.fullmatch(r"folds_k(\d+)_seed(-?\d+)\.csv", path.name)
+    return (m.group(1), m.group(2)) if m else ("N", "S")
+
+
 def write_folds(path: Path, folds: pd.DataFrame) -> None:
     io.write_csv(path, folds)
 
 
 def read_folds(path: Path, *, labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    n_splits, seed = _params(path)
     """Read a folds file, checking that it still matches the labels table."""
     if not path.exists():
-        raise DataError(f"{path}: no folds file for this config; run `comp folds` first")
+        raise DataError(
+            f"{path}: no folds file for this config; run `comp folds --n-splits {n_splits} --seed {seed}` first"
+        )
     df = read_csv(path)
     if list(df.columns[:3]) != ["Id", "label", "fold"]:
         raise DataError(f"{path}: expected columns Id,label,fold")
-    df["fold"] = df["fold"].astype(int)
+    folds = pd.to_numeric(df["fold"], errors="coerce")
+    if folds.isna().any() or (folds % 1 != 0).any():
+        row = int(np.flatnonzero(folds.isna() | (folds % 1 != 0))[0]) + 2
+        raise DataError(f"{path}: row {row} has a fold that is not a whole number")
+    df["fold"] = folds.astype(int)
     if labels is not None:
         merged = labels.merge(df, on="Id", how="outer", suffixes=("", "_folds"), indicator=True)
         if (merged["_merge"] != "both").any() or (merged["label"] != merged["label_folds"]).any():

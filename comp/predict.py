@@ -63,7 +63,10 @@ def predict(
     run_dir = find_run(root, run)
     trained = run_config(run_dir)
     classes = json.loads((run_dir / "classes.json").read_text())
-    checkpoints = sorted(run_dir.glob("fold*/best.pt"))
+    # A fold counts once it has finished (its oof.csv is written last), not while it trains.
+    checkpoints = sorted(
+        p for p in run_dir.glob("fold*/best.pt") if (p.parent / "oof.csv").exists()
+    )
     if not checkpoints:
         raise DataError(f"{run_dir}: no fold checkpoints (fold*/best.pt)")
     comp = load_competition(root, cfg)

@@ -34,15 +34,15 @@ import pandas as pd
 import torch
 import yaml
 from sklearn.metrics import accuracy_score, f1_score
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from comp import io
-from comp.config import Config, ConfigError, to_dict
-from comp.data import DataError, load_competition, load_images, resolve
+from comp.config import Config, ConfigError, suggest, to_dict
+from comp.data import DataError, load_competition, load_images, read_csv, resolve
 from comp.folds import folds_path, read_folds
 from comp.models import (
     create_model,
@@ -139,6 +139,11 @@ def train(
         if k not in all_folds:
             raise ConfigError(f"--fold {k}: folds are {all_folds[0]}..{all_folds[-1]}")
     device = pick_device(cfg.device)
+    optimizers = [str(o) for o in list_optimizers()]
+    if cfg.optimizer.lower() not in optimizers:
+        raise ConfigError(
+            f"optimizer '{cfg.optimizer}' is not a timm optimizer{suggest(cfg.optimizer, optimizers)}"
+        )
 
     run_dir = root / "runs" / (name or run_name(cfg))
     resolved = to_dict(cfg)
@@ -198,7 +203,9 @@ def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, A
     for k in range(n_folds):
         path = run_dir / f"fold{k}" / "oof.csv"
         if path.exists():
-            parts.append(pd.read_csv(path, dtype={"Id": str, "label": str}))
+            # As text, so labels and Ids such as "NA" or "None" stay what they are.
+            part = read_csv(path)
+            parts.append(part.astype(dict.fromkeys(classes, np.float64)).astype({"fold": int}))
     if not parts:
         raise DataError(f"{run_dir}: no trained folds")
     oof = pd.concat(parts, ignore_index=True)

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from comp.config import suggest
+from comp.config import AUG_PRESETS, ConfigError, suggest
 
-PRESETS = ("none", "shift", "light", "medium", "heavy")
+PRESETS = AUG_PRESETS
 
 
 def _affine(strength: float) -> A.BasicTransform:
@@ -36,7 +36,7 @@ def create_transform(preset: str, *, img_size: int) -> A.Compose:
     ``shift`` has no flips, for data whose orientation carries meaning (digits, text).
     """
     if preset not in PRESETS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown augmentation preset '{preset}'{suggest(preset, list(PRESETS))}; choose from {', '.join(PRESETS)}"
         )
     hole = max(1, img_size // 8)
@@ -90,9 +90,12 @@ def tta_views(spec: str) -> list[A.Compose | None]:
         if name in TTA_VIEWS:
             views.append(A.Compose([TTA_VIEWS[name]()]))
         elif isinstance(getattr(A, name, None), type):
-            views.append(A.Compose([getattr(A, name)(p=1.0)]))
+            try:
+                views.append(A.Compose([getattr(A, name)(p=1.0)]))
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"TTA view '{name}' cannot run without arguments ({e})") from None
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown TTA view '{name}'{suggest(name, list(TTA_VIEWS))}; use none, "
                 f"{', '.join(TTA_VIEWS)} or an albumentations transform name"
             )

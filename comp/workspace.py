@@ -16,7 +16,6 @@ loop, local scoring included, runs on it.
 
 from __future__ import annotations
 
-import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from sklearn.model_selection import train_test_split
 
 from comp import io
 from comp.config import CONFIG_FILE, make_config, write_workspace_config
-from comp.data import IMAGE_EXTS, DataError, index_images, natural_key, read_csv
+from comp.data import IMAGE_EXTS, DataError, index_images, natural_key, read_csv, read_labels
 from comp.demo import WORKSPACE_DIRS
 
 ID_NAMES = (
@@ -75,17 +74,47 @@ class Detected:
     test_count: int = 0
 
 
+def _visible(p: Path) -> bool:
+    # Archives made on macOS carry __MACOSX/ folders and ._ resource files.
+    return not p.name.startswith(".") and p.name != "__MACOSX"
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTS and _visible(p)
+
+
 def _has_images(folder: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_EXTS for p in folder.iterdir() if p.is_file())
+    return any(_is_image(p) for p in folder.iterdir())
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and _visible(p)),
+        key=lambda p: natural_key(p.name),
+    )
 
 
 def _class_dirs(folder: Path) -> list[Path]:
     """Subfolders that hold images directly: the classes of an ImageFolder tree."""
-    subs = sorted(
-        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
-        key=lambda p: natural_key(p.name),
+    return [p for p in _subdirs(folder) if _has_images(p)]
+
+
+def _unwrap(folder: Path) -> Path:
+    """Step through single wrapper folders (train/train/, raw-img/) that archives often add."""
+    while not _has_images(folder) and len(_subdirs(folder)) == 1:
+        folder = _subdirs(folder)[0]
+    return folder
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(
+        (
+            p
+            for p in folder.rglob("*")
+            if _is_image(p) and all(_visible(q) for q in p.relative_to(folder).parents)
+        ),
+        key=lambda p: natural_key(p.as_posix()),
     )
-    return [p for p in subs if _has_images(p)]
 
 
 def _where(path: Path, root: Path) -> str:
@@ -99,40 +128,78 @@ def _pick(columns: list[str], names: tuple[str, ...]) -> str | None:
     return next((lower[n] for n in names if n in lower), None)
 
 
-def detect_kaggle(data: Path, root: Path) -> Detected | None:
+def _id_matches(table: pd.DataFrame, index: dict[str, Path]) -> dict[str, float]:
+    return {c: float(table[c].astype(str).str.strip().isin(index).mean()) for c in table.columns}
+
+
+def detect_kaggle(data: Path, root: Path, *, columns: dict[str, str]) -> Detected | None:
     csvs = sorted(data.glob("*.csv"))
     sample = next((p for p in csvs if "sample" in p.name.lower()), None)
     solution = next((p for p in csvs if p.name.lower().startswith("solution")), None)
     label_csvs = [p for p in csvs if p not in (sample, solution) and "test" not in p.name.lower()]
-    image_dirs = [
-        p for p in sorted(data.iterdir()) if p.is_dir() and (_has_images(p) or _class_dirs(p))
-    ]
-    train_dir = next((p for p in image_dirs if "train" in p.name.lower()), None)
-    test_dir = next((p for p in image_dirs if "test" in p.name.lower()), None)
-    if (
-        not label_csvs
-        or train_dir is None
-        or (_class_dirs(train_dir) and not _has_images(train_dir))
-    ):
+    image_dirs = [(p, _unwrap(p)) for p in _subdirs(data)]
+    image_dirs = [(p, u) for p, u in image_dirs if _has_images(u)]
+    train_dir = next((u for p, u in image_dirs if "train" in p.name.lower()), None)
+    test_dir = next((u for p, u in image_dirs if "test" in p.name.lower()), None)
+    if train_dir is None:
+        # A single image folder is the training set, whatever its name (images/images/).
+        candidates = [u for p, u in image_dirs if "test" not in p.name.lower()]
+        train_dir = candidates[0] if len(candidates) == 1 else None
+    if not label_csvs or train_dir is None:
         return None
-    label_csvs.sort(
-        key=lambda p: ("train" not in p.name.lower() and "label" not in p.name.lower(), p.name)
-    )
-    train_csv = label_csvs[0]
-    table = read_csv(train_csv)
-    if table.shape[1] < 2:
-        raise DataError(f"{train_csv}: needs an Id column and a label column")
     index = index_images(train_dir)
-    # The Id column is the one whose values name the training images.
-    matches = {c: table[c].astype(str).str.strip().isin(index).mean() for c in table.columns}
-    id_col = max(matches, key=lambda c: (matches[c], c == _pick(list(table.columns), ID_NAMES)))
-    if matches[id_col] < 0.5:
-        raise DataError(
-            f"{train_csv}: no column names the images in {train_dir} "
-            f"(best: '{id_col}' matches {matches[id_col]:.0%}); set id_column and train_dir in comp.yaml"
+    # The labels table is the CSV, and its Id column the one, whose values name the training images.
+    best: tuple[float, int, Path, str] | None = None
+    for path in label_csvs:
+        table = read_csv(path)
+        if table.shape[1] < 2:
+            continue
+        matches = _id_matches(table, index)
+        id_col = columns.get("id_column") or max(
+            matches, key=lambda c: (matches[c], c == _pick(list(table.columns), ID_NAMES))
         )
-    others = [c for c in table.columns if c != id_col]
-    label_col = _pick(others, LABEL_NAMES) or min(others, key=lambda c: table[c].nunique())
+        if id_col in matches and (best is None or (matches[id_col], len(table)) > best[:2]):
+            best = (matches[id_col], len(table), path, id_col)
+    if best is None or best[0] < 0.5:
+        where = (
+            f"best: '{best[3]}' of {best[2].name} matches {best[0]:.0%}"
+            if best
+            else "no CSV with two columns"
+        )
+        raise DataError(
+            f"{data}: no labels CSV names the images in {train_dir} ({where}); pass --set id_column=NAME"
+        )
+    _, _, train_csv, id_col = best
+    table = read_csv(train_csv)
+    label_col = columns.get("label_column")
+    guessed: list[str] = []
+    if label_col is None:
+        others = [c for c in table.columns if c != id_col]
+        label_col = _pick(others, LABEL_NAMES)
+        if label_col is None:
+            # A label has a few repeated words: not an Id-like code, a number or a constant.
+            guessed = [
+                c
+                for c in others
+                if 2 <= table[c].nunique() <= len(table) / 2
+                and not table[c].astype(str).str.contains(r"\d").mean() > 0.5
+            ]
+            guessed = guessed or [c for c in others if table[c].nunique() >= 2]
+            if not guessed:
+                raise DataError(
+                    f"{train_csv}: no column besides '{id_col}' has two or more values to learn"
+                )
+            label_col = guessed[0]
+    labels = read_labels(train_csv, id_column=id_col, label_column=label_col)
+    if labels["label"].nunique() < 2:
+        raise DataError(
+            f"{train_csv}: label column '{label_col}' has a single value; pass --set label_column=NAME"
+        )
+    missing = labels.loc[~labels["Id"].isin(index), "Id"]
+    if len(missing):
+        raise DataError(
+            f"{train_csv}: {len(missing)} of {len(labels)} Ids have no image in {train_dir}, e.g. '{missing.iloc[0]}'"
+        )
     values: dict[str, Any] = {
         "train_csv": _where(train_csv, root),
         "id_column": id_col,
@@ -142,41 +209,45 @@ def detect_kaggle(data: Path, root: Path) -> Detected | None:
         "sample_submission": _where(sample, root) if sample else None,
         "solution": _where(solution, root) if solution else None,
     }
-    ids = table[id_col].astype(str).str.strip()
-    files = [index[i] for i in ids if i in index]
-    det = Detected("kaggle", values, train_files=files, labels=list(table[label_col].astype(str)))
-    if matches[id_col] < 1:
+    det = Detected(
+        "kaggle", values, train_files=[index[i] for i in labels["Id"]], labels=list(labels["label"])
+    )
+    if len(guessed) > 1:
         det.notes.append(
-            f"{(1 - matches[id_col]):.1%} of Ids in {train_csv.name} have no image in {train_dir.name}/"
+            f"label column '{label_col}' is a guess among {', '.join(guessed)}; change it with --set label_column=NAME"
         )
     if sample is not None:
-        det.test_count = len(read_csv(sample))
+        test_ids = read_csv(sample).iloc[:, 0].astype(str)
+        det.test_count = len(test_ids)
+        if test_dir is not None:
+            test_index = index_images(test_dir)
+            absent = test_ids[~test_ids.isin(test_index)]
+            if len(absent):
+                raise DataError(
+                    f"{sample}: {len(absent)} of {len(test_ids)} Ids have no image in {test_dir}, e.g. '{absent.iloc[0]}'"
+                )
     elif test_dir is not None:
-        det.test_count = sum(
-            1 for k in index_images(test_dir) if os.path.splitext(k)[1].lower() in IMAGE_EXTS
-        )
+        det.test_count = len(_images_under(test_dir))
     return det
 
 
 def detect_imagefolder(data: Path, root: Path, *, holdout: float, seed: int) -> Detected | None:
-    base = data
-    # Archives often unpack into one wrapper folder (Animals-10's raw-img/).
-    while not _class_dirs(base) and not (base / "train").is_dir():
-        subs = [p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        if len(subs) != 1:
-            return None
-        base = subs[0]
-    train_root = (
-        base / "train" if (base / "train").is_dir() and _class_dirs(base / "train") else base
-    )
+    base = _unwrap(data)
+    train_root = _unwrap(base / "train") if (base / "train").is_dir() else base
     classes = _class_dirs(train_root)
     if len(classes) < 2:
         return None
-    rows = []
+    rows: list[tuple[str, str, Path]] = []
+    seen: dict[str, Path] = {}
     for cls in classes:
-        for p in sorted(cls.rglob("*"), key=lambda p: natural_key(p.name)):
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."):
-                rows.append((p.relative_to(train_root).with_suffix("").as_posix(), cls.name, p))
+        for p in _images_under(cls):
+            ident = p.relative_to(train_root).with_suffix("").as_posix()
+            if ident in seen:
+                raise DataError(
+                    f"{p} and {seen[ident]} would share the Id '{ident}'; rename one of them"
+                )
+            seen[ident] = p
+            rows.append((ident, cls.name, p))
     labels = pd.DataFrame([(i, c) for i, c, _ in rows], columns=["Id", "label"])
     values: dict[str, Any] = {
         "train_csv": "train_labels.csv",
@@ -185,15 +256,15 @@ def detect_imagefolder(data: Path, root: Path, *, holdout: float, seed: int) -> 
     }
     det = Detected("imagefolder", values)
 
-    test_root = base / "test" if train_root != base and (base / "test").is_dir() else None
-    if test_root is not None and _class_dirs(test_root):
+    test_root = _unwrap(base / "test") if train_root != base and (base / "test").is_dir() else None
+    test_classes = _class_dirs(test_root) if test_root is not None else []
+    if test_root is not None and {c.name for c in test_classes} & {c.name for c in classes}:
         # A labelled test split: score it locally, as a private leaderboard would.
         test = pd.DataFrame(
             [
                 (p.relative_to(test_root).with_suffix("").as_posix(), c.name)
-                for c in _class_dirs(test_root)
-                for p in sorted(c.iterdir())
-                if p.suffix.lower() in IMAGE_EXTS
+                for c in test_classes
+                for p in _images_under(c)
             ],
             columns=["Id", "label"],
         )
@@ -202,29 +273,28 @@ def detect_imagefolder(data: Path, root: Path, *, holdout: float, seed: int) -> 
         det.notes.append(
             f"test/ has class folders: {len(test)} labelled test images used for local scoring"
         )
-    elif test_root is not None and _has_images(test_root):
-        test = pd.DataFrame(
-            {
-                "Id": sorted(
-                    (
-                        k
-                        for k in index_images(test_root)
-                        if os.path.splitext(k)[1].lower() not in IMAGE_EXTS
-                    ),
-                    key=natural_key,
-                )
-            }
-        )
-        test["label"] = labels["label"].iloc[0]
+    elif test_root is not None and _images_under(test_root):
+        # Unlabelled test images (flat, or in a dummy folder such as test/unknown/).
+        ids = [
+            p.relative_to(test_root).with_suffix("").as_posix() for p in _images_under(test_root)
+        ]
+        test = pd.DataFrame({"Id": ids, "label": labels["label"].iloc[0]})
         values.update(test_dir=_where(test_root, root), solution=None)
         det.tables["sample_submission.csv"] = test
     else:
         # No test set: hold a stratified part of the labelled images back as one.
         counts = labels["label"].value_counts()
         can_split = labels["label"].map(counts) >= 2
+        n_classes = int((counts >= 2).sum())
+        n_held = int(np.ceil(holdout * int(can_split.sum())))
+        if n_classes == 0 or n_held < n_classes or int(can_split.sum()) - n_held < n_classes:
+            raise DataError(
+                f"{data}: no test set, and a {holdout:.0%} hold-out of {int(can_split.sum())} images cannot "
+                f"hold back every one of {n_classes} classes; add a test/ folder or change --holdout"
+            )
         keep, held = train_test_split(
             labels[can_split],
-            test_size=holdout,
+            test_size=n_held,
             stratify=labels.loc[can_split, "label"],
             random_state=seed,
         )
@@ -240,8 +310,7 @@ def detect_imagefolder(data: Path, root: Path, *, holdout: float, seed: int) -> 
         sample["label"] = labels["label"].iloc[0]
         det.tables["sample_submission.csv"] = sample
     det.tables["train_labels.csv"] = labels.reset_index(drop=True)
-    path_of = {i: p for i, _, p in rows}
-    det.train_files = [path_of[i] for i in labels["Id"]]
+    det.train_files = [seen[i] for i in labels["Id"]]
     det.labels = list(labels["label"])
     det.test_count = len(det.tables["sample_submission.csv"])
     return det
@@ -298,7 +367,12 @@ def init_workspace(
     if not 0 < holdout < 1:
         raise DataError(f"--holdout must be between 0 and 1, got {holdout}")
     root.mkdir(parents=True, exist_ok=True)
-    det = detect_kaggle(data, root) or detect_imagefolder(data, root, holdout=holdout, seed=seed)
+    columns = {
+        k: str(v) for k, v in (overrides or {}).items() if k in ("id_column", "label_column")
+    }
+    det = detect_kaggle(data, root, columns=columns) or detect_imagefolder(
+        data, root, holdout=holdout, seed=seed
+    )
     if det is None:
         raise DataError(
             f"{data}: neither a Kaggle layout (labels CSV + train/ folder) nor an ImageFolder tree "

@@ -48,8 +48,14 @@ def test_unknown_key_suggests_the_right_name() -> None:
 def test_bad_values_are_refused() -> None:
     with pytest.raises(ConfigError, match="'epochs' needs a int"):
         coerce("epochs", "many")
-    with pytest.raises(ConfigError, match="freeze_epochs must be between"):
+    with pytest.raises(
+        ConfigError, match=r"freeze_epochs \(5\) must be between 0 and epochs \(3\)"
+    ):
         make_config({"epochs": 3, "freeze_epochs": 5})
+    with pytest.raises(ConfigError, match=r"aug 'lite' is not a preset.*did you mean 'light'"):
+        make_config({"aug": "lite"})
+    with pytest.raises(ConfigError, match="device 'gpu' must be"):
+        make_config({"device": "gpu"})
     with pytest.raises(ConfigError, match="--set expects key=value"):
         parse_sets(["epochs"])
 
@@ -72,7 +78,7 @@ def test_overrides_beat_the_file_and_typos_in_the_file_are_named(tmp_path: Path)
     ):
         load_config(tmp_path)
     (tmp_path / CONFIG_FILE).write_text("epochs: [\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML at line 2"):
         load_config(tmp_path)
 
 

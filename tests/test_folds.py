@@ -38,5 +38,8 @@ def test_folds_file_round_trip_and_staleness(tmp_path: Path) -> None:
     changed.loc[0, "label"] = "b"
     with pytest.raises(DataError, match="no longer match"):
         read_folds(path, labels=changed)
-    with pytest.raises(DataError, match="run `comp folds` first"):
-        read_folds(tmp_path / "missing.csv")
+    with pytest.raises(DataError, match=r"run `comp folds --n-splits 3 --seed 7` first"):
+        read_folds(tmp_path / "folds_k3_seed7.csv")
+    (tmp_path / "bad.csv").write_text("Id,label,fold\na,a,0\nb,b,x\n")
+    with pytest.raises(DataError, match="row 3 has a fold that is not a whole number"):
+        read_folds(tmp_path / "bad.csv")

@@ -106,3 +106,22 @@ def test_pretrained_file_is_relative_to_the_workspace(
     assert ckpt["meta"]["pretrained"].startswith("file:")
     # Stage 1 only: the backbone is still exactly the donor's.
     assert torch.equal(ckpt["state_dict"]["conv1.0.weight"], donor.state_dict()["conv1.0.weight"])
+
+
+def test_labels_that_look_like_missing_values_survive(tmp_path: Path) -> None:
+    from comp.train import summarise
+
+    classes = ["NA", "None"]
+    fold = tmp_path / "fold0"
+    fold.mkdir()
+    pd.DataFrame(
+        {
+            "Id": ["NA", "b"],
+            "label": ["NA", "None"],
+            "fold": [0, 0],
+            "NA": [0.9, 0.2],
+            "None": [0.1, 0.8],
+        }
+    ).to_csv(fold / "oof.csv", index=False)
+    summary = summarise(tmp_path, classes=classes, n_folds=1)
+    assert summary["cv_macro_f1"] == 1.0 and summary["complete"]

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from comp.config import ConfigError
 from comp.transforms import PRESETS, ImageDataset, create_transform, to_input, tta_views
 
 
@@ -15,7 +16,7 @@ def test_presets_keep_shape_and_dtype(preset: str) -> None:
 
 
 def test_unknown_preset_suggests() -> None:
-    with pytest.raises(ValueError, match="did you mean 'light'"):
+    with pytest.raises(ConfigError, match="did you mean 'light'"):
         create_transform("lite", img_size=16)
 
 
@@ -27,8 +28,10 @@ def test_tta_views() -> None:
     assert len(views) == 3
     assert np.array_equal(views[1](image=img)["image"], img[:, ::-1])  # type: ignore[misc]
     assert np.array_equal(views[2](image=img)["image"], img[::-1])  # type: ignore[misc]
-    with pytest.raises(ValueError, match="unknown TTA view 'hflp'; did you mean 'hflip'"):
+    with pytest.raises(ConfigError, match="unknown TTA view 'hflp'; did you mean 'hflip'"):
         tta_views("hflp")
+    with pytest.raises(ConfigError, match="'RandomResizedCrop' cannot run without arguments"):
+        tta_views("RandomResizedCrop")
 
 
 def test_dataset_and_batch_normalisation() -> None:

@@ -61,3 +61,87 @@ def test_init_refuses_what_it_cannot_read(tmp_path: Path, kaggle_comp: Path) -> 
     init_workspace(tmp_path / "ws2", kaggle_comp)
     with pytest.raises(FileExistsError, match="--force"):
         init_workspace(tmp_path / "ws2", kaggle_comp)
+
+
+def _png(path: Path, colour: int = 0) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (colour, 0, 0)).save(path)
+
+
+def test_the_labels_csv_is_the_one_that_names_the_images(tmp_path: Path) -> None:
+    data = tmp_path / "c"
+    # Nested train/train/ as some archives unpack, and a decoy CSV whose column also matches.
+    for i in range(12):
+        _png(data / "train" / "train" / f"{i}.png")
+    pd.DataFrame({"id": range(12), "breed": ["a", "b", "c"] * 4}).to_csv(
+        data / "train.csv", index=False
+    )
+    pd.DataFrame({"label": [0, 1, 2], "name": ["a", "b", "c"]}).to_csv(
+        data / "label_names.csv", index=False
+    )
+    values, text = init_workspace(tmp_path / "ws", data)
+    assert values["train_csv"].endswith("train.csv") and values["id_column"] == "id"
+    assert values["label_column"] == "breed" and values["train_dir"].endswith("train/train")
+    assert "train images: 12 in 3 classes" in text
+
+
+def test_label_column_guess_skips_codes_and_says_it_guessed(tmp_path: Path) -> None:
+    data = tmp_path / "ham"
+    for i in range(12):
+        _png(data / "train" / f"ISIC_{i}.png")
+    pd.DataFrame(
+        {
+            "lesion_id": [f"HAM_{i // 2}" for i in range(12)],
+            "image_id": [f"ISIC_{i}" for i in range(12)],
+            "dx": ["nv", "mel", "bkl"] * 4,
+            "age": range(12),
+            "site": ["back"] * 12,
+        }
+    ).to_csv(data / "metadata.csv", index=False)
+    values, text = init_workspace(tmp_path / "ws", data)
+    assert values["label_column"] == "dx" and "guess" not in text  # the only candidate
+    with pytest.raises(DataError, match="label column 'site' has a single value"):
+        init_workspace(tmp_path / "ws2", data, overrides={"label_column": "site"})
+
+
+def test_missing_images_and_colliding_ids_are_refused_at_init(tmp_path: Path) -> None:
+    data = tmp_path / "k"
+    for i in range(4):
+        _png(data / "train" / f"{i}.png")
+    pd.DataFrame({"Id": range(6), "label": ["a", "b"] * 3}).to_csv(
+        data / "train_labels.csv", index=False
+    )
+    with pytest.raises(DataError, match=r"2 of 6 Ids have no image .* e\.g\. '4'"):
+        init_workspace(tmp_path / "ws", data)
+    tree = tmp_path / "tree"
+    for cls in ("cat", "dog"):
+        _png(tree / cls / "0.png")
+        _png(tree / cls / "1.png")
+    _png(tree / "cat" / "0.bmp")
+    with pytest.raises(DataError, match="would share the Id 'cat/0'"):
+        init_workspace(tmp_path / "ws3", tree)
+
+
+def test_a_tiny_imagefolder_cannot_hold_out_every_class(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    for cls in "abcdefghij":
+        for k in range(2):
+            _png(tree / cls / f"{k}.png")
+    with pytest.raises(DataError, match="cannot hold back every one of 10 classes"):
+        init_workspace(tmp_path / "ws", tree)
+
+
+def test_dummy_test_subfolder_is_unlabelled(tmp_path: Path) -> None:
+    data = tmp_path / "keras"
+    for cls in ("cat", "dog"):
+        for k in range(3):
+            _png(data / "train" / cls / f"{k}.png")
+    for k in range(4):
+        _png(data / "test" / "unknown" / f"t{k}.png")
+    _png(data / "test" / "unknown" / "._t0.png")  # macOS resource file, not an image
+    values, text = init_workspace(tmp_path / "ws", data)
+    assert values["solution"] is None and "test images: 4" in text
+    comp = load_competition(tmp_path / "ws", load_config(tmp_path / "ws"))
+    assert len(comp.test_paths(comp.test_ids())) == 4
