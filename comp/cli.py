@@ -7,6 +7,7 @@ imported inside the commands, so ``comp --help`` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -58,7 +59,7 @@ def _click_type(key: str) -> Any:
 
 def config_flags(*keys: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Dedicated flags for config keys, with the help text of comp.yaml."""
-    helps = {f.name: f.metadata["help"] for f in __import__("dataclasses").fields(Config)}
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
 
     def decorator(f: Callable[..., Any]) -> Callable[..., Any]:
         for key in reversed(keys):
@@ -84,11 +85,8 @@ def workspace_config(ctx: click.Context, kwargs: dict[str, Any]) -> tuple[Path, 
     """Find the workspace and resolve its config: comp.yaml < --set < dedicated flags."""
     root = find_workspace(ctx.obj.get("workspace"))
     overrides: dict[str, Any] = dict(parse_sets(kwargs.pop("sets", ())))
-    overrides.update(
-        {k: kwargs.pop(k) for k in list(kwargs) if k in KEYS and kwargs[k] is not None}
-    )
-    for k in [k for k in kwargs if k in KEYS]:
-        kwargs.pop(k)
+    flags = {k: kwargs.pop(k) for k in list(kwargs) if k in KEYS}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
     return root, load_config(root, overrides)
 
 
