@@ -89,8 +89,14 @@ class Config:
         "none", "test-time augmentation: none, hflip, or a list like hflip,vflip", "predict"
     )
 
+    competition: str | None = _key(
+        None,
+        "Kaggle competition slug, as in kaggle.com/competitions/<slug> (for download, kernel, submit)",
+        "kaggle",
+    )
 
-SECTIONS = ["data", "folds", "model", "train", "predict"]
+
+SECTIONS = ["data", "folds", "model", "train", "predict", "kaggle"]
 KEYS = [f.name for f in fields(Config)]
 
 

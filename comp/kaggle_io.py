@@ -1,0 +1,469 @@
+"""Kaggle I/O: the one module that talks to Kaggle, through the official ``kaggle`` client.
+
+Reads the Kaggle credentials (``KAGGLE_API_TOKEN``, ``~/.kaggle/access_token``,
+``KAGGLE_USERNAME``/``KAGGLE_KEY`` or ``~/.kaggle/kaggle.json``) and whatever the
+API sends back. Writes only where a caller asks: downloaded competition archives
+and kernel outputs, into a folder the caller owns.
+
+``import kaggle`` authenticates at import time, so ``KaggleApi`` is imported
+lazily, the first time a command needs Kaggle. Every call goes through
+:meth:`Kaggle._call`, which retries rate limits (429), server errors (5xx),
+timeouts and dropped connections with exponential backoff (honouring
+``Retry-After``), and turns what is left into one-line :class:`KaggleError`
+messages. No message ever contains a credential.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+import os
+import random
+import re
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# Statuses worth another try: rate limiting and the server's own failures.
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+# A call that is not idempotent (a submission) must not be repeated after the
+# server may already have acted on it; these statuses say it did not.
+RETRY_STATUS_UNSAFE = frozenset({429, 502, 503, 504})
+TOKEN_HELP = (
+    "make an API token at https://www.kaggle.com/settings (API section) and put it in "
+    "~/.kaggle/access_token or KAGGLE_API_TOKEN, or put username and key in ~/.kaggle/kaggle.json"
+)
+
+
+class KaggleError(RuntimeError):
+    """Kaggle refused or failed a request; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    kind: str  # "token" (access token) or "key" (legacy username + key)
+    source: str  # where they came from, for messages; never the secret itself
+    username: str | None
+
+
+def config_dir() -> Path:
+    """Where the kaggle client keeps kaggle.json, resolved as the client resolves it."""
+    env = os.environ.get("KAGGLE_CONFIG_DIR")
+    if env:
+        return Path(env)
+    home = Path.home() / ".kaggle"
+    if home.exists():
+        return home
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(xdg) / "kaggle"
+
+
+def _token_file(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return text or None
+
+
+def _legacy_key() -> tuple[str | None, str | None, str]:
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"], "KAGGLE_USERNAME/KAGGLE_KEY"
+    path = config_dir() / "kaggle.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, None, str(path)
+    if not isinstance(data, dict):
+        return None, None, str(path)
+    return data.get("username"), data.get("key"), str(path)
+
+
+def find_credentials() -> Credentials:
+    """Which credentials the kaggle client will use, found without a network call."""
+    token = os.environ.get("KAGGLE_API_TOKEN")
+    if token:
+        return Credentials("token", "KAGGLE_API_TOKEN", os.environ.get("KAGGLE_USERNAME"))
+    for name in ("access_token", "access_token.txt"):
+        path = Path.home() / ".kaggle" / name
+        if _token_file(path):
+            return Credentials("token", str(path), os.environ.get("KAGGLE_USERNAME"))
+    username, key, source = _legacy_key()
+    if username and key:
+        return Credentials("key", source, username)
+    raise KaggleError(f"no Kaggle credentials found: {TOKEN_HELP}")
+
+
+def loose_permissions() -> list[Path]:
+    """Credential files that other users on this machine can read (the kaggle client warns too)."""
+    candidates = [
+        config_dir() / "kaggle.json",
+        Path.home() / ".kaggle" / "access_token",
+        Path.home() / ".kaggle" / "access_token.txt",
+    ]
+    loose = []
+    for path in candidates:
+        with contextlib.suppress(OSError):
+            if os.name != "nt" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+                loose.append(path)
+    return loose
+
+
+def _status(e: BaseException) -> int | None:
+    response = getattr(e, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _retry_after(e: BaseException) -> float | None:
+    response = getattr(e, "response", None)
+    value = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _server_message(e: BaseException) -> str:
+    response = getattr(e, "response", None)
+    with contextlib.suppress(Exception):
+        body = response.json()  # type: ignore[union-attr]
+        if isinstance(body, dict) and body.get("message"):
+            return str(body["message"])
+    return ""
+
+
+def _transient(e: BaseException, *, idempotent: bool) -> bool:
+    import requests
+
+    status = _status(e)
+    if status is not None:
+        return status in (RETRY_STATUS if idempotent else RETRY_STATUS_UNSAFE)
+    if isinstance(e, requests.ConnectTimeout):
+        return True  # never reached the server
+    if isinstance(e, requests.Timeout):
+        return idempotent  # the server may have acted before the answer timed out
+    return isinstance(e, requests.ConnectionError)
+
+
+def _make_api(timeout: float) -> Any:
+    """A ``KaggleApi`` whose HTTP sessions time out instead of hanging forever."""
+    from kaggle.api.kaggle_api_extended import KaggleApi
+    from requests.adapters import HTTPAdapter
+
+    class TimeoutAdapter(HTTPAdapter):
+        def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            if kwargs.get("timeout") is None:
+                kwargs["timeout"] = timeout
+            return super().send(request, **kwargs)
+
+    class Api(KaggleApi):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            # KaggleApi resolves its config folder once, at import; resolve it now instead.
+            self.config_dir = str(config_dir())
+            self.config = os.path.join(self.config_dir, "kaggle.json")
+
+        def build_kaggle_client(self) -> Any:
+            client = super().build_kaggle_client()
+            http = client.http_client()
+            http._init_session()
+            adapter = TimeoutAdapter()
+            http._session.mount("http://", adapter)
+            http._session.mount("https://", adapter)
+            return client
+
+    return Api()
+
+
+class Kaggle:
+    """The Kaggle API as ``comp`` uses it: authenticated lazily, retried, explained."""
+
+    def __init__(
+        self,
+        *,
+        tries: int = 5,
+        backoff: float = 1.0,
+        timeout: float = 60.0,
+        echo: Callable[[str], Any] = print,
+    ) -> None:
+        self.tries = max(1, tries)
+        self.backoff = backoff
+        self.timeout = timeout
+        self.echo = echo
+        self._api: Any = None
+        self.credentials: Credentials | None = None
+
+    # --- connection -----------------------------------------------------------------------
+
+    @property
+    def api(self) -> Any:
+        if self._api is None:
+            self.credentials = find_credentials()
+            for path in loose_permissions():
+                self.echo(
+                    f"warning: {path} is readable by other users on this machine; run chmod 600 {path}"
+                )
+            api = _make_api(self.timeout)
+            out = _io.StringIO()
+            try:
+                # The client prints its own help and calls exit(1) on bad credentials.
+                with contextlib.redirect_stdout(out):
+                    self._call("sign in", api.authenticate)
+            except SystemExit:
+                raise KaggleError(
+                    f"Kaggle rejected the credentials from {self.credentials.source} "
+                    f"(invalid or expired); {TOKEN_HELP}"
+                ) from None
+            self._api = api
+        return self._api
+
+    @property
+    def username(self) -> str:
+        name = self.api.config_values.get("username")
+        if not name:
+            raise KaggleError("Kaggle did not say which user these credentials belong to")
+        return str(name)
+
+    def _call(
+        self,
+        what: str,
+        fn: Callable[..., T],
+        *args: Any,
+        idempotent: bool = True,
+        hint: str = "",
+        **kwargs: Any,
+    ) -> T:
+        """Run one API call with retries; re-raise whatever is left as a KaggleError."""
+        for attempt in range(1, self.tries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except KaggleError:
+                raise
+            except SystemExit:
+                raise
+            except Exception as e:
+                if _transient(e, idempotent=idempotent) and attempt < self.tries:
+                    delay = _retry_after(e)
+                    if delay is None:
+                        delay = min(self.backoff * 2 ** (attempt - 1), 60.0) * random.uniform(
+                            0.8, 1.2
+                        )
+                    reason = f"HTTP {_status(e)}" if _status(e) else type(e).__name__
+                    self.echo(
+                        f"Kaggle: {what} failed ({reason}); retry {attempt}/{self.tries - 1} in {delay:.1f}s"
+                    )
+                    time.sleep(delay)
+                    continue
+                raise self._explain(e, what, attempts=attempt, hint=hint) from None
+        raise AssertionError("unreachable")
+
+    def _explain(self, e: BaseException, what: str, *, attempts: int, hint: str) -> KaggleError:
+        import requests
+
+        status = _status(e)
+        detail = _server_message(e)
+        detail = f": {detail}" if detail else ""
+        source = self.credentials.source if self.credentials else "your Kaggle settings"
+        tried = f" after {attempts} tries" if attempts > 1 else ""
+        if status == 401:
+            return KaggleError(
+                f"Kaggle rejected the credentials from {source} (HTTP 401) during {what}; {TOKEN_HELP}"
+            )
+        if status == 403:
+            return KaggleError(f"Kaggle refused {what} (HTTP 403){detail}{'; ' + hint if hint else ''}")
+        if status == 404:
+            return KaggleError(f"{what}: not found on Kaggle (HTTP 404){detail}{'; ' + hint if hint else ''}")
+        if status == 429:
+            return KaggleError(
+                f"Kaggle is rate-limiting {what} (HTTP 429){tried}; wait a few minutes and run it again"
+            )
+        if status is not None and status >= 500:
+            return KaggleError(f"Kaggle failed {what} (HTTP {status}){tried}{detail}; try again later")
+        if status is not None:
+            return KaggleError(f"Kaggle refused {what} (HTTP {status}){detail}")
+        if isinstance(e, requests.Timeout):
+            return KaggleError(f"Kaggle did not answer {what} within {self.timeout:.0f}s{tried}")
+        if isinstance(e, requests.ConnectionError):
+            return KaggleError(f"could not reach Kaggle for {what}{tried}: check the network")
+        # The client reports bad input (a wrong slug, a bad metadata file) as ValueError.
+        return KaggleError(f"{what}: {e}")
+
+    # --- competitions ---------------------------------------------------------------------
+
+    def submission_limits(self, competition: str) -> dict[str, Any] | None:
+        """Today's submission counts, or None where the API does not give them."""
+        try:
+            limits = self._call(
+                "reading the submission quota",
+                self.api.competition_get_submission_limits,
+                competition,
+            )
+        except KaggleError:
+            return None
+        return {
+            "today": int(limits.num_today),
+            "total": int(limits.num_total),
+            "left_today": int(limits.num_allowed_now),
+            "limited_by_total": bool(limits.limited_by_total),
+        }
+
+    def submit(self, file: Path, *, competition: str, message: str) -> int:
+        """Upload a submission file; return Kaggle's submission ref."""
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        result = self._call(
+            f"submitting {file.name} to {competition}",
+            self.api.competition_submit,
+            str(file),
+            message,
+            competition,
+            quiet=True,
+            idempotent=False,
+            hint=f"have you joined the competition and accepted its rules at https://www.kaggle.com/competitions/{competition}/rules?",
+        )
+        if result.message == KaggleApi.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
+            raise KaggleError(f"uploading {file.name} to Kaggle failed; nothing was submitted")
+        return int(result.ref)
+
+    def submissions(self, competition: str, *, page_size: int = 100) -> list[dict[str, Any]]:
+        """Every submission of the team in ``competition``, newest first, all pages."""
+        from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
+
+        def page(token: str) -> Any:
+            request = ApiListSubmissionsRequest()
+            request.competition_name = competition
+            request.page_size = page_size
+            request.page_token = token
+            with self.api.build_kaggle_client() as client:
+                return client.competitions.competition_api_client.list_submissions(request)
+
+        rows: list[dict[str, Any]] = []
+        token = ""
+        for _ in range(1000):
+            response = self._call(f"listing submissions of {competition}", page, token)
+            for s in response.submissions or []:
+                rows.append(
+                    {
+                        "ref": str(s.ref),
+                        "date": s.date.isoformat() if s.date else None,
+                        "file_name": s.file_name,
+                        "description": s.description or "",
+                        "status": s.status.name.lower(),
+                        "public": _score(s.public_score),
+                        "private": _score(s.private_score),
+                        "error": s.error_description or None,
+                    }
+                )
+            token = response.next_page_token or ""
+            if not token or not response.submissions:
+                break
+        return rows
+
+    def download(self, competition: str, dest: Path) -> Path:
+        """Download the competition's files as one archive into ``dest``; return its path."""
+        dest.mkdir(parents=True, exist_ok=True)
+        self._call(
+            f"downloading {competition}",
+            self.api.competition_download_files,
+            competition,
+            path=str(dest),
+            force=True,
+            quiet=False,
+            hint=f"have you joined the competition and accepted its rules at https://www.kaggle.com/competitions/{competition}/rules?",
+        )
+        archives = sorted(dest.glob(f"{competition}.*"))
+        if not archives:
+            raise KaggleError(f"downloading {competition}: Kaggle sent no archive")
+        return archives[0]
+
+    # --- kernels --------------------------------------------------------------------------
+
+    def push_kernel(self, folder: Path) -> dict[str, Any]:
+        response = self._call(f"pushing kernel {folder.name}", self.api.kernels_push, str(folder))
+        if response.error:
+            raise KaggleError(f"Kaggle refused kernel {folder.name}: {response.error}")
+        invalid = [
+            *response.invalid_dataset_sources,
+            *response.invalid_competition_sources,
+            *response.invalid_kernel_sources,
+            *response.invalid_model_sources,
+        ]
+        if invalid:
+            raise KaggleError(
+                f"Kaggle refused kernel {folder.name}: unknown or inaccessible source(s) {', '.join(invalid)}"
+            )
+        return {"ref": response.ref, "url": response.url, "version": response.version_number}
+
+    def kernel_status(self, ref: str) -> tuple[str, str | None]:
+        response = self._call(f"reading the status of {ref}", self.api.kernels_status, ref)
+        return response.status.name.lower(), response.failure_message or None
+
+    def kernel_output(self, ref: str, dest: Path) -> list[Path]:
+        dest.mkdir(parents=True, exist_ok=True)
+        files, _ = self._call(
+            f"downloading the output of {ref}",
+            self.api.kernels_output,
+            ref,
+            str(dest),
+            force=True,
+            quiet=True,
+        )
+        return [Path(f) for f in files]
+
+    # --- datasets -------------------------------------------------------------------------
+
+    def dataset_exists(self, ref: str) -> bool:
+        import requests
+
+        try:
+            self.api.dataset_status(ref)
+        except requests.HTTPError as e:
+            if _status(e) == 404:
+                return False
+            raise self._explain(e, f"reading dataset {ref}", attempts=1, hint="") from None
+        return True
+
+    def create_dataset(self, folder: Path, *, public: bool = False) -> str:
+        response = self._call(
+            f"creating dataset from {folder}",
+            self.api.dataset_create_new,
+            str(folder),
+            public=public,
+            quiet=True,
+            dir_mode="zip",
+        )
+        if response.error:
+            raise KaggleError(f"Kaggle refused the dataset: {response.error}")
+        return str(response.url or response.ref)
+
+    def version_dataset(self, folder: Path, *, notes: str) -> str:
+        response = self._call(
+            f"versioning dataset from {folder}",
+            self.api.dataset_create_version,
+            str(folder),
+            notes,
+            quiet=True,
+            dir_mode="zip",
+        )
+        if response.error:
+            raise KaggleError(f"Kaggle refused the dataset version: {response.error}")
+        return str(response.url or response.ref)
+
+
+def _score(value: str | None) -> float | None:
+    if value is None or not re.fullmatch(r"\s*-?\d+(\.\d*)?([eE]-?\d+)?\s*", str(value)):
+        return None
+    return float(value)

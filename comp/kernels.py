@@ -1,0 +1,443 @@
+"""Kaggle kernels: bundles that train on Kaggle's GPUs, and their outputs brought home as runs.
+
+Reads the workspace config, its folds CSV and comp's own source. Writes one
+bundle per kernel under ``kernels/<name>/`` (``kernel-metadata.json``, the
+script, and ``comp-kernel.json`` with what comp needs to find the kernel again),
+the code dataset folder ``kernels/_dataset/<slug>/``, and, when outputs are
+pulled, the run folder ``runs/<name>/`` exactly as a local ``comp train``
+would have written it.
+
+The script is self-contained: it carries the resolved config, the folds and
+(unless a code dataset is attached) comp's source as one embedded zip, so a
+kernel trains on exactly the split and settings of the workspace. It holds no
+credentials: a kernel needs none, and nothing secret is ever read here.
+"""
+
+from __future__ import annotations
+
+import base64
+import io as _io
+import json
+import pprint
+import re
+import shutil
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import comp
+from comp import io
+from comp.config import Config, ConfigError, to_dict
+from comp.data import DataError, resolve
+from comp.folds import folds_path
+
+KERNEL_METADATA = "kernel-metadata.json"
+DATASET_METADATA = "dataset-metadata.json"
+INFO = "comp-kernel.json"
+PATH_KEYS = ("train_csv", "train_dir", "test_dir", "sample_submission")
+# Kaggle's limit is on the whole script; beyond this a code dataset is the better carrier.
+MAX_SCRIPT_BYTES = 1_000_000
+
+
+def slugify(text: str) -> str:
+    """Kaggle's slug of a title: lower case, runs of anything else as one dash."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def source_files() -> list[Path]:
+    package = Path(comp.__file__).parent
+    return sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = _io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in sorted(files.items()):
+            # A fixed timestamp keeps the script identical for identical inputs.
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, data)
+    return buf.getvalue()
+
+
+def data_layout(root: Path, cfg: Config) -> dict[str, str | None]:
+    """The data paths relative to the competition folder, as Kaggle mounts it."""
+    paths = {k: resolve(root, getattr(cfg, k)) for k in PATH_KEYS}
+    present = [p.resolve() for p in paths.values() if p is not None]
+    base = Path(*_common_parts(present))
+    if base in (Path("/"), root.resolve()) or root.resolve().is_relative_to(base):
+        raise ConfigError(
+            "the data paths of comp.yaml do not share a competition folder "
+            f"({', '.join(str(p) for p in present)}); a kernel needs the competition's own layout"
+        )
+    return {k: (p.resolve().relative_to(base).as_posix() if p else None) for k, p in paths.items()}
+
+
+def _common_parts(paths: list[Path]) -> tuple[str, ...]:
+    parts = [p.parts for p in paths]
+    common: list[str] = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    # A file's own name is never the folder.
+    if len(paths) == 1 or any(len(p) == len(common) for p in parts):
+        common = common[:-1]
+    return tuple(common) or ("/",)
+
+
+def kernel_groups(n_splits: int, folds: list[int] | None, per_kernel: int | None) -> list[list[int]]:
+    chosen = folds if folds else list(range(n_splits))
+    for k in chosen:
+        if not 0 <= k < n_splits:
+            raise ConfigError(f"--fold {k}: folds are 0..{n_splits - 1}")
+    if not per_kernel:
+        return [chosen]
+    if per_kernel < 1:
+        raise ConfigError("--folds-per-kernel must be at least 1")
+    return [chosen[i : i + per_kernel] for i in range(0, len(chosen), per_kernel)]
+
+
+def build_bundles(
+    root: Path,
+    cfg: Config,
+    *,
+    name: str,
+    owner: str,
+    competition: str,
+    folds: list[int] | None = None,
+    folds_per_kernel: int | None = None,
+    code_dataset: str | None = None,
+    gpu: bool = True,
+    internet: bool = True,
+    private: bool = True,
+    accelerator: str | None = None,
+) -> list[Path]:
+    """Write the bundle(s) of kernel group ``name``; return their folders."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"kernel name '{name}': use letters, digits, '-', '_' and '.'")
+    if cfg.pretrained_file and not code_dataset:
+        raise ConfigError(
+            f"pretrained_file {cfg.pretrained_file} is on this machine, not on Kaggle: "
+            "put it in a code dataset with `comp kernel dataset --weights FILE` and push with --code-dataset"
+        )
+    fold_file = folds_path(root, cfg)
+    if not fold_file.exists():
+        raise DataError(f"{fold_file}: no folds yet; run `comp folds` first")
+    layout = data_layout(root, cfg)
+    values = to_dict(cfg)
+    values.update(layout)
+    values.update(solution=None, competition=competition, device="auto")
+    if cfg.pretrained_file:
+        values["pretrained_file"] = Path(cfg.pretrained_file).name
+
+    files = {f"folds/{fold_file.name}": fold_file.read_bytes()}
+    if not code_dataset:
+        package = Path(comp.__file__).parent
+        files.update(
+            {f"comp/{p.relative_to(package).as_posix()}": p.read_bytes() for p in source_files()}
+        )
+    payload = base64.b64encode(_zip(files)).decode()
+
+    group_dir = root / "kernels" / name
+    groups = kernel_groups(cfg.n_splits, folds, folds_per_kernel)
+    fan_out = len(groups) > 1 or groups[0] != list(range(cfg.n_splits))
+    if group_dir.exists():
+        shutil.rmtree(group_dir)
+    bundles = []
+    for group in groups:
+        suffix = f" fold {'-'.join(map(str, group))}" if fan_out else ""
+        title = f"comp {name}{suffix}"
+        slug = slugify(title)
+        if len(slug) > 50:
+            raise ConfigError(f"kernel slug '{slug}' is longer than Kaggle's 50 characters; pick a shorter --name")
+        bundle = group_dir / (f"fold{'-'.join(map(str, group))}" if fan_out else "")
+        script = render_script(
+            run=name,
+            folds=group if fan_out else None,
+            config=values,
+            competition=competition,
+            code_dataset=code_dataset,
+            payload=payload,
+        )
+        if len(script.encode()) > MAX_SCRIPT_BYTES:
+            raise ConfigError(
+                f"the kernel script would be {len(script) // 1000} kB; upload comp with "
+                "`comp kernel dataset` and push with --code-dataset"
+            )
+        metadata: dict[str, Any] = {
+            "id": f"{owner}/{slug}",
+            "title": title,
+            "code_file": f"{slug}.py",
+            "language": "python",
+            "kernel_type": "script",
+            "is_private": private,
+            "enable_gpu": gpu,
+            "enable_tpu": False,
+            "enable_internet": internet,
+            "dataset_sources": [code_dataset] if code_dataset else [],
+            "competition_sources": [competition],
+            "kernel_sources": [],
+            "model_sources": [],
+        }
+        if accelerator:
+            metadata["machine_shape"] = accelerator
+        io.write_text(bundle / f"{slug}.py", script)
+        io.write_json(bundle / KERNEL_METADATA, metadata)
+        io.write_json(
+            bundle / INFO,
+            {
+                "name": name,
+                "run": name,
+                "ref": f"{owner}/{slug}",
+                "folds": group,
+                "n_splits": cfg.n_splits,
+                "competition": competition,
+                "comp_version": comp.__version__,
+                "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
+        bundles.append(bundle)
+    return bundles
+
+
+def bundles_of(root: Path, name: str) -> list[Path]:
+    group_dir = root / "kernels" / name
+    found = sorted(p.parent for p in group_dir.rglob(INFO))
+    if not found:
+        known = sorted(p.parent.name for p in (root / "kernels").glob(f"*/{INFO}"))
+        known += sorted(p.parent.parent.name for p in (root / "kernels").glob(f"*/*/{INFO}"))
+        raise DataError(
+            f"no kernel bundle '{name}' in {root / 'kernels'}; bundles are: {', '.join(sorted(set(known))) or 'none yet'}"
+        )
+    return found
+
+
+def read_info(bundle: Path) -> dict[str, Any]:
+    return dict(json.loads((bundle / INFO).read_text()))
+
+
+def record_push(bundle: Path, pushed: dict[str, Any]) -> None:
+    info = read_info(bundle)
+    info.update(
+        url=pushed.get("url"),
+        version=pushed.get("version"),
+        pushed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    io.write_json(bundle / INFO, info)
+
+
+def import_output(root: Path, bundle: Path, pulled: Path) -> dict[str, Any]:
+    """Move one kernel's downloaded output into ``runs/<run>/``, merging folds of other kernels."""
+    info = read_info(bundle)
+    run = info["run"]
+    src = pulled / "runs" / run
+    logs = sorted(pulled.glob("*.log"))
+    if not (src / "config.yaml").exists():
+        hint = f"; its log is {logs[0]}" if logs else ""
+        raise DataError(f"kernel {info['ref']} produced no run '{run}'{hint}")
+    dest = root / "runs" / run
+    dest.mkdir(parents=True, exist_ok=True)
+    for meta in ("config.yaml", "classes.json", "transforms.json"):
+        mine, theirs = dest / meta, src / meta
+        if mine.exists() and theirs.exists() and mine.read_bytes() != theirs.read_bytes():
+            raise DataError(
+                f"{dest} holds a different run ({meta} differs from kernel {info['ref']}'s); pick another name"
+            )
+        if theirs.exists() and not mine.exists():
+            shutil.copy2(theirs, mine)
+    folds = []
+    for fold_dir in sorted(src.glob("fold*")):
+        target = dest / fold_dir.name
+        # Swap the whole fold in at once: never half old, half new.
+        staging = dest / f".{fold_dir.name}.pulled"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(fold_dir, staging)
+        old = dest / f".{fold_dir.name}.old"
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+        folds.append(fold_dir.name)
+    if info["folds"] == list(range(info["n_splits"])) and (src / "test_probs.csv").exists():
+        shutil.copy2(src / "test_probs.csv", dest / "test_probs.csv")
+        for ext in (".csv", ".json"):
+            made = pulled / "submissions" / f"{run}{ext}"
+            if made.exists():
+                (root / "submissions").mkdir(exist_ok=True)
+                shutil.copy2(made, root / "submissions" / f"{run}{ext}")
+    for log in logs:
+        (dest / "logs").mkdir(exist_ok=True)
+        shutil.copy2(log, dest / "logs" / log.name)
+    return {"ref": info["ref"], "run": run, "folds": folds}
+
+
+def build_code_dataset(
+    root: Path, *, owner: str, slug: str, weights: list[Path] | None = None
+) -> Path:
+    """The folder of the code dataset: comp's source (zipped by the upload) plus any weights."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{4,49}", slug):
+        raise ConfigError(f"dataset slug '{slug}': 5-50 lower-case letters, digits and dashes")
+    folder = root / "kernels" / "_dataset" / slug
+    if folder.exists():
+        shutil.rmtree(folder)
+    package = Path(comp.__file__).parent
+    for p in source_files():
+        target = folder / "comp" / p.relative_to(package)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, target)
+    for w in weights or []:
+        if not w.is_file():
+            raise DataError(f"{w}: weights file not found")
+        shutil.copy2(w, folder / w.name)
+    title = f"comp code {slug}"[:50]
+    io.write_json(
+        folder / DATASET_METADATA,
+        {
+            "title": title if len(title) >= 6 else f"{title} data",
+            "id": f"{owner}/{slug}",
+            "licenses": [{"name": "CC0-1.0"}],
+            "subtitle": f"comp {comp.__version__} source for Kaggle kernels"[:80].ljust(20, "."),
+        },
+    )
+    return folder
+
+
+SCRIPT = '''"""comp kernel {run!r}: train and predict on Kaggle, written by comp {version}.
+
+Generated by `comp kernel push`; edit the workspace and push again rather than
+editing this file. It carries the resolved config, the folds and (unless a code
+dataset is attached) comp's source, and writes runs/, submissions/ and
+submission.csv to /kaggle/working. It holds no credentials.
+"""
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+RUN = {run!r}
+FOLDS = {folds!r}  # None: every fold in this kernel
+COMPETITION = {competition!r}
+CODE_DATASET = {code_dataset!r}
+CONFIG = {config}
+PAYLOAD = (
+{payload}
+)
+
+# Kaggle's folders; the environment overrides them to try the script elsewhere.
+INPUT = Path(os.environ.get("COMP_KAGGLE_INPUT", "/kaggle/input"))
+WORKING = Path(os.environ.get("COMP_KAGGLE_WORKING", "/kaggle/working"))
+CODE = Path(os.environ.get("COMP_KAGGLE_CODE", "/tmp/comp-code"))
+NEEDS = {{"torch": "torch", "torchvision": "torchvision", "timm": "timm>=1.0.9",
+         "albumentations": "albumentations>=2.0", "sklearn": "scikit-learn", "pandas": "pandas",
+         "yaml": "pyyaml", "click": "click>=8.1", "tqdm": "tqdm", "matplotlib": "matplotlib"}}
+
+
+def mounted(ref):
+    """Where Kaggle mounted a competition or dataset (the layout differs between images)."""
+    slug = ref.split("/")[-1]
+    for path in (INPUT / slug, INPUT / "competitions" / slug, INPUT / "datasets" / ref):
+        if path.is_dir():
+            return path
+    sys.exit(f"{{ref}} is not under {{INPUT}}: attach it to the kernel")
+
+
+def install_code(payload):
+    if not CODE_DATASET:
+        payload.extractall(CODE, [n for n in payload.namelist() if n.startswith("comp/")])
+        return CODE
+    root = mounted(CODE_DATASET)
+    for init in sorted(root.rglob("comp/__init__.py")):
+        return init.parent.parent
+    for archive in sorted(root.rglob("comp.zip")):
+        zipfile.ZipFile(archive).extractall(CODE / "comp")
+        return CODE
+    sys.exit(f"no comp package in {{root}}")
+
+
+def ensure_packages():
+    import importlib.util
+
+    missing = [pip for mod, pip in NEEDS.items() if importlib.util.find_spec(mod) is None]
+    try:
+        import albumentations
+        if int(albumentations.__version__.split(".")[0]) < 2:
+            missing.append(NEEDS["albumentations"])
+    except ImportError:
+        pass
+    if missing:
+        print("installing", *missing, flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
+
+
+def comp(*args, env):
+    print("$ comp", *args, flush=True)
+    subprocess.run([sys.executable, "-m", "comp", "-w", str(WORKING), *args], check=True, env=env)
+
+
+def main():
+    payload = zipfile.ZipFile(io.BytesIO(base64.b64decode("".join(PAYLOAD))))
+    code = install_code(payload)
+    ensure_packages()
+    WORKING.mkdir(parents=True, exist_ok=True)
+    payload.extractall(WORKING, [n for n in payload.namelist() if n.startswith("folds/")])
+    data = mounted(COMPETITION)
+    config = dict(CONFIG)
+    for key in {path_keys!r}:
+        if config[key]:
+            config[key] = str(data / config[key])
+    if config.get("pretrained_file"):
+        found = sorted(mounted(CODE_DATASET).rglob(config["pretrained_file"]))
+        if not found:
+            sys.exit(f"weights {{config['pretrained_file']}} not in {{CODE_DATASET}}")
+        config["pretrained_file"] = str(found[0])
+    # JSON is YAML, so comp reads this as its comp.yaml.
+    (WORKING / "comp.yaml").write_text(json.dumps(config, indent=1))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]))
+    folds = [a for k in FOLDS or [] for a in ("--fold", str(k))]
+    comp("train", "--name", RUN, *folds, env=env)
+    comp("predict", RUN, env=env)
+    run = WORKING / "runs" / RUN
+    if FOLDS is None:
+        shutil.copy(WORKING / "submissions" / f"{{RUN}}.csv", WORKING / "submission.csv")
+    else:
+        # A part of the folds: keep its test probabilities with its folds, and no partial submission.
+        tag = "-".join(map(str, FOLDS))
+        (run / "test_probs.csv").rename(run / f"fold{{FOLDS[0]}}" / f"test_probs_folds{{tag}}.csv")
+        for ext in (".csv", ".json"):
+            (WORKING / "submissions" / f"{{RUN}}{{ext}}").unlink(missing_ok=True)
+    print("comp kernel done:", sorted(str(p.relative_to(WORKING)) for p in run.rglob("*") if p.is_file()))
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def render_script(
+    *,
+    run: str,
+    folds: list[int] | None,
+    config: dict[str, Any],
+    competition: str,
+    code_dataset: str | None,
+    payload: str,
+) -> str:
+    chunks = [payload[i : i + 96] for i in range(0, len(payload), 96)] or [""]
+    return SCRIPT.format(
+        run=run,
+        version=comp.__version__,
+        folds=folds,
+        competition=competition,
+        code_dataset=code_dataset,
+        config=pprint.pformat(config, sort_dicts=False),
+        payload="\n".join(f"    {c!r}," for c in chunks),
+        path_keys=PATH_KEYS,
+    )
