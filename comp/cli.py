@@ -28,10 +28,11 @@ ERRORS: tuple[type[Exception], ...] = (ConfigError, FileExistsError)
 def _library_errors() -> tuple[type[Exception], ...]:
     # Imported lazily: these modules pull in pandas and torch.
     from comp.data import DataError
+    from comp.kaggle_io import KaggleError
     from comp.models import ModelError
     from comp.submission import SubmissionError
 
-    return (*ERRORS, DataError, ModelError, SubmissionError)
+    return (*ERRORS, DataError, ModelError, SubmissionError, KaggleError)
 
 
 def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -318,85 +319,164 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _kaggle() -> Any:
+    from comp.kaggle_io import Kaggle
+
+    return Kaggle(echo=lambda m: click.echo(m, err=True))
+
+
+def _competition(cfg: Config, given: str | None) -> str:
+    slug = given or cfg.competition
+    if not slug:
+        raise click.ClickException(
+            "which Kaggle competition? pass --competition SLUG or set `competition:` in comp.yaml"
+        )
+    return slug
+
+
+def _relative(path: Path, root: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(root) if path.is_relative_to(root) else path)
+
+
 @cli.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-m", "--message", default="", help="A note to keep with the submission.")
+@click.option("-m", "--message", default="", help="Submission description, kept in the ledger too.")
 @click.option(
     "--local",
     is_flag=True,
     help="Score against the workspace's solution.csv instead of submitting to Kaggle.",
 )
+@click.option("--competition", help="Kaggle competition slug (default: comp.yaml's competition).")
 @click.option("--run", help="Run that made FILE (default: read from FILE's .json sidecar).")
+@click.option("--force", is_flag=True, help="Submit even a file already submitted to Kaggle.")
 @click.pass_context
 @friendly_errors
-def submit(ctx: click.Context, file: Path, message: str, local: bool, run: str | None) -> None:
-    """Validate FILE, score or submit it, and record it in the ledger.
+def submit(
+    ctx: click.Context,
+    file: Path,
+    message: str,
+    local: bool,
+    competition: str | None,
+    run: str | None,
+    force: bool,
+) -> None:
+    """Validate FILE, submit it to Kaggle (or score it locally), and record it in the ledger.
+
+    FILE is checked against sample_submission.csv (header, row count, Ids, labels)
+    before anything is uploaded, so a malformed file never costs a submission.
 
     \b
-    Example:
-        comp submit submissions/resnet18-20261122-101500.csv --local -m "5 folds, hflip TTA"
+    Examples:
+        comp submit submissions/effb0.csv -m "effb0, 5 folds, hflip TTA"
+        comp submit submissions/demo.csv --local -m "first try"
     """
     from comp.data import load_competition, resolve
     from comp.ledger import Ledger, ledger_path
     from comp.submission import read_submission, score_local, validate_submission
 
     root, cfg = workspace_config(ctx, {})
-    if not local:
-        raise click.ClickException(
-            "submitting to Kaggle is not available yet; use --local to score against solution.csv"
-        )
     comp = load_competition(root, cfg)
     df = read_submission(file)
     validate_submission(
         df, sample=comp.sample, classes=comp.classes, ids=comp.test_ids(), name=str(file)
     )
-    solution = resolve(root, cfg.solution)
-    if solution is None or not solution.exists():
-        raise click.ClickException(
-            f"no solution file for local scoring (config key solution: {cfg.solution})"
-        )
-    scores = score_local(df, solution)
     sidecar = file.with_suffix(".json")
     facts = json.loads(sidecar.read_text()) if sidecar.exists() else {}
-    row = Ledger(ledger_path(root)).add(
-        file=str(
-            file.resolve().relative_to(root)
-            if file.resolve().is_relative_to(root)
-            else file.resolve()
-        ),
-        sha256=_sha256(file),
-        run=run or facts.get("run"),
-        cv=facts.get("cv_macro_f1"),
-        public=scores.get("public"),
-        private=scores.get("private"),
-        message=message,
-        target="local",
-        status="scored",
-    )
     cv = facts.get("cv_macro_f1")
+    ledger = Ledger(ledger_path(root))
+    digest = _sha256(file)
+    record = {
+        "file": _relative(file, root),
+        "sha256": digest,
+        "run": run or facts.get("run"),
+        "cv": cv,
+        "message": message,
+    }
+    cv_text = f"CV macro-F1 {cv:.4f}" if cv is not None else "CV unknown"
+    if local:
+        solution = resolve(root, cfg.solution)
+        if solution is None or not solution.exists():
+            raise click.ClickException(
+                f"no solution file for local scoring (config key solution: {cfg.solution})"
+            )
+        scores = score_local(df, solution)
+        row = ledger.add(
+            **record,
+            public=scores.get("public"),
+            private=scores.get("private"),
+            target="local",
+            status="scored",
+        )
+        click.echo(
+            f"submission #{row}: {cv_text} | public {scores.get('public', float('nan')):.4f} | private {scores.get('private', float('nan')):.4f}"
+        )
+        return
+
+    slug = _competition(cfg, competition)
+    earlier = [
+        r
+        for r in ledger.rows()
+        if r["target"] == "kaggle" and r["sha256"] == digest and r["status"] != "error"
+    ]
+    if earlier and not force:
+        raise click.ClickException(
+            f"{file} was already submitted as #{earlier[-1]['id']}; use --force to spend a submission on it again"
+        )
+    kaggle = _kaggle()
+    limits = kaggle.submission_limits(slug)
+    if limits is not None:
+        click.echo(
+            f"{slug}: {limits['today']} submission(s) made today, {limits['left_today']} left"
+        )
+        if limits["left_today"] <= 0:
+            raise click.ClickException(
+                f"no submissions left for {slug} {'in total' if limits['limited_by_total'] else 'today (the quota resets at 00:00 UTC)'}; nothing was submitted"
+            )
+    ref = kaggle.submit(file, competition=slug, message=message)
+    row = ledger.add(
+        **record, target="kaggle", status="pending", competition=slug, kaggle_ref=str(ref)
+    )
     click.echo(
-        f"submission #{row}: CV macro-F1 {cv:.4f} | public {scores.get('public', float('nan')):.4f} | private {scores.get('private', float('nan')):.4f}"
-        if cv is not None
-        else f"submission #{row}: public {scores.get('public', float('nan')):.4f} | private {scores.get('private', float('nan')):.4f}"
+        f"submission #{row} (Kaggle ref {ref}) to {slug}: {cv_text}; scores follow with `comp submissions --refresh`"
     )
 
 
 @cli.command()
+@click.option("--refresh", is_flag=True, help="Fetch status and public/private scores from Kaggle.")
+@click.option(
+    "--plot",
+    is_flag=True,
+    help="Save submissions/leaderboard.png: CV against public and private score.",
+)
+@click.option("--competition", help="Kaggle competition slug (default: comp.yaml's competition).")
 @click.pass_context
 @friendly_errors
-def submissions(ctx: click.Context) -> None:
-    """Print the submissions ledger: CV, public and private macro-F1 side by side.
+def submissions(ctx: click.Context, refresh: bool, plot: bool, competition: str | None) -> None:
+    """Print the ledger: CV, public and private macro-F1 of every submission, side by side.
+
+    Below the table: the rank correlation between CV and the leaderboard, and the
+    submission that scored best on private (the one that would have won).
 
     \b
-    Example:
-        comp submissions
+    Examples:
+        comp submissions --refresh
+        comp submissions --plot
     """
-    from comp.ledger import Ledger, ledger_path
+    from comp.ledger import Ledger, compare, ledger_path
 
-    root = find_workspace(ctx.obj.get("workspace"))
-    rows = Ledger(ledger_path(root)).rows()
+    root, cfg = workspace_config(ctx, {})
+    ledger = Ledger(ledger_path(root))
+    if refresh:
+        slug = _competition(cfg, competition)
+        remote = _kaggle().submissions(slug)
+        updated, added = ledger.merge_kaggle(slug, remote)
+        click.echo(
+            f"{slug}: {len(remote)} submission(s) on Kaggle; {updated} updated, {added} new in the ledger"
+        )
+    rows = ledger.rows()
     if not rows:
-        click.echo("no submissions yet; make one with `comp submit FILE --local`")
+        click.echo("no submissions yet; make one with `comp submit FILE` (or --local)")
         return
     click.echo(
         format_table(
@@ -404,6 +484,423 @@ def submissions(ctx: click.Context) -> None:
             ["id", "created_at", "run", "cv", "public", "private", "target", "status", "message"],
         )
     )
+    facts = compare(rows)
+    for board in ("public", "private"):
+        rho = facts.get(f"rank_corr_{board}")
+        if f"n_{board}" in facts:
+            shown = "undefined (constant scores)" if rho is None else f"{rho:+.3f}"
+            click.echo(
+                f"rank correlation CV vs {board}: {shown} over {facts[f'n_{board}']} submissions"
+            )
+    best = {k: facts.get(f"best_{k}") for k in ("cv", "public", "private")}
+    if best["private"]:
+        won = best["private"]
+        click.echo(
+            f"best on private: #{won['id']} ({won['private']:.4f}, public {_fmt(won['public'])}, CV {_fmt(won['cv'])})"
+        )
+        if best["public"] and best["public"]["id"] != won["id"]:
+            click.echo(
+                f"  the best public, #{best['public']['id']}, scored {_fmt(best['public']['private'])} on private: a shake-up"
+            )
+    elif best["public"]:
+        click.echo("private scores appear when the competition ends; refresh then")
+    if plot:
+        from comp.plots import plot_leaderboard
+
+        out = plot_leaderboard(rows, root / "submissions" / "leaderboard.png")
+        click.echo(
+            f"plot: {out.relative_to(root)}"
+            if out
+            else "nothing to plot: no submission has both CV and a score"
+        )
+
+
+@cli.group()
+def kernel() -> None:
+    """Train on Kaggle's GPUs: push a kernel, watch it, pull its outputs back as a run.
+
+    \b
+    The round trip:
+        comp kernel push --name effb0 --model efficientnet_b0
+        comp kernel status effb0 --wait
+        comp kernel pull effb0
+        comp predict effb0
+    """
+
+
+@kernel.command("push")
+@config_flags(
+    "model",
+    "pretrained",
+    "img_size",
+    "aug",
+    "epochs",
+    "freeze_epochs",
+    "lr1",
+    "lr2",
+    "weight_decay",
+    "optimizer",
+    "scheduler",
+    "patience",
+    "batch_size",
+    "amp",
+    "n_splits",
+    "seed",
+    "tta",
+)
+@click.option("--name", help="Kernel and run name (default: <model>-<date>-<time>).")
+@click.option(
+    "--fold", "fold_ids", type=int, multiple=True, help="Train only this fold (repeatable)."
+)
+@click.option(
+    "--folds-per-kernel",
+    type=click.IntRange(min=1),
+    help="Fan the folds out over parallel kernels, this many each (default: all in one kernel).",
+)
+@click.option("--competition", help="Kaggle competition slug (default: comp.yaml's competition).")
+@click.option("--owner", help="Kaggle user owning the kernel (default: the credentials' user).")
+@click.option(
+    "--code-dataset",
+    metavar="OWNER/SLUG",
+    help="Install comp (and weights) from this dataset instead of the script's embedded copy.",
+)
+@click.option("--gpu/--no-gpu", default=True, show_default=True, help="Ask for a GPU.")
+@click.option(
+    "--internet/--no-internet",
+    default=True,
+    show_default=True,
+    help="Internet in the kernel (pretrained weights from the hub, missing packages).",
+)
+@click.option(
+    "--accelerator", help="Kaggle machine shape, e.g. NvidiaTeslaT4 (default: Kaggle's choice)."
+)
+@click.option("--public", is_flag=True, help="Make the kernel public (default: private).")
+@click.option(
+    "--dry-run", is_flag=True, help="Write the bundle(s) under kernels/ and push nothing."
+)
+@click.pass_context
+@friendly_errors
+def kernel_push(
+    ctx: click.Context,
+    name: str | None,
+    fold_ids: tuple[int, ...],
+    folds_per_kernel: int | None,
+    competition: str | None,
+    owner: str | None,
+    code_dataset: str | None,
+    gpu: bool,
+    internet: bool,
+    accelerator: str | None,
+    public: bool,
+    dry_run: bool,
+    **kwargs: Any,
+) -> None:
+    """Build a Kaggle kernel that trains and predicts with this workspace's config, and push it.
+
+    The bundle in kernels/<name>/ holds kernel-metadata.json and a script that
+    carries the resolved config, the folds and comp itself; it trains on
+    /kaggle/input and writes checkpoints, OOF and test probabilities to
+    /kaggle/working. No credentials go into it.
+
+    \b
+    Examples:
+        comp kernel push --name effb0 --model efficientnet_b0 --epochs 20
+        comp kernel push --name effb0 --folds-per-kernel 1      # 5 kernels in parallel
+        comp kernel push --name try --dry-run                   # write, don't push
+    """
+    from datetime import datetime
+
+    from comp.kaggle_io import find_credentials
+    from comp.kernels import build_bundles, record_push
+
+    root, cfg = workspace_config(ctx, kwargs)
+    slug = _competition(cfg, competition)
+    kaggle = None
+    if owner is None:
+        try:
+            owner = find_credentials().username
+        except Exception:
+            owner = None
+    if owner is None and not dry_run:
+        kaggle = _kaggle()
+        owner = kaggle.username
+    if owner is None:
+        raise click.ClickException("whose kernel? pass --owner YOUR_KAGGLE_USERNAME")
+    name = name or f"{cfg.model.replace('/', '_')}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    bundles = build_bundles(
+        root,
+        cfg,
+        name=name,
+        owner=owner,
+        competition=slug,
+        folds=list(fold_ids) or None,
+        folds_per_kernel=folds_per_kernel,
+        code_dataset=code_dataset,
+        gpu=gpu,
+        internet=internet,
+        private=not public,
+        accelerator=accelerator,
+    )
+    for bundle in bundles:
+        click.echo(f"bundle: {bundle.relative_to(root)}")
+    if dry_run:
+        click.echo(
+            "dry run: nothing pushed. Try a script locally with COMP_KAGGLE_INPUT=<folder> python <script>"
+        )
+        return
+    kaggle = kaggle or _kaggle()
+    for bundle in bundles:
+        pushed = kaggle.push_kernel(bundle)
+        record_push(bundle, pushed)
+        click.echo(
+            f"pushed {pushed['ref'].removeprefix('/code/')} version {pushed['version']}: {pushed['url']}"
+        )
+    click.echo(f"next: comp kernel status {name} --wait && comp kernel pull {name}")
+
+
+def _wait_for(
+    kaggle: Any, bundles: list[Path], *, wait: bool, interval: float, timeout: float
+) -> dict[Path, tuple[str, str | None]]:
+    from comp.kernels import read_info
+
+    start = time.monotonic()
+    seen: dict[Path, tuple[str, str | None]] = {}
+    while True:
+        for bundle in bundles:
+            ref = read_info(bundle)["ref"]
+            state = kaggle.kernel_status(ref)
+            if seen.get(bundle) != state:
+                msg = f": {state[1]}" if state[1] else ""
+                click.echo(f"{ref}: {state[0]}{msg}")
+            seen[bundle] = state
+        done = all(s[0] in ("complete", "error", "cancel_acknowledged") for s in seen.values())
+        if done or not wait:
+            return seen
+        if time.monotonic() - start > timeout:
+            raise click.ClickException(
+                f"kernels still running after {timeout:.0f}s; check again later"
+            )
+        time.sleep(interval)
+
+
+def _wait_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--timeout",
+        default=12 * 3600.0,
+        show_default=True,
+        help="Give up waiting after this many seconds.",
+    )(f)
+    f = click.option(
+        "--interval", default=30.0, show_default=True, help="Seconds between status checks."
+    )(f)
+    return click.option("--wait", is_flag=True, help="Poll until every kernel has finished.")(f)
+
+
+@kernel.command("status")
+@click.argument("name")
+@_wait_options
+@click.pass_context
+@friendly_errors
+def kernel_status(
+    ctx: click.Context, name: str, wait: bool, interval: float, timeout: float
+) -> None:
+    """Show the status of kernel NAME (queued, running, complete, error), optionally waiting.
+
+    \b
+    Example:
+        comp kernel status effb0 --wait --interval 60
+    """
+    from comp.kernels import bundles_of
+
+    root = find_workspace(ctx.obj.get("workspace"))
+    states = _wait_for(
+        _kaggle(), bundles_of(root, name), wait=wait, interval=interval, timeout=timeout
+    )
+    if any(s[0] == "error" for s in states.values()):
+        raise click.ClickException(
+            f"a kernel of {name} failed; `comp kernel pull {name} --force` fetches its log"
+        )
+
+
+@kernel.command("pull")
+@click.argument("name")
+@_wait_options
+@click.option("--force", is_flag=True, help="Fetch outputs of failed kernels too (for their logs).")
+@click.pass_context
+@friendly_errors
+def kernel_pull(
+    ctx: click.Context, name: str, wait: bool, interval: float, timeout: float, force: bool
+) -> None:
+    """Download the outputs of kernel NAME into runs/NAME, a run like any local one.
+
+    Folds from several kernels (--folds-per-kernel) are merged into one run, and
+    its OOF predictions and CV are recomputed, so `comp predict NAME` and
+    ensembles use it as they use a local run.
+
+    \b
+    Example:
+        comp kernel pull effb0 --wait && comp predict effb0
+    """
+    import shutil
+    import tempfile
+
+    from comp.kernels import bundles_of, import_output, read_info
+    from comp.train import summarise
+
+    root = find_workspace(ctx.obj.get("workspace"))
+    bundles = bundles_of(root, name)
+    kaggle = _kaggle()
+    states = _wait_for(kaggle, bundles, wait=wait, interval=interval, timeout=timeout)
+    unfinished = [read_info(b)["ref"] for b, s in states.items() if s[0] != "complete"]
+    if unfinished and not force:
+        raise click.ClickException(
+            f"not complete: {', '.join(unfinished)}; wait with --wait, or --force to fetch what is there"
+        )
+    (root / "runs").mkdir(exist_ok=True)
+    for bundle in bundles:
+        ref = read_info(bundle)["ref"]
+        pulled = Path(tempfile.mkdtemp(prefix=".pull-", dir=root / "runs"))
+        try:
+            kaggle.kernel_output(ref, pulled)
+            if states[bundle][0] != "complete":
+                for log in pulled.glob("*.log"):
+                    target = bundle / log.name
+                    shutil.copy2(log, target)
+                    click.echo(f"{ref}: log saved to {target.relative_to(root)}")
+                continue
+            facts = import_output(root, bundle, pulled)
+            click.echo(f"{ref}: {', '.join(facts['folds']) or 'no folds'} -> runs/{facts['run']}")
+        finally:
+            shutil.rmtree(pulled, ignore_errors=True)
+    run_dir = root / "runs" / read_info(bundles[0])["run"]
+    if not (run_dir / "classes.json").exists():
+        raise click.ClickException(f"no run was pulled for {name}")
+    summary = summarise(
+        run_dir,
+        classes=json.loads((run_dir / "classes.json").read_text()),
+        n_folds=int(read_info(bundles[0])["n_splits"]),
+    )
+    scope = (
+        "CV"
+        if summary["complete"]
+        else f"CV over {summary['folds_trained']}/{summary['n_folds']} folds"
+    )
+    click.echo(f"run {run_dir.name}: {scope} macro-F1 {summary['cv_macro_f1']:.4f}")
+    if (root / "submissions" / f"{run_dir.name}.csv").exists():
+        click.echo(f"the kernel's submission: submissions/{run_dir.name}.csv")
+    else:
+        click.echo(f"next: comp predict {run_dir.name}")
+
+
+@kernel.command("dataset")
+@click.option("--slug", default="comp-code", show_default=True, help="Dataset slug.")
+@click.option("--owner", help="Kaggle user owning the dataset (default: the credentials' user).")
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    multiple=True,
+    help="Weights file to ship with the code (repeatable), for pretrained_file in kernels.",
+)
+@click.option("-m", "--message", default="comp update", show_default=True, help="Version notes.")
+@click.option("--public", is_flag=True, help="Make a new dataset public (default: private).")
+@click.option("--dry-run", is_flag=True, help="Write the dataset folder and upload nothing.")
+@click.pass_context
+@friendly_errors
+def kernel_dataset(
+    ctx: click.Context,
+    slug: str,
+    owner: str | None,
+    weights: tuple[Path, ...],
+    message: str,
+    public: bool,
+    dry_run: bool,
+) -> None:
+    """Create or version the Kaggle dataset that carries comp's code (and weights) to kernels.
+
+    \b
+    Example:
+        comp kernel dataset --weights weights/effb0.pth
+        comp kernel push --code-dataset me/comp-code --pretrained-file weights/effb0.pth
+    """
+    from comp.kaggle_io import find_credentials
+    from comp.kernels import build_code_dataset
+
+    root = find_workspace(ctx.obj.get("workspace"))
+    kaggle = None
+    if owner is None:
+        try:
+            owner = find_credentials().username
+        except Exception:
+            owner = None
+    if owner is None and not dry_run:
+        kaggle = _kaggle()
+        owner = kaggle.username
+    if owner is None:
+        raise click.ClickException("whose dataset? pass --owner YOUR_KAGGLE_USERNAME")
+    folder = build_code_dataset(root, owner=owner, slug=slug, weights=list(weights))
+    click.echo(f"dataset folder: {folder.relative_to(root)}")
+    if dry_run:
+        return
+    kaggle = kaggle or _kaggle()
+    ref = f"{owner}/{slug}"
+    if kaggle.dataset_exists(ref):
+        url = kaggle.version_dataset(folder, notes=message)
+        click.echo(f"new version of {ref}: {url}")
+    else:
+        url = kaggle.create_dataset(folder, public=public)
+        click.echo(f"created {ref}: {url}")
+    click.echo(f"use it: comp kernel push --code-dataset {ref}")
+
+
+@cli.command()
+@click.argument("competition")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace DIRECTORY/data and comp.yaml if they exist.")
+@config_flags("model", "img_size", "n_splits", "seed")
+@friendly_errors
+def download(competition: str, directory: Path, force: bool, **kwargs: Any) -> None:
+    """Download COMPETITION's files from Kaggle into a new workspace in DIRECTORY.
+
+    The archive is unpacked (nested zips too) into DIRECTORY/data, and the
+    workspace is set up as `comp init` would, with `competition:` filled in.
+
+    \b
+    Example:
+        comp download pokemon-primary-type pokemon && cd pokemon && comp folds
+    """
+    import shutil
+    import tempfile
+
+    from comp.workspace import init_workspace, unpack
+
+    data = directory / "data"
+    if data.exists() and not force:
+        raise click.ClickException(f"{data} exists (use --force to replace it)")
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=directory))
+    try:
+        archive = _kaggle().download(competition, staging / "archive")
+        unpacked = staging / "data"
+        unpack(archive, unpacked)
+        if data.exists():
+            shutil.rmtree(data)
+        unpacked.rename(data)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    click.echo(f"{competition} -> {data}")
+    overrides = dict(parse_sets(kwargs.pop("sets", ())))
+    overrides.update({k: v for k, v in kwargs.items() if v is not None})
+    overrides["competition"] = competition
+    seed = int(overrides.pop("seed", 42))
+    _, text = init_workspace(directory, data, seed=seed, force=force, overrides=overrides)
+    click.echo(text)
+    click.echo(
+        f"\nworkspace ready: {directory}/comp.yaml. Next: cd {directory} && comp folds && comp train"
+    )
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -169,7 +169,7 @@ def _make_api(timeout: float) -> Any:
                 kwargs["timeout"] = timeout
             return super().send(request, **kwargs)
 
-    class Api(KaggleApi):  # type: ignore[misc]
+    class Api(KaggleApi):
         def __init__(self) -> None:
             super().__init__()
             # KaggleApi resolves its config folder once, at import; resolve it now instead.
@@ -216,11 +216,12 @@ class Kaggle:
                 self.echo(
                     f"warning: {path} is readable by other users on this machine; run chmod 600 {path}"
                 )
-            api = _make_api(self.timeout)
             out = _io.StringIO()
             try:
-                # The client prints its own help and calls exit(1) on bad credentials.
-                with contextlib.redirect_stdout(out):
+                # The client prints its own help and calls exit(1) on bad credentials, and
+                # `import kaggle` (the package around KaggleApi) signs in once on its own.
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                    api = _make_api(self.timeout)
                     self._call("sign in", api.authenticate)
             except SystemExit:
                 raise KaggleError(
@@ -283,15 +284,21 @@ class Kaggle:
                 f"Kaggle rejected the credentials from {source} (HTTP 401) during {what}; {TOKEN_HELP}"
             )
         if status == 403:
-            return KaggleError(f"Kaggle refused {what} (HTTP 403){detail}{'; ' + hint if hint else ''}")
+            return KaggleError(
+                f"Kaggle refused {what} (HTTP 403){detail}{'; ' + hint if hint else ''}"
+            )
         if status == 404:
-            return KaggleError(f"{what}: not found on Kaggle (HTTP 404){detail}{'; ' + hint if hint else ''}")
+            return KaggleError(
+                f"{what}: not found on Kaggle (HTTP 404){detail}{'; ' + hint if hint else ''}"
+            )
         if status == 429:
             return KaggleError(
                 f"Kaggle is rate-limiting {what} (HTTP 429){tried}; wait a few minutes and run it again"
             )
         if status is not None and status >= 500:
-            return KaggleError(f"Kaggle failed {what} (HTTP {status}){tried}{detail}; try again later")
+            return KaggleError(
+                f"Kaggle failed {what} (HTTP {status}){tried}{detail}; try again later"
+            )
         if status is not None:
             return KaggleError(f"Kaggle refused {what} (HTTP {status}){detail}")
         if isinstance(e, requests.Timeout):

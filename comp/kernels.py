@@ -87,7 +87,9 @@ def _common_parts(paths: list[Path]) -> tuple[str, ...]:
     return tuple(common) or ("/",)
 
 
-def kernel_groups(n_splits: int, folds: list[int] | None, per_kernel: int | None) -> list[list[int]]:
+def kernel_groups(
+    n_splits: int, folds: list[int] | None, per_kernel: int | None
+) -> list[list[int]]:
     chosen = folds if folds else list(range(n_splits))
     for k in chosen:
         if not 0 <= k < n_splits:
@@ -151,7 +153,9 @@ def build_bundles(
         title = f"comp {name}{suffix}"
         slug = slugify(title)
         if len(slug) > 50:
-            raise ConfigError(f"kernel slug '{slug}' is longer than Kaggle's 50 characters; pick a shorter --name")
+            raise ConfigError(
+                f"kernel slug '{slug}' is longer than Kaggle's 50 characters; pick a shorter --name"
+            )
         bundle = group_dir / (f"fold{'-'.join(map(str, group))}" if fan_out else "")
         script = render_script(
             run=name,

@@ -2,8 +2,9 @@
 
 Reads and writes ``submissions/ledger.sqlite``. SQLite gives transactions, so a
 kill or two concurrent ``comp`` processes never leave a half-written row. Rows
-come from ``comp submit --local`` today; Kaggle submissions use the same table,
-with ``target='kaggle'``, a ``kaggle_ref`` and a ``status`` that refreshes fill in.
+come from ``comp submit --local`` (scored at once) and ``comp submit`` to Kaggle
+(``target='kaggle'``, a ``kaggle_ref``, and a ``status`` and scores that
+``comp submissions --refresh`` fills in).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -95,6 +98,72 @@ class Ledger:
     def rows(self) -> list[dict[str, Any]]:
         with self._connect() as conn:
             return [dict(r) for r in conn.execute("SELECT * FROM submissions ORDER BY id")]
+
+    def merge_kaggle(self, competition: str, remote: list[dict[str, Any]]) -> tuple[int, int]:
+        """Fill status and scores of Kaggle rows from Kaggle's list; add submissions made elsewhere.
+
+        Returns (rows updated, rows added). One transaction: a concurrent reader
+        sees the ledger before or after the refresh, never half of it.
+        """
+        updated = added = 0
+        with self._connect() as conn:
+            known = {
+                r["kaggle_ref"]: r["id"]
+                for r in conn.execute(
+                    "SELECT id, kaggle_ref FROM submissions WHERE target = 'kaggle' AND kaggle_ref IS NOT NULL"
+                )
+            }
+            for s in remote:
+                facts = {
+                    "status": s["status"],
+                    "public": s["public"],
+                    "private": s["private"],
+                    "error": s["error"],
+                }
+                if s["ref"] in known:
+                    sets = ", ".join(f"{k} = ?" for k in facts)
+                    conn.execute(
+                        f"UPDATE submissions SET {sets} WHERE id = ?",
+                        (*facts.values(), known[s["ref"]]),
+                    )
+                    updated += 1
+                else:
+                    row = {
+                        "created_at": s["date"] or datetime.now(timezone.utc).isoformat(),
+                        "file": s["file_name"] or "",
+                        "sha256": "",
+                        "message": s["description"],
+                        "target": "kaggle",
+                        "competition": competition,
+                        "kaggle_ref": s["ref"],
+                        **facts,
+                    }
+                    conn.execute(
+                        f"INSERT INTO submissions ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+                        tuple(row.values()),
+                    )
+                    added += 1
+        return updated, added
+
+
+def compare(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How well CV predicted the leaderboard, and which submission would have won on private."""
+    scored = [r for r in rows if r["status"] not in ("error",)]
+    facts: dict[str, Any] = {}
+    for board in ("public", "private"):
+        pairs = [
+            (r["cv"], r[board]) for r in scored if r["cv"] is not None and r[board] is not None
+        ]
+        if len(pairs) >= 2:
+            cv, lb = zip(*pairs, strict=True)
+            rho = pd.Series(cv).corr(pd.Series(lb), method="spearman")
+            facts[f"rank_corr_{board}"] = None if pd.isna(rho) else round(float(rho), 4)
+            facts[f"n_{board}"] = len(pairs)
+    for key in ("cv", "public", "private"):
+        have = [r for r in scored if r[key] is not None]
+        if have:
+            facts[f"best_{key}"] = max(have, key=lambda r: (r[key], -r["id"]))
+    return facts
 
 
 def ledger_path(root: Path) -> Path:

@@ -1,12 +1,15 @@
 """Pictures of a run, for where people would rather look than read.
 
-Reads ``runs/<name>/fold*/metrics.csv``. Writes ``runs/<name>/curves.png``:
-loss, accuracy and macro-F1 per epoch, train against validation, one line per fold.
+Reads ``runs/<name>/fold*/metrics.csv`` and the submissions ledger. Writes
+``runs/<name>/curves.png`` (loss, accuracy and macro-F1 per epoch, train against
+validation, one line per fold) and ``submissions/leaderboard.png`` (CV against
+public and private score, one point per submission).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -58,6 +61,43 @@ def plot_curves(run_dir: Path) -> Path | None:
     note = " (dotted line: backbone unfrozen)" if two_stages else ""
     fig.suptitle(f"{run_dir.name}: training curves{note}")
     out = run_dir / "curves.png"
+    io.write_with(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return out
+
+
+def plot_leaderboard(rows: list[dict[str, Any]], out: Path) -> Path | None:
+    """CV against public and private score per submission; None when nothing has both."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [
+        r
+        for r in rows
+        if r["cv"] is not None and (r["public"] is not None or r["private"] is not None)
+    ]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 6), constrained_layout=True)
+    values = []
+    for board, marker, colour in (("public", "o", "C0"), ("private", "s", "C3")):
+        pts = [(r["cv"], r[board], r["id"]) for r in rows if r[board] is not None]
+        if not pts:
+            continue
+        xs, ys, _ = zip(*pts, strict=True)
+        ax.scatter(xs, ys, marker=marker, color=colour, label=board, alpha=0.8)
+        for x, y, i in pts:
+            ax.annotate(f"#{i}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        values += [*xs, *ys]
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.05 or 0.01
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("CV macro-F1")
+    ax.set_ylabel("leaderboard score")
+    ax.set_title("CV against leaderboard (dotted: equal)")
+    ax.legend()
     io.write_with(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return out

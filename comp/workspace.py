@@ -1,4 +1,4 @@
-"""Workspaces: ``comp init`` around an existing competition folder.
+"""Workspaces: ``comp init`` around an existing competition folder (or a downloaded archive).
 
 Reads a competition folder in either layout Kaggle uses:
 
@@ -17,6 +17,7 @@ loop, local scoring included, runs on it.
 from __future__ import annotations
 
 import random
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -437,3 +438,25 @@ def report(det: Detected, stats: dict[str, Any], img_size: int) -> str:
     lines.append(f"img_size: {img_size}")
     lines.extend(f"note: {n}" for n in det.notes)
     return "\n".join(lines)
+
+
+def unpack(archive: Path, dest: Path) -> None:
+    """Unpack a competition archive into ``dest``, and the zips inside it (Kaggle nests train.zip)."""
+    try:
+        _extract(archive, dest)
+        for inner in sorted(dest.rglob("*.zip")):
+            # train.zip usually holds train/ itself; unpack beside it, not into train/train/.
+            _extract(inner, inner.parent)
+            inner.unlink()
+    except zipfile.BadZipFile:
+        raise DataError(f"{archive.name}: not a zip archive (an interrupted download?)") from None
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    with zipfile.ZipFile(archive) as z:
+        root = dest.resolve()
+        for member in z.namelist():
+            # Refuse members that would land outside dest ("zip slip").
+            if not (root / member).resolve().is_relative_to(root):
+                raise DataError(f"{archive.name}: member '{member}' points outside the folder")
+        z.extractall(dest)

@@ -18,6 +18,7 @@ import base64
 import io
 import json
 import threading
+import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
@@ -112,9 +113,11 @@ class KaggleStandIn:
         self.blobs: dict[str, bytes] = {}
         self.calls: list[str] = []
         self.faults: list[tuple[str, int, dict[str, str]]] = []
+        self.delays: list[tuple[str, float]] = []
+        self.blob_names: dict[str, str] = {}
         self.runner = runner
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server = _Server(("127.0.0.1", 0), _handler(self))
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     # --- lifecycle and set-up -------------------------------------------------------------
@@ -157,6 +160,10 @@ class KaggleStandIn:
         self.competitions[slug] = comp
         return comp
 
+    def slow(self, rpc: str, seconds: float, *, times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``rpc`` only after ``seconds``, to test timeouts."""
+        self.delays += [(rpc, seconds)] * times
+
     def fail(self, rpc: str, status: int, *, times: int = 1, retry_after: str | None = "0") -> None:
         """Answer the next ``times`` calls of ``rpc`` (e.g. "ListSubmissions", or "*") with ``status``."""
         headers = {"Retry-After": retry_after} if retry_after is not None else {}
@@ -165,8 +172,16 @@ class KaggleStandIn:
     # --- RPCs -----------------------------------------------------------------------------
 
     def rpc(self, method: str, body: str, auth: str | None) -> tuple[int, dict[str, str], bytes]:
+        delay = 0.0
         with self.lock:
             self.calls.append(method)
+            for i, (rpc, seconds) in enumerate(self.delays):
+                if rpc in (method, "*"):
+                    del self.delays[i]
+                    delay = seconds
+                    break
+        time.sleep(delay)
+        with self.lock:
             for i, (rpc, status, headers) in enumerate(self.faults):
                 if rpc in (method, "*"):
                     del self.faults[i]
@@ -351,7 +366,9 @@ class KaggleStandIn:
         kernel = self._kernel(req.user_name, req.kernel_slug)
         if self.runner is None:
             kernel.polls += 1
-            kernel.status = ["QUEUED", "RUNNING"][kernel.polls - 1] if kernel.polls < 3 else "COMPLETE"
+            kernel.status = (
+                ["QUEUED", "RUNNING"][kernel.polls - 1] if kernel.polls < 3 else "COMPLETE"
+            )
         resp = ApiGetKernelSessionStatusResponse()
         resp.status = KernelWorkerStatus[kernel.status]
         resp.failure_message = kernel.failure
@@ -387,7 +404,6 @@ class KaggleStandIn:
         req = ApiStartBlobUploadRequest.from_json(body)
         token = uuid.uuid4().hex
         self.blobs[token] = b""
-        self.blob_names = getattr(self, "blob_names", {})
         self.blob_names[token] = req.name
         resp = ApiStartBlobUploadResponse()
         resp.token = token
@@ -436,6 +452,14 @@ class KaggleStandIn:
             if name in kernel.outputs:
                 return kernel.outputs[name]
         raise RpcError(404, f"no file {path}")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up waiting (a timeout test) is not the server's error.
+        pass
 
 
 def _json(obj: Any) -> tuple[int, dict[str, str], bytes]:
@@ -503,3 +527,53 @@ def _handler(standin: KaggleStandIn) -> type[BaseHTTPRequestHandler]:
                 self._error(e)
 
     return Handler
+
+
+def script_runner(standin: KaggleStandIn, workdir: Path) -> Runner:
+    """Run a pushed script as Kaggle would: competition and datasets mounted under an input
+    folder (zips unpacked), no credentials, outputs taken from the working folder."""
+    import os
+    import subprocess
+    import sys
+
+    def run(request: dict[str, Any]) -> tuple[dict[str, bytes], str, str | None]:
+        base = workdir / request["slug"].replace("/", "__") / f"v{len(list(workdir.glob('*')))}"
+        inp, working = base / "input", base / "working"
+        for slug in request.get("competitionDataSources", []):
+            for name, data in standin.competitions[slug].files.items():
+                (inp / slug / name).parent.mkdir(parents=True, exist_ok=True)
+                (inp / slug / name).write_bytes(data)
+        for ref in request.get("datasetDataSources", []):
+            folder = inp / ref.split("/")[-1]
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in standin.datasets[ref]["versions"][-1].items():
+                if name.endswith(".zip"):  # Kaggle unpacks uploaded archives
+                    zipfile.ZipFile(io.BytesIO(data)).extractall(folder / name[: -len(".zip")])
+                else:
+                    (folder / name).write_bytes(data)
+        script = base / "script.py"
+        script.write_text(request["text"])
+        working.mkdir(parents=True)
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("KAGGLE_", "HTTP"))}
+        env.update(
+            COMP_KAGGLE_INPUT=str(inp),
+            COMP_KAGGLE_WORKING=str(working),
+            COMP_KAGGLE_CODE=str(base / "code"),
+            KAGGLE_KERNEL_RUN_TYPE="Batch",
+        )
+        proc = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, cwd=working
+        )
+        outputs = {
+            p.relative_to(working).as_posix(): p.read_bytes()
+            for p in working.rglob("*")
+            if p.is_file()
+        }
+        log = proc.stdout + proc.stderr
+        return (
+            outputs,
+            log,
+            None if proc.returncode == 0 else f"exit {proc.returncode}: {log[-500:]}",
+        )
+
+    return run
