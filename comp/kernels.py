@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 import comp
 from comp import io
 from comp.config import Config, ConfigError, to_dict
@@ -245,7 +247,7 @@ def import_output(root: Path, bundle: Path, pulled: Path) -> dict[str, Any]:
     dest.mkdir(parents=True, exist_ok=True)
     for meta in ("config.yaml", "classes.json", "transforms.json"):
         mine, theirs = dest / meta, src / meta
-        if mine.exists() and theirs.exists() and mine.read_bytes() != theirs.read_bytes():
+        if mine.exists() and theirs.exists() and _settings(mine) != _settings(theirs):
             raise DataError(
                 f"{dest} holds a different run ({meta} differs from kernel {info['ref']}'s); pick another name"
             )
@@ -275,6 +277,15 @@ def import_output(root: Path, bundle: Path, pulled: Path) -> dict[str, Any]:
         (dest / "logs").mkdir(exist_ok=True)
         shutil.copy2(log, dest / "logs" / log.name)
     return {"ref": info["ref"], "run": run, "folds": folds}
+
+
+def _settings(path: Path) -> Any:
+    """What makes two runs the same run: everything but where each machine keeps its data."""
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data, dict):
+        for key in (*PATH_KEYS, "solution", "pretrained_file"):
+            data.pop(key, None)
+    return data
 
 
 def build_code_dataset(

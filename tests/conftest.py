@@ -131,3 +131,16 @@ def workspace(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No real credentials or config of this machine can leak in."""
+    home = tmp_path / "home"
+    (home / ".kaggle").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
+    for key in list(os.environ):
+        if key.startswith("KAGGLE_") and key != "KAGGLE_CONFIG_DIR":
+            monkeypatch.delenv(key)
+    return home

@@ -21,21 +21,6 @@ SLUG = "shapes"
 
 
 @pytest.fixture
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No real credentials or config of this machine can leak in."""
-    home = tmp_path / "home"
-    (home / ".kaggle").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("KAGGLE_") and key != "KAGGLE_CONFIG_DIR":
-            monkeypatch.delenv(key)
-    return home
-
-
-@pytest.fixture
 def standin(
     isolated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[KaggleStandIn]:
