@@ -15,6 +15,7 @@ to fail the next calls of an RPC with a status code, to test retries.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import threading
@@ -577,3 +578,28 @@ def script_runner(standin: KaggleStandIn, workdir: Path) -> Runner:
         )
 
     return run
+
+
+def main() -> None:
+    """Serve competitions by hand: python -m tests.kaggle_standin SLUG=FOLDER [...]"""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("competitions", nargs="+", metavar="SLUG=FOLDER")
+    parser.add_argument("--ended", action="store_true", help="show private scores too")
+    args = parser.parse_args()
+    with KaggleStandIn() as server:
+        server.runner = script_runner(server, Path(tempfile.mkdtemp(prefix="kaggle-machines-")))
+        for spec in args.competitions:
+            slug, _, folder = spec.partition("=")
+            server.add_competition(slug, Path(folder)).ended = args.ended
+        for k, v in server.env().items():
+            print(f"export {k}={v}")
+        print(f"export KAGGLE_API_TOKEN={GOOD_TOKEN}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
