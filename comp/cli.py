@@ -7,6 +7,7 @@ imported inside the commands, so ``comp --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -23,6 +24,25 @@ from comp import __version__
 from comp.config import KEYS, Config, ConfigError, find_workspace, load_config, parse_sets
 
 ERRORS: tuple[type[Exception], ...] = (ConfigError, FileExistsError)
+# The settings of a training run, as flags of every command that trains (here or on Kaggle).
+TRAINING_FLAGS = (
+    "model",
+    "pretrained",
+    "img_size",
+    "aug",
+    "epochs",
+    "freeze_epochs",
+    "lr1",
+    "lr2",
+    "weight_decay",
+    "optimizer",
+    "scheduler",
+    "patience",
+    "batch_size",
+    "amp",
+    "n_splits",
+    "seed",
+)
 
 
 def _library_errors() -> tuple[type[Exception], ...]:
@@ -213,27 +233,7 @@ def folds(ctx: click.Context, **kwargs: Any) -> None:
 
 
 @cli.command()
-@config_flags(
-    "model",
-    "pretrained",
-    "pretrained_file",
-    "img_size",
-    "aug",
-    "epochs",
-    "freeze_epochs",
-    "lr1",
-    "lr2",
-    "weight_decay",
-    "optimizer",
-    "scheduler",
-    "patience",
-    "batch_size",
-    "num_workers",
-    "device",
-    "amp",
-    "n_splits",
-    "seed",
-)
+@config_flags(*TRAINING_FLAGS, "pretrained_file", "num_workers", "device")
 @click.option(
     "--fold",
     "fold_ids",
@@ -332,6 +332,25 @@ def _competition(cfg: Config, given: str | None) -> str:
             "which Kaggle competition? pass --competition SLUG or set `competition:` in comp.yaml"
         )
     return slug
+
+
+def _owner(owner: str | None, *, dry_run: bool, what: str) -> tuple[str, Any]:
+    """The Kaggle user to own a kernel or dataset: --owner, else the credentials' user.
+
+    Returns the client too when finding the user needed one, so it signs in once.
+    """
+    from comp.kaggle_io import KaggleError, find_credentials
+
+    if owner:
+        return owner, None
+    with contextlib.suppress(KaggleError):
+        owner = find_credentials().username
+    if owner:
+        return owner, None
+    if dry_run:
+        raise click.ClickException(f"whose {what}? pass --owner YOUR_KAGGLE_USERNAME")
+    kaggle = _kaggle()
+    return kaggle.username, kaggle
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -529,25 +548,7 @@ def kernel() -> None:
 
 
 @kernel.command("push")
-@config_flags(
-    "model",
-    "pretrained",
-    "img_size",
-    "aug",
-    "epochs",
-    "freeze_epochs",
-    "lr1",
-    "lr2",
-    "weight_decay",
-    "optimizer",
-    "scheduler",
-    "patience",
-    "batch_size",
-    "amp",
-    "n_splits",
-    "seed",
-    "tta",
-)
+@config_flags(*TRAINING_FLAGS, "tta")
 @click.option("--name", help="Kernel and run name (default: <model>-<date>-<time>).")
 @click.option(
     "--fold", "fold_ids", type=int, multiple=True, help="Train only this fold (repeatable)."
@@ -610,22 +611,11 @@ def kernel_push(
     """
     from datetime import datetime
 
-    from comp.kaggle_io import find_credentials
     from comp.kernels import build_bundles, record_push
 
     root, cfg = workspace_config(ctx, kwargs)
     slug = _competition(cfg, competition)
-    kaggle = None
-    if owner is None:
-        try:
-            owner = find_credentials().username
-        except Exception:
-            owner = None
-    if owner is None and not dry_run:
-        kaggle = _kaggle()
-        owner = kaggle.username
-    if owner is None:
-        raise click.ClickException("whose kernel? pass --owner YOUR_KAGGLE_USERNAME")
+    owner, kaggle = _owner(owner, dry_run=dry_run, what="kernel")
     name = name or f"{cfg.model.replace('/', '_')}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     bundles = build_bundles(
         root,
@@ -822,21 +812,10 @@ def kernel_dataset(
         comp kernel dataset --weights weights/effb0.pth
         comp kernel push --code-dataset me/comp-code --pretrained-file weights/effb0.pth
     """
-    from comp.kaggle_io import find_credentials
     from comp.kernels import build_code_dataset
 
     root = find_workspace(ctx.obj.get("workspace"))
-    kaggle = None
-    if owner is None:
-        try:
-            owner = find_credentials().username
-        except Exception:
-            owner = None
-    if owner is None and not dry_run:
-        kaggle = _kaggle()
-        owner = kaggle.username
-    if owner is None:
-        raise click.ClickException("whose dataset? pass --owner YOUR_KAGGLE_USERNAME")
+    owner, kaggle = _owner(owner, dry_run=dry_run, what="dataset")
     folder = build_code_dataset(root, owner=owner, slug=slug, weights=list(weights))
     click.echo(f"dataset folder: {folder.relative_to(root)}")
     if dry_run:
