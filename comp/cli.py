@@ -7,7 +7,6 @@ imported inside the commands, so ``comp --help`` stays fast.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -339,12 +338,11 @@ def _owner(owner: str | None, *, dry_run: bool, what: str) -> tuple[str, Any]:
 
     Returns the client too when finding the user needed one, so it signs in once.
     """
-    from comp.kaggle_io import KaggleError, find_credentials
+    from comp.kaggle_io import find_credentials
 
     if owner:
         return owner, None
-    with contextlib.suppress(KaggleError):
-        owner = find_credentials().username
+    owner = next((c.username for c in find_credentials() if c.username), None)
     if owner:
         return owner, None
     if dry_run:
@@ -439,8 +437,10 @@ def submit(
         if r["target"] == "kaggle" and r["sha256"] == digest and r["status"] != "error"
     ]
     if earlier and not force:
+        last = earlier[-1]
+        maybe = " (maybe: its upload failed midway)" if last["status"] == "unknown" else ""
         raise click.ClickException(
-            f"{file} was already submitted as #{earlier[-1]['id']}; use --force to spend a submission on it again"
+            f"{file} was already submitted as #{last['id']}{maybe}; check with `comp submissions --refresh`, or use --force to spend a submission on it again"
         )
     kaggle = _kaggle()
     limits = kaggle.submission_limits(slug)
@@ -452,7 +452,16 @@ def submit(
             raise click.ClickException(
                 f"no submissions left for {slug} {'in total' if limits['limited_by_total'] else 'today (the quota resets at 00:00 UTC)'}; nothing was submitted"
             )
-    ref = kaggle.submit(file, competition=slug, message=message)
+    from comp.kaggle_io import KaggleUncertain
+
+    try:
+        ref = kaggle.submit(file, competition=slug, message=message)
+    except KaggleUncertain as e:
+        # Keep a trace, so a retry is caught as a duplicate and a refresh can settle it.
+        row = ledger.add(
+            **record, target="kaggle", status="unknown", competition=slug, error=str(e)
+        )
+        raise click.ClickException(f"{e} (ledger row #{row}, status unknown)") from None
     row = ledger.add(
         **record, target="kaggle", status="pending", competition=slug, kaggle_ref=str(ref)
     )
@@ -549,7 +558,7 @@ def kernel() -> None:
 
 @kernel.command("push")
 @config_flags(*TRAINING_FLAGS, "tta")
-@click.option("--name", help="Kernel and run name (default: <model>-<date>-<time>).")
+@click.option("--name", help="Kernel and run name (default: <model>-<month><day>-<time>).")
 @click.option(
     "--fold", "fold_ids", type=int, multiple=True, help="Train only this fold (repeatable)."
 )
@@ -559,6 +568,11 @@ def kernel() -> None:
     help="Fan the folds out over parallel kernels, this many each (default: all in one kernel).",
 )
 @click.option("--competition", help="Kaggle competition slug (default: comp.yaml's competition).")
+@click.option(
+    "--data-dataset",
+    metavar="OWNER/SLUG",
+    help="Read the images from this Kaggle dataset instead of a competition (e.g. Animals-10).",
+)
 @click.option("--owner", help="Kaggle user owning the kernel (default: the credentials' user).")
 @click.option(
     "--code-dataset",
@@ -587,6 +601,7 @@ def kernel_push(
     fold_ids: tuple[int, ...],
     folds_per_kernel: int | None,
     competition: str | None,
+    data_dataset: str | None,
     owner: str | None,
     code_dataset: str | None,
     gpu: bool,
@@ -611,18 +626,19 @@ def kernel_push(
     """
     from datetime import datetime
 
-    from comp.kernels import build_bundles, record_push
+    from comp.kernels import build_bundles, record_push, slugify
 
     root, cfg = workspace_config(ctx, kwargs)
-    slug = _competition(cfg, competition)
     owner, kaggle = _owner(owner, dry_run=dry_run, what="kernel")
-    name = name or f"{cfg.model.replace('/', '_')}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    # Short enough for Kaggle's 50-character slugs, fold suffix included.
+    name = name or f"{slugify(cfg.model)[:24].strip('-')}-{datetime.now().strftime('%m%d-%H%M')}"
     bundles = build_bundles(
         root,
         cfg,
         name=name,
         owner=owner,
-        competition=slug,
+        competition=competition or cfg.competition,
+        data_dataset=data_dataset,
         folds=list(fold_ids) or None,
         folds_per_kernel=folds_per_kernel,
         code_dataset=code_dataset,
@@ -734,7 +750,7 @@ def kernel_pull(
     import shutil
     import tempfile
 
-    from comp.kernels import bundles_of, import_output, read_info
+    from comp.kernels import bundles_of, combine_fan_out, import_output, read_info
     from comp.train import summarise
 
     root = find_workspace(ctx.obj.get("workspace"))
@@ -776,8 +792,10 @@ def kernel_pull(
         else f"CV over {summary['folds_trained']}/{summary['n_folds']} folds"
     )
     click.echo(f"run {run_dir.name}: {scope} macro-F1 {summary['cv_macro_f1']:.4f}")
+    if summary["complete"] and len(bundles) > 1:
+        combine_fan_out(root, load_config(root), run_dir, n_splits=summary["n_folds"])
     if (root / "submissions" / f"{run_dir.name}.csv").exists():
-        click.echo(f"the kernel's submission: submissions/{run_dir.name}.csv")
+        click.echo(f"the kernels' submission: submissions/{run_dir.name}.csv")
     else:
         click.echo(f"next: comp predict {run_dir.name}")
 
@@ -850,15 +868,19 @@ def download(competition: str, directory: Path, force: bool, **kwargs: Any) -> N
     import shutil
     import tempfile
 
+    from comp.config import CONFIG_FILE
     from comp.workspace import init_workspace, unpack
 
     data = directory / "data"
-    if data.exists() and not force:
-        raise click.ClickException(f"{data} exists (use --force to replace it)")
+    for existing in (data, directory / CONFIG_FILE):
+        if existing.exists() and not force:
+            raise click.ClickException(f"{existing} exists (use --force to replace it)")
+    kaggle = _kaggle()
+    kaggle.sign_in()  # before anything is created
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=directory))
     try:
-        archive = _kaggle().download(competition, staging / "archive")
+        archive = kaggle.download(competition, staging / "archive")
         unpacked = staging / "data"
         unpack(archive, unpacked)
         if data.exists():

@@ -21,21 +21,26 @@ import json
 import os
 import random
 import re
+import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from comp import io
+
 T = TypeVar("T")
 
 # Statuses worth another try: rate limiting and the server's own failures.
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-# A call that is not idempotent (a submission) must not be repeated after the
-# server may already have acted on it; these statuses say it did not.
-RETRY_STATUS_UNSAFE = frozenset({429, 502, 503, 504})
+# A call that is not idempotent (a submission, a kernel push) must not be repeated
+# after the server may already have acted on it; only these statuses say it did not.
+RETRY_STATUS_UNSAFE = frozenset({429, 503})
+# However long the server asks us to wait, a person is waiting at the terminal.
+MAX_RETRY_AFTER = 120.0
 TOKEN_HELP = (
     "make an API token at https://www.kaggle.com/settings (API section) and put it in "
     "~/.kaggle/access_token or KAGGLE_API_TOKEN, or put username and key in ~/.kaggle/kaggle.json"
@@ -46,9 +51,13 @@ class KaggleError(RuntimeError):
     """Kaggle refused or failed a request; the message says what to do about it."""
 
 
+class KaggleUncertain(KaggleError):
+    """A call that is not safe to repeat failed after Kaggle may already have acted on it."""
+
+
 @dataclass(frozen=True)
 class Credentials:
-    kind: str  # "token" (access token) or "key" (legacy username + key)
+    kind: str  # "token", "key" (legacy username + key) or "oauth"
     source: str  # where they came from, for messages; never the secret itself
     username: str | None
 
@@ -73,32 +82,45 @@ def _token_file(path: Path) -> str | None:
     return text or None
 
 
-def _legacy_key() -> tuple[str | None, str | None, str]:
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"], "KAGGLE_USERNAME/KAGGLE_KEY"
-    path = config_dir() / "kaggle.json"
+def _kaggle_json() -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads((config_dir() / "kaggle.json").read_text())
     except (OSError, ValueError):
-        return None, None, str(path)
-    if not isinstance(data, dict):
-        return None, None, str(path)
-    return data.get("username"), data.get("key"), str(path)
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
-def find_credentials() -> Credentials:
-    """Which credentials the kaggle client will use, found without a network call."""
-    token = os.environ.get("KAGGLE_API_TOKEN")
-    if token:
-        return Credentials("token", "KAGGLE_API_TOKEN", os.environ.get("KAGGLE_USERNAME"))
+def find_credentials() -> list[Credentials]:
+    """The credentials the kaggle client can sign in with, in the order it tries them.
+
+    Found without a network call and only to word messages: the client itself
+    decides which ones work.
+    """
+    found = []
+    env_user = os.environ.get("KAGGLE_USERNAME")
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") and os.environ.get("KAGGLE_API_V1_TOKEN"):
+        found.append(Credentials("token", "KAGGLE_API_V1_TOKEN", env_user))
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        found.append(Credentials("token", "KAGGLE_API_TOKEN", env_user))
     for name in ("access_token", "access_token.txt"):
         path = Path.home() / ".kaggle" / name
         if _token_file(path):
-            return Credentials("token", str(path), os.environ.get("KAGGLE_USERNAME"))
-    username, key, source = _legacy_key()
+            found.append(Credentials("token", str(path), env_user))
+            break
+    # The client merges kaggle.json with KAGGLE_* variables, the variables winning.
+    saved = _kaggle_json()
+    username = env_user or saved.get("username")
+    key = os.environ.get("KAGGLE_KEY") or saved.get("key")
     if username and key:
-        return Credentials("key", source, username)
-    raise KaggleError(f"no Kaggle credentials found: {TOKEN_HELP}")
+        where = [
+            "KAGGLE_USERNAME" if env_user else None,
+            "KAGGLE_KEY" if os.environ.get("KAGGLE_KEY") else None,
+            str(config_dir() / "kaggle.json") if saved else None,
+        ]
+        found.append(Credentials("key", " + ".join(w for w in where if w), str(username)))
+    if (Path.home() / ".kaggle" / "credentials.json").exists():
+        found.append(Credentials("oauth", "~/.kaggle/credentials.json (kaggle auth login)", None))
+    return found
 
 
 def loose_permissions() -> list[Path]:
@@ -127,13 +149,14 @@ def _retry_after(e: BaseException) -> float | None:
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        return min(MAX_RETRY_AFTER, max(0.0, float(value)))
     except ValueError:
         pass
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        delay = parsedate_to_datetime(value).timestamp() - time.time()
     except (TypeError, ValueError):
         return None
+    return min(MAX_RETRY_AFTER, max(0.0, delay))
 
 
 def _server_message(e: BaseException) -> str:
@@ -145,17 +168,46 @@ def _server_message(e: BaseException) -> str:
     return ""
 
 
+def _never_sent(e: BaseException) -> bool:
+    """True when the request cannot have reached the server: no connection was made."""
+    import requests
+    from urllib3.exceptions import NewConnectionError
+
+    if isinstance(e, requests.ConnectTimeout):
+        return True
+    reason = getattr(e.args[0], "reason", None) if e.args else None
+    return isinstance(e, requests.ConnectionError) and isinstance(reason, NewConnectionError)
+
+
 def _transient(e: BaseException, *, idempotent: bool) -> bool:
     import requests
 
     status = _status(e)
     if status is not None:
         return status in (RETRY_STATUS if idempotent else RETRY_STATUS_UNSAFE)
-    if isinstance(e, requests.ConnectTimeout):
-        return True  # never reached the server
-    if isinstance(e, requests.Timeout):
-        return idempotent  # the server may have acted before the answer timed out
-    return isinstance(e, requests.ConnectionError)
+    if not idempotent:
+        return _never_sent(e)
+    return isinstance(e, (requests.Timeout, requests.ConnectionError))
+
+
+def _ambiguous(e: BaseException) -> bool:
+    """A failure after which the server may or may not have done what was asked."""
+    import requests
+
+    status = _status(e)
+    if status is not None:
+        return status >= 500 and status != 503
+    return isinstance(e, (requests.Timeout, requests.ConnectionError)) and not _never_sent(e)
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
 
 
 def _make_api(timeout: float) -> Any:
@@ -211,7 +263,7 @@ class Kaggle:
     @property
     def api(self) -> Any:
         if self._api is None:
-            self.credentials = find_credentials()
+            found = find_credentials()
             for path in loose_permissions():
                 self.echo(
                     f"warning: {path} is readable by other users on this machine; run chmod 600 {path}"
@@ -219,17 +271,31 @@ class Kaggle:
             out = _io.StringIO()
             try:
                 # The client prints its own help and calls exit(1) on bad credentials, and
-                # `import kaggle` (the package around KaggleApi) signs in once on its own.
-                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                # `import kaggle` (the package around KaggleApi) signs in once on its own,
+                # with no timeout of its own: hence the socket default around it.
+                with (
+                    contextlib.redirect_stdout(out),
+                    contextlib.redirect_stderr(out),
+                    _socket_timeout(self.timeout),
+                ):
                     api = _make_api(self.timeout)
                     self._call("sign in", api.authenticate)
             except SystemExit:
+                if not found:
+                    raise KaggleError(f"no Kaggle credentials found: {TOKEN_HELP}") from None
+                sources = ", then ".join(c.source for c in found)
                 raise KaggleError(
-                    f"Kaggle rejected the credentials from {self.credentials.source} "
-                    f"(invalid or expired); {TOKEN_HELP}"
+                    f"Kaggle rejected the credentials from {sources} (invalid or expired); {TOKEN_HELP}"
                 ) from None
+            method = str(api.config_values.get("auth_method", ""))
+            kind = {"ACCESS_TOKEN": "token", "LEGACY_API_KEY": "key", "OAUTH": "oauth"}.get(method)
+            self.credentials = next((c for c in found if c.kind == kind), None)
             self._api = api
         return self._api
+
+    def sign_in(self) -> None:
+        """Authenticate now rather than at the first call."""
+        self.api  # noqa: B018
 
     @property
     def username(self) -> str:
@@ -245,6 +311,7 @@ class Kaggle:
         *args: Any,
         idempotent: bool = True,
         hint: str = "",
+        check: str = "",
         **kwargs: Any,
     ) -> T:
         """Run one API call with retries; re-raise whatever is left as a KaggleError."""
@@ -268,7 +335,12 @@ class Kaggle:
                     )
                     time.sleep(delay)
                     continue
-                raise self._explain(e, what, attempts=attempt, hint=hint) from None
+                error = self._explain(e, what, attempts=attempt, hint=hint)
+                if not idempotent and _ambiguous(e):
+                    raise KaggleUncertain(
+                        f"{error}; Kaggle may have acted on it anyway: {check or 'check on kaggle.com'} before trying again"
+                    ) from None
+                raise error from None
         raise AssertionError("unreachable")
 
     def _explain(self, e: BaseException, what: str, *, attempts: int, hint: str) -> KaggleError:
@@ -339,6 +411,7 @@ class Kaggle:
             competition,
             quiet=True,
             idempotent=False,
+            check="see `comp submissions --refresh`",
             hint=f"have you joined the competition and accepted its rules at https://www.kaggle.com/competitions/{competition}/rules?",
         )
         if result.message == KaggleApi.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
@@ -399,7 +472,13 @@ class Kaggle:
     # --- kernels --------------------------------------------------------------------------
 
     def push_kernel(self, folder: Path) -> dict[str, Any]:
-        response = self._call(f"pushing kernel {folder.name}", self.api.kernels_push, str(folder))
+        response = self._call(
+            f"pushing kernel {folder.name}",
+            self.api.kernels_push,
+            str(folder),
+            idempotent=False,
+            check="see `comp kernel status`",
+        )
         if response.error:
             raise KaggleError(f"Kaggle refused kernel {folder.name}: {response.error}")
         invalid = [
@@ -419,16 +498,52 @@ class Kaggle:
         return response.status.name.lower(), response.failure_message or None
 
     def kernel_output(self, ref: str, dest: Path) -> list[Path]:
-        dest.mkdir(parents=True, exist_ok=True)
-        files, _ = self._call(
-            f"downloading the output of {ref}",
-            self.api.kernels_output,
-            ref,
-            str(dest),
-            force=True,
-            quiet=True,
-        )
-        return [Path(f) for f in files]
+        """Download every output file of kernel ``ref`` (and its log) into ``dest``.
+
+        Done here rather than with the client's kernels_output, which fetches without
+        a timeout and saves an error page as if it were the file.
+        """
+        import requests
+        from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+
+        owner, _, slug = ref.partition("/")
+
+        def page(token: str) -> Any:
+            request = ApiListKernelSessionOutputRequest()
+            request.user_name = owner
+            request.kernel_slug = slug
+            request.page_size = 100
+            request.page_token = token
+            with self.api.build_kaggle_client() as client:
+                return client.kernels.kernels_api_client.list_kernel_session_output(request)
+
+        def fetch(url: str, target: Path) -> None:
+            with requests.get(url, stream=True, timeout=self.timeout) as response:
+                response.raise_for_status()
+                with io.atomic_open(target, "wb") as f:
+                    for chunk in response.iter_content(1 << 20):
+                        f.write(chunk)
+
+        root = dest.resolve()
+        files: list[Path] = []
+        token = ""
+        for number in range(10_000):
+            response = self._call(f"listing the output of {ref}", page, token)
+            if number == 0 and response.log:
+                io.write_text(dest / f"{slug}.log", response.log)
+                files.append(dest / f"{slug}.log")
+            for item in response.files or []:
+                target = dest / item.file_name
+                if not target.resolve().is_relative_to(root):
+                    raise KaggleError(
+                        f"{ref}: output file '{item.file_name}' points outside {dest}"
+                    )
+                self._call(f"downloading {item.file_name} of {ref}", fetch, item.url, target)
+                files.append(target)
+            token = response.next_page_token or ""
+            if not token:
+                break
+        return files
 
     # --- datasets -------------------------------------------------------------------------
 
@@ -451,6 +566,7 @@ class Kaggle:
             public=public,
             quiet=True,
             dir_mode="zip",
+            idempotent=False,
         )
         if response.error:
             raise KaggleError(f"Kaggle refused the dataset: {response.error}")
@@ -464,6 +580,7 @@ class Kaggle:
             notes,
             quiet=True,
             dir_mode="zip",
+            idempotent=False,
         )
         if response.error:
             raise KaggleError(f"Kaggle refused the dataset version: {response.error}")

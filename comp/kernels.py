@@ -18,9 +18,11 @@ from __future__ import annotations
 import base64
 import io as _io
 import json
+import os
 import pprint
 import re
 import shutil
+import tempfile
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +37,8 @@ from comp.data import DataError, resolve
 from comp.folds import folds_path
 
 KERNEL_METADATA = "kernel-metadata.json"
+# Tables the kernel carries in its payload rather than reads from the data folder.
+CARRIED = "carried"
 DATASET_METADATA = "dataset-metadata.json"
 INFO = "comp-kernel.json"
 PATH_KEYS = ("train_csv", "train_dir", "test_dir", "sample_submission")
@@ -63,30 +67,42 @@ def _zip(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def data_layout(root: Path, cfg: Config) -> dict[str, str | None]:
-    """The data paths relative to the competition folder, as Kaggle mounts it."""
+def data_layout(root: Path, cfg: Config) -> tuple[dict[str, str | None], dict[str, Path]]:
+    """Where each data path of comp.yaml will be in a kernel.
+
+    Returns the paths relative to the data folder as Kaggle mounts it, and the
+    tables that ``comp init`` made in the workspace itself (an ImageFolder's
+    labels, a hold-out), which the kernel has to carry along.
+    """
     paths = {k: resolve(root, getattr(cfg, k)) for k in PATH_KEYS}
-    present = [p.resolve() for p in paths.values() if p is not None]
-    base = Path(*_common_parts(present))
-    if base in (Path("/"), root.resolve()) or root.resolve().is_relative_to(base):
+    ws = root.resolve()
+    carried = {
+        k: p.resolve()
+        for k, p in paths.items()
+        if p is not None and p.is_file() and p.resolve().parent == ws
+    }
+    folders = [
+        p.resolve() if p.is_dir() else p.resolve().parent
+        for k, p in paths.items()
+        if p is not None and k not in carried
+    ]
+    if not folders:
+        raise ConfigError("comp.yaml names no data folder for a kernel to read")
+    base = Path(os.path.commonpath(folders))
+    if base == Path(base.anchor) or base == ws or ws.is_relative_to(base):
         raise ConfigError(
             "the data paths of comp.yaml do not share a competition folder "
-            f"({', '.join(str(p) for p in present)}); a kernel needs the competition's own layout"
+            f"({', '.join(str(p) for p in folders)}); a kernel needs the competition's own layout"
         )
-    return {k: (p.resolve().relative_to(base).as_posix() if p else None) for k, p in paths.items()}
-
-
-def _common_parts(paths: list[Path]) -> tuple[str, ...]:
-    parts = [p.parts for p in paths]
-    common: list[str] = []
-    for level in zip(*parts, strict=False):
-        if len(set(level)) != 1:
-            break
-        common.append(level[0])
-    # A file's own name is never the folder.
-    if len(paths) == 1 or any(len(p) == len(common) for p in parts):
-        common = common[:-1]
-    return tuple(common) or ("/",)
+    layout: dict[str, str | None] = {}
+    for k, p in paths.items():
+        if p is None:
+            layout[k] = None
+        elif k in carried:
+            layout[k] = f"{CARRIED}/{p.name}"
+        else:
+            layout[k] = p.resolve().relative_to(base).as_posix()
+    return layout, carried
 
 
 def kernel_groups(
@@ -109,7 +125,8 @@ def build_bundles(
     *,
     name: str,
     owner: str,
-    competition: str,
+    competition: str | None,
+    data_dataset: str | None = None,
     folds: list[int] | None = None,
     folds_per_kernel: int | None = None,
     code_dataset: str | None = None,
@@ -118,9 +135,19 @@ def build_bundles(
     private: bool = True,
     accelerator: str | None = None,
 ) -> list[Path]:
-    """Write the bundle(s) of kernel group ``name``; return their folders."""
+    """Write the bundle(s) of kernel group ``name``; return their folders.
+
+    The data come from the competition, or from ``data_dataset`` (a Kaggle
+    dataset such as Animals-10) when there is no competition.
+    """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(f"kernel name '{name}': use letters, digits, '-', '_' and '.'")
+    data_ref = data_dataset or competition
+    if not data_ref:
+        raise ConfigError(
+            "where are the data on Kaggle? pass --competition SLUG (or set competition: in "
+            "comp.yaml), or --data-dataset OWNER/SLUG"
+        )
     if cfg.pretrained_file and not code_dataset:
         raise ConfigError(
             f"pretrained_file {cfg.pretrained_file} is on this machine, not on Kaggle: "
@@ -129,7 +156,7 @@ def build_bundles(
     fold_file = folds_path(root, cfg)
     if not fold_file.exists():
         raise DataError(f"{fold_file}: no folds yet; run `comp folds` first")
-    layout = data_layout(root, cfg)
+    layout, carried = data_layout(root, cfg)
     values = to_dict(cfg)
     values.update(layout)
     values.update(solution=None, competition=competition, device="auto")
@@ -137,6 +164,7 @@ def build_bundles(
         values["pretrained_file"] = Path(cfg.pretrained_file).name
 
     files = {f"folds/{fold_file.name}": fold_file.read_bytes()}
+    files.update({f"{CARRIED}/{p.name}": p.read_bytes() for p in carried.values()})
     if not code_dataset:
         package = Path(comp.__file__).parent
         files.update(
@@ -144,12 +172,9 @@ def build_bundles(
         )
     payload = base64.b64encode(_zip(files)).decode()
 
-    group_dir = root / "kernels" / name
     groups = kernel_groups(cfg.n_splits, folds, folds_per_kernel)
     fan_out = len(groups) > 1 or groups[0] != list(range(cfg.n_splits))
-    if group_dir.exists():
-        shutil.rmtree(group_dir)
-    bundles = []
+    plans = []
     for group in groups:
         suffix = f" fold {'-'.join(map(str, group))}" if fan_out else ""
         title = f"comp {name}{suffix}"
@@ -158,54 +183,70 @@ def build_bundles(
             raise ConfigError(
                 f"kernel slug '{slug}' is longer than Kaggle's 50 characters; pick a shorter --name"
             )
-        bundle = group_dir / (f"fold{'-'.join(map(str, group))}" if fan_out else "")
-        script = render_script(
-            run=name,
-            folds=group if fan_out else None,
-            config=values,
-            competition=competition,
-            code_dataset=code_dataset,
-            payload=payload,
-        )
-        if len(script.encode()) > MAX_SCRIPT_BYTES:
-            raise ConfigError(
-                f"the kernel script would be {len(script) // 1000} kB; upload comp with "
-                "`comp kernel dataset` and push with --code-dataset"
+        plans.append((group, title, slug))
+
+    # Written aside and swapped in whole, so a failure never costs the bundles already there.
+    group_dir = root / "kernels" / name
+    group_dir.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=group_dir.parent))
+    try:
+        for group, title, slug in plans:
+            where = f"fold{'-'.join(map(str, group))}" if fan_out else ""
+            bundle = building / where
+            script = render_script(
+                run=name,
+                folds=group if fan_out else None,
+                config=values,
+                data_ref=data_ref,
+                code_dataset=code_dataset,
+                payload=payload,
             )
-        metadata: dict[str, Any] = {
-            "id": f"{owner}/{slug}",
-            "title": title,
-            "code_file": f"{slug}.py",
-            "language": "python",
-            "kernel_type": "script",
-            "is_private": private,
-            "enable_gpu": gpu,
-            "enable_tpu": False,
-            "enable_internet": internet,
-            "dataset_sources": [code_dataset] if code_dataset else [],
-            "competition_sources": [competition],
-            "kernel_sources": [],
-            "model_sources": [],
-        }
-        if accelerator:
-            metadata["machine_shape"] = accelerator
-        io.write_text(bundle / f"{slug}.py", script)
-        io.write_json(bundle / KERNEL_METADATA, metadata)
-        io.write_json(
-            bundle / INFO,
-            {
-                "name": name,
-                "run": name,
-                "ref": f"{owner}/{slug}",
-                "folds": group,
-                "n_splits": cfg.n_splits,
-                "competition": competition,
-                "comp_version": comp.__version__,
-                "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            },
-        )
-        bundles.append(bundle)
-    return bundles
+            if len(script.encode()) > MAX_SCRIPT_BYTES:
+                raise ConfigError(
+                    f"the kernel script would be {len(script) // 1000} kB; upload comp with "
+                    "`comp kernel dataset` and push with --code-dataset"
+                )
+            metadata: dict[str, Any] = {
+                "id": f"{owner}/{slug}",
+                "title": title,
+                "code_file": f"{slug}.py",
+                "language": "python",
+                "kernel_type": "script",
+                "is_private": private,
+                "enable_gpu": gpu,
+                "enable_tpu": False,
+                "enable_internet": internet,
+                "dataset_sources": [d for d in (data_dataset, code_dataset) if d],
+                "competition_sources": [competition] if competition and not data_dataset else [],
+                "kernel_sources": [],
+                "model_sources": [],
+            }
+            if accelerator:
+                metadata["machine_shape"] = accelerator
+            io.write_text(bundle / f"{slug}.py", script)
+            io.write_json(bundle / KERNEL_METADATA, metadata)
+            io.write_json(
+                bundle / INFO,
+                {
+                    "name": name,
+                    "run": name,
+                    "ref": f"{owner}/{slug}",
+                    "folds": group,
+                    "n_splits": cfg.n_splits,
+                    "data": data_ref,
+                    "comp_version": comp.__version__,
+                    "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                },
+            )
+        old = group_dir.parent / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if group_dir.exists():
+            group_dir.rename(old)
+        building.rename(group_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return [group_dir / (f"fold{'-'.join(map(str, g))}" if fan_out else "") for g, _, _ in plans]
 
 
 def bundles_of(root: Path, name: str) -> list[Path]:
@@ -261,6 +302,7 @@ def import_output(root: Path, bundle: Path, pulled: Path) -> dict[str, Any]:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(fold_dir, staging)
         old = dest / f".{fold_dir.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
         if target.exists():
             target.rename(old)
         staging.rename(target)
@@ -277,6 +319,49 @@ def import_output(root: Path, bundle: Path, pulled: Path) -> dict[str, Any]:
         (dest / "logs").mkdir(exist_ok=True)
         shutil.copy2(log, dest / "logs" / log.name)
     return {"ref": info["ref"], "run": run, "folds": folds}
+
+
+def combine_fan_out(
+    root: Path, cfg: Config, run_dir: Path, *, n_splits: int
+) -> dict[str, Any] | None:
+    """Average the test probabilities of fanned-out kernels into the run's submission.
+
+    Each kernel predicted with its own folds; weighting each by its number of
+    folds gives exactly what `comp predict` over every fold would. None until
+    the kernels together cover every fold once.
+    """
+    import numpy as np
+
+    from comp.data import load_competition, read_csv
+    from comp.predict import publish
+
+    parts = sorted(run_dir.glob("fold*/test_probs_folds*.csv"))
+    covered = [[int(k) for k in p.stem.removeprefix("test_probs_folds").split("-")] for p in parts]
+    if sorted(k for group in covered for k in group) != list(range(n_splits)):
+        return None
+    classes = json.loads((run_dir / "classes.json").read_text())
+    total = None
+    ids: list[str] = []
+    for path, group in zip(parts, covered, strict=True):
+        table = read_csv(path)
+        if total is None:
+            ids = list(table["Id"])
+            total = np.zeros((len(ids), len(classes)))
+        elif list(table["Id"]) != ids:
+            raise DataError(f"{path}: the kernels predicted different test Ids")
+        total += table[classes].to_numpy(np.float64) * len(group)
+    assert total is not None
+    trained = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return publish(
+        root,
+        run_dir,
+        ids=ids,
+        probs=total / n_splits,
+        classes=classes,
+        sample=load_competition(root, cfg).sample,
+        folds=[f"fold{k}" for k in range(n_splits)],
+        tta=str(trained.get("tta", "none")).split(","),
+    )
 
 
 def _settings(path: Path) -> Any:
@@ -339,7 +424,7 @@ from pathlib import Path
 
 RUN = {run!r}
 FOLDS = {folds!r}  # None: every fold in this kernel
-COMPETITION = {competition!r}
+DATA = {data_ref!r}  # the competition (or dataset) holding the images
 CODE_DATASET = {code_dataset!r}
 CONFIG = {config}
 PAYLOAD = (
@@ -350,6 +435,7 @@ PAYLOAD = (
 INPUT = Path(os.environ.get("COMP_KAGGLE_INPUT", "/kaggle/input"))
 WORKING = Path(os.environ.get("COMP_KAGGLE_WORKING", "/kaggle/working"))
 CODE = Path(os.environ.get("COMP_KAGGLE_CODE", "/tmp/comp-code"))
+TEMP = Path(os.environ.get("COMP_KAGGLE_TEMP", "/kaggle/temp"))
 NEEDS = {{"torch": "torch", "torchvision": "torchvision", "timm": "timm>=1.0.9",
          "albumentations": "albumentations>=2.0", "sklearn": "scikit-learn", "pandas": "pandas",
          "yaml": "pyyaml", "click": "click>=8.1", "tqdm": "tqdm", "matplotlib": "matplotlib"}}
@@ -362,6 +448,22 @@ def mounted(ref):
         if path.is_dir():
             return path
     sys.exit(f"{{ref}} is not under {{INPUT}}: attach it to the kernel")
+
+
+def locate(data, rel):
+    """A data path; some competitions are mounted with their folders still zipped (train.zip)."""
+    if (data / rel).exists():
+        return data / rel
+    first = Path(rel).parts[0]
+    for archive in (data / f"{{first}}.zip", data / f"{{Path(first).stem}}.zip"):
+        if archive.is_file():
+            target = TEMP / data.name
+            if not (target / rel).exists():
+                print("unzipping", archive, flush=True)
+                zipfile.ZipFile(archive).extractall(target)
+            if (target / rel).exists():
+                return target / rel
+    sys.exit(f"{{rel}} is neither in {{data}} nor in a zip there")
 
 
 def install_code(payload):
@@ -403,11 +505,14 @@ def main():
     ensure_packages()
     WORKING.mkdir(parents=True, exist_ok=True)
     payload.extractall(WORKING, [n for n in payload.namelist() if n.startswith("folds/")])
-    data = mounted(COMPETITION)
+    payload.extractall(CODE, [n for n in payload.namelist() if n.startswith("{carried}/")])
+    data = mounted(DATA)
     config = dict(CONFIG)
     for key in {path_keys!r}:
-        if config[key]:
-            config[key] = str(data / config[key])
+        if config[key] and config[key].startswith("{carried}/"):
+            config[key] = str(CODE / config[key])
+        elif config[key]:
+            config[key] = str(locate(data, config[key]))
     if config.get("pretrained_file"):
         found = sorted(mounted(CODE_DATASET).rglob(config["pretrained_file"]))
         if not found:
@@ -441,7 +546,7 @@ def render_script(
     run: str,
     folds: list[int] | None,
     config: dict[str, Any],
-    competition: str,
+    data_ref: str,
     code_dataset: str | None,
     payload: str,
 ) -> str:
@@ -450,8 +555,9 @@ def render_script(
         run=run,
         version=comp.__version__,
         folds=folds,
-        competition=competition,
+        data_ref=data_ref,
         code_dataset=code_dataset,
+        carried=CARRIED,
         config=pprint.pformat(config, sort_dicts=False),
         payload="\n".join(f"    {c!r}," for c in chunks),
         path_keys=PATH_KEYS,

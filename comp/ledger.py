@@ -113,13 +113,24 @@ class Ledger:
                     "SELECT id, kaggle_ref FROM submissions WHERE target = 'kaggle' AND kaggle_ref IS NOT NULL"
                 )
             }
-            for s in remote:
-                facts = {
+            # Oldest first, so rows lost in the same way are matched in the order they were made.
+            for s in reversed(remote):
+                facts: dict[str, Any] = {
                     "status": s["status"],
                     "public": s["public"],
                     "private": s["private"],
                     "error": s["error"],
                 }
+                if s["ref"] not in known:
+                    # A submit whose answer was lost left a row without a ref: this is it.
+                    lost = conn.execute(
+                        "SELECT id FROM submissions WHERE target = 'kaggle' AND status = 'unknown' "
+                        "AND kaggle_ref IS NULL AND competition = ? AND message = ? ORDER BY id LIMIT 1",
+                        (competition, s["description"]),
+                    ).fetchone()
+                    if lost is not None:
+                        known[s["ref"]] = lost["id"]
+                        facts["kaggle_ref"] = s["ref"]
                 if s["ref"] in known:
                     sets = ", ".join(f"{k} = ?" for k in facts)
                     conn.execute(

@@ -102,24 +102,52 @@ def predict(
     if not np.isfinite(probs).all():
         raise DataError(f"{run_dir}: predictions contain NaN or inf; the checkpoints are broken")
 
+    return publish(
+        root,
+        run_dir,
+        ids=ids,
+        probs=probs,
+        classes=classes,
+        sample=comp.sample,
+        folds=[p.parent.name for p in checkpoints],
+        tta=[type(v.transforms[0]).__name__ if v else "none" for v in views],
+        out=out,
+        echo=echo,
+    )
+
+
+def publish(
+    root: Path,
+    run_dir: Path,
+    *,
+    ids: list[str],
+    probs: np.ndarray,
+    classes: list[str],
+    sample: pd.DataFrame | None,
+    folds: list[str],
+    tta: list[str],
+    out: Path | None = None,
+    echo: Echo = tqdm.write,
+) -> dict[str, Any]:
+    """Write a run's test probabilities and its validated submission; return the sidecar facts."""
     test_probs = pd.concat(
         [pd.DataFrame({"Id": ids}), pd.DataFrame(probs, columns=classes)], axis=1
     )
     io.write_csv(run_dir / "test_probs.csv", test_probs)
 
-    submission = build_submission(ids, probs, classes=classes, sample=comp.sample)
-    validate_submission(submission, sample=comp.sample, classes=classes, ids=ids, name=run_dir.name)
+    submission = build_submission(ids, probs, classes=classes, sample=sample)
+    validate_submission(submission, sample=sample, classes=classes, ids=ids, name=run_dir.name)
     cv = json.loads((run_dir / "cv.json").read_text()) if (run_dir / "cv.json").exists() else {}
     out = out or root / "submissions" / f"{run_dir.name}.csv"
     facts = {
         "run": run_dir.name,
         "cv_macro_f1": cv.get("cv_macro_f1"),
-        "folds": [p.parent.name for p in checkpoints],
-        "tta": [type(v.transforms[0]).__name__ if v else "none" for v in views],
+        "folds": folds,
+        "tta": tta,
         "rows": len(submission),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "file": str(out),
     }
     write_submission(out, submission, facts)
-    echo(f"{len(ids)} test images, {len(checkpoints)} folds x {len(views)} views -> {out}")
+    echo(f"{len(ids)} test images, {len(folds)} folds x {len(tta)} views -> {out}")
     return facts

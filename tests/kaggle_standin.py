@@ -115,11 +115,14 @@ class KaggleStandIn:
         self.calls: list[str] = []
         self.faults: list[tuple[str, int, dict[str, str]]] = []
         self.delays: list[tuple[str, float]] = []
+        self.drops: list[str] = []
         self.blob_names: dict[str, str] = {}
         self.runner = runner
         self.lock = threading.Lock()
         self.server = _Server(("127.0.0.1", 0), _handler(self))
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     # --- lifecycle and set-up -------------------------------------------------------------
 
@@ -160,6 +163,10 @@ class KaggleStandIn:
         )
         self.competitions[slug] = comp
         return comp
+
+    def drop(self, rpc: str) -> None:
+        """Carry out the next call of ``rpc``, then hang up without answering (a lost reply)."""
+        self.drops.append(rpc)
 
     def slow(self, rpc: str, seconds: float, *, times: int = 1) -> None:
         """Answer the next ``times`` calls of ``rpc`` only after ``seconds``, to test timeouts."""
@@ -436,6 +443,13 @@ class KaggleStandIn:
         resp.status = "Ok"
         return _json(resp)
 
+    def rpc_fault(self, name: str) -> None:
+        with self.lock:
+            for i, (rpc, status, headers) in enumerate(self.faults):
+                if rpc == name:
+                    del self.faults[i]
+                    raise RpcError(status, f"stand-in fault {status}", headers)
+
     # --- plain HTTP: uploads and downloads --------------------------------------------------
 
     def upload(self, token: str, data: bytes) -> None:
@@ -507,7 +521,12 @@ def _handler(standin: KaggleStandIn) -> type[BaseHTTPRequestHandler]:
                 if not path.startswith("/api/v1/"):
                     raise RpcError(404, f"no route {path}")
                 method = path.rsplit("/", 1)[-1]
-                self._send(*standin.rpc(method, body, self.headers.get("Authorization")))
+                answer = standin.rpc(method, body, self.headers.get("Authorization"))
+                if method in standin.drops:
+                    standin.drops.remove(method)
+                    self.close_connection = True
+                    return
+                self._send(*answer)
             except RpcError as e:
                 self._error(e)
 
@@ -522,6 +541,7 @@ def _handler(standin: KaggleStandIn) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             try:
+                standin.rpc_fault("GET")
                 data = standin.download(urlsplit(self.path).path)
                 self._send(200, {"Content-Type": "application/octet-stream"}, data)
             except RpcError as e:
@@ -557,9 +577,12 @@ def script_runner(standin: KaggleStandIn, workdir: Path) -> Runner:
         working.mkdir(parents=True)
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("KAGGLE_", "HTTP"))}
         env.update(
+            # Kernels run side by side here; one thread each keeps 2 cores from thrashing.
+            OMP_NUM_THREADS="1",
             COMP_KAGGLE_INPUT=str(inp),
             COMP_KAGGLE_WORKING=str(working),
             COMP_KAGGLE_CODE=str(base / "code"),
+            COMP_KAGGLE_TEMP=str(base / "temp"),
             KAGGLE_KERNEL_RUN_TYPE="Batch",
         )
         proc = subprocess.run(

@@ -148,11 +148,11 @@ def test_a_rate_limited_submission_is_retried(standin: KaggleStandIn, ws: Path) 
 
 
 def test_timeouts_are_retried_then_explained(standin: KaggleStandIn) -> None:
-    k = Kaggle(backoff=0, timeout=0.3, tries=2)
-    standin.slow("ListSubmissions", 1.0)
+    k = Kaggle(backoff=0, timeout=1.0, tries=2)
+    standin.slow("ListSubmissions", 3.0)
     assert k.submissions(SLUG) == []
-    standin.slow("ListSubmissions", 1.0, times=2)
-    with pytest.raises(KaggleError, match=r"did not answer .* within 0s after 2 tries"):
+    standin.slow("ListSubmissions", 3.0, times=2)
+    with pytest.raises(KaggleError, match=r"did not answer .* within 1s after 2 tries"):
         k.submissions(SLUG)
 
 
@@ -184,15 +184,54 @@ def test_bad_legacy_key_gives_a_clear_error(
 
 
 def test_no_credentials_and_loose_permissions_are_reported(isolated: Path) -> None:
+    assert find_credentials() == []
     with pytest.raises(KaggleError, match="no Kaggle credentials found"):
-        find_credentials()
+        Kaggle().sign_in()
     config = isolated / ".kaggle" / "kaggle.json"
     config.write_text(json.dumps({"username": "someone", "key": "k"}))
     config.chmod(0o644)
     from comp.kaggle_io import loose_permissions
 
-    assert find_credentials().username == "someone"
+    assert [c.username for c in find_credentials()] == ["someone"]
     assert loose_permissions() == [config]
+
+
+def test_credentials_are_found_as_the_client_finds_them(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A username in kaggle.json with KAGGLE_KEY in the environment is one set, as for the client."""
+    (isolated / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": "someone"}))
+    monkeypatch.setenv("KAGGLE_KEY", "k")
+    (found,) = find_credentials()
+    assert found.kind == "key" and found.username == "someone" and "KAGGLE_KEY" in found.source
+    (isolated / ".kaggle" / "credentials.json").write_text("{}")
+    assert [c.kind for c in find_credentials()] == ["key", "oauth"]
+
+
+def test_a_lost_reply_to_a_submission_is_recorded_not_repeated(
+    standin: KaggleStandIn, ws: Path
+) -> None:
+    """Kaggle took the submission but the answer never came: no second try, a row to settle."""
+    path = str(submission(ws, "x", correct=9, cv=0.9))
+    standin.drop("CreateSubmission")
+    code, out = comp(ws, "submit", path, "-m", "lost reply")
+    assert code == 1
+    assert "may have acted on it anyway" in out and "status unknown" in out
+    assert len(standin.competitions[SLUG].submissions) == 1
+    code, out = comp(ws, "submit", path, "-m", "lost reply")
+    assert code == 1 and "already submitted as #1 (maybe" in out
+    comp(ws, "submissions", "--refresh")
+    code, out = comp(ws, "submissions", "--refresh")
+    (row,) = Ledger(ledger_path(ws)).rows()
+    assert row["status"] == "complete" and row["kaggle_ref"] and row["public"] == 1.0
+
+
+def test_a_pushed_kernel_is_not_pushed_twice_after_a_500(standin: KaggleStandIn, ws: Path) -> None:
+    assert comp(ws, "folds")[0] == 0
+    standin.fail("SaveKernel", 500)
+    code, out = comp(ws, "kernel", "push", "--name", "once")
+    assert code == 1 and "HTTP 500" in out and "comp kernel status" in out
+    assert standin.calls.count("SaveKernel") == 1
 
 
 def test_submission_with_other_ids_is_refused_before_any_upload(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -76,7 +77,8 @@ def test_slugs_and_fold_groups() -> None:
 
 
 def test_data_paths_become_relative_to_the_competition_folder(ws: Path) -> None:
-    layout = data_layout(ws, load_config(ws))
+    layout, carried = data_layout(ws, load_config(ws))
+    assert carried == {}
     assert layout == {
         "train_csv": "train_labels.csv",
         "train_dir": "train",
@@ -115,6 +117,57 @@ def test_fan_out_writes_one_bundle_per_fold(ws: Path) -> None:
     assert ids == ["me/comp-fan-fold-0", "me/comp-fan-fold-1"]
 
 
+def test_imagefolder_tables_travel_with_the_kernel(tmp_path: Path, imagefolder: Path) -> None:
+    """comp init wrote the labels and the hold-out into the workspace; the kernel carries them."""
+    import base64
+    import io
+    import zipfile
+
+    root = tmp_path / "animals-ws"
+    init_workspace(root, imagefolder, overrides=TINY)
+    assert comp(root, "folds")[0] == 0
+    layout, _ = data_layout(root, load_config(root))
+    assert layout["train_dir"] == "." and layout["train_csv"] == "carried/train_labels.csv"
+    code, out = comp(
+        root,
+        "kernel",
+        "push",
+        "--name",
+        "animals",
+        "--owner",
+        "me",
+        "--dry-run",
+        "--data-dataset",
+        "someone/animals10",
+    )
+    assert code == 0, out
+    bundle = root / "kernels" / "animals"
+    meta = json.loads((bundle / "kernel-metadata.json").read_text())
+    assert meta["dataset_sources"] == ["someone/animals10"] and meta["competition_sources"] == []
+    namespace: dict[str, object] = {}
+    exec((bundle / "comp-animals.py").read_text().split("# Kaggle's folders")[0], namespace)
+    payload = zipfile.ZipFile(io.BytesIO(base64.b64decode("".join(namespace["PAYLOAD"]))))  # type: ignore[arg-type]
+    assert {"carried/train_labels.csv", "carried/sample_submission.csv"} <= set(payload.namelist())
+
+
+def test_no_data_source_is_a_clear_error(ws: Path) -> None:
+    cfg = load_config(ws, {"competition": None})
+    with pytest.raises(ConfigError, match="where are the data on Kaggle"):
+        build_bundles(ws, cfg, name="x", owner="me", competition=None)
+
+
+def test_a_failed_rebuild_keeps_the_bundle_already_there(ws: Path) -> None:
+    name = "a" * 40
+    (first,) = build_bundles(ws, load_config(ws), name=name, owner="me", competition=SLUG)
+    before = (first / "kernel-metadata.json").read_text()
+    with pytest.raises(ConfigError, match="longer than Kaggle's 50"):
+        build_bundles(
+            ws, load_config(ws), name=name, owner="me", competition=SLUG, folds_per_kernel=1
+        )
+    assert (first / "kernel-metadata.json").read_text() == before
+    assert [p.name for p in (ws / "kernels").iterdir()] == [name]
+
+
 def test_local_weights_need_a_code_dataset(ws: Path) -> None:
     cfg = load_config(ws, {"pretrained_file": "weights/w.pth"})
     with pytest.raises(ConfigError, match="comp kernel dataset --weights"):
@@ -146,6 +199,17 @@ def test_push_and_status_and_a_failed_kernel(standin: KaggleStandIn, ws: Path) -
     assert not list((ws / "runs").glob(".pull-*"))
 
 
+def test_an_error_page_is_never_saved_as_an_output(standin: KaggleStandIn, ws: Path) -> None:
+    assert comp(ws, "kernel", "push", "--name", "k3")[0] == 0
+    standin.kernels["tester/comp-k3"].status = "COMPLETE"
+    standin.kernels["tester/comp-k3"].polls = 5
+    standin.kernels["tester/comp-k3"].outputs = {"runs/k3/config.yaml": b"model: x\n"}
+    standin.fail("GET", 403)
+    code, out = comp(ws, "kernel", "pull", "k3")
+    assert code == 1 and "HTTP 403" in out
+    assert not (ws / "runs" / "k3").exists()
+
+
 def test_push_to_an_unknown_competition_is_refused(standin: KaggleStandIn, ws: Path) -> None:
     code, out = comp(ws, "kernel", "push", "--name", "k2", "--competition", "nope")
     assert code == 1
@@ -174,13 +238,17 @@ def test_dry_run_script_runs_to_completion_on_a_simulated_kaggle(ws: Path, tmp_p
     code, out = comp(ws, "kernel", "push", "--name", "local", "--owner", "me", "--dry-run")
     assert code == 0, out
     inp, working = tmp_path / "input", tmp_path / "working"
-    (inp).mkdir()
-    os.symlink(tmp_path / "kaggle-side", inp / SLUG)
+    # Mounted the way older competitions are: train/ still zipped as train.zip.
+    mount = inp / SLUG
+    shutil.copytree(tmp_path / "kaggle-side", mount)
+    shutil.make_archive(str(mount / "train"), "zip", mount, "train")
+    shutil.rmtree(mount / "train")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     env.update(
         COMP_KAGGLE_INPUT=str(inp),
         COMP_KAGGLE_WORKING=str(working),
         COMP_KAGGLE_CODE=str(tmp_path / "code"),
+        COMP_KAGGLE_TEMP=str(tmp_path / "temp"),
     )
     proc = subprocess.run(
         [sys.executable, str(ws / "kernels" / "local" / "comp-local.py")],
@@ -189,6 +257,7 @@ def test_dry_run_script_runs_to_completion_on_a_simulated_kaggle(ws: Path, tmp_p
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "unzipping" in proc.stdout
     assert (working / "submission.csv").exists()
     for f in ("cv.json", "oof.csv", "test_probs.csv", "fold0/best.pt", "fold1/best.pt"):
         assert (working / "runs" / "local" / f).exists(), f
@@ -225,7 +294,11 @@ def test_round_trip_fan_out_pull_and_predict(kaggle_machines: KaggleStandIn, ws:
     assert cv["complete"] and cv["folds_trained"] == 2
     assert (run / "logs" / "comp-fan-fold-1.log").exists()
     assert (run / "fold0" / "test_probs_folds0.csv").exists()
+    assert "the kernels' submission: submissions/fan.csv" in out
+    from_kernels = pd.read_csv(run / "test_probs.csv").set_index("Id")
     code, out = comp(ws, "predict", "fan")
     assert code == 0, out
+    here = pd.read_csv(run / "test_probs.csv").set_index("Id")
+    pd.testing.assert_frame_equal(from_kernels, here.loc[from_kernels.index], atol=1e-5)
     code, out = comp(ws, "submit", str(ws / "submissions" / "fan.csv"), "--local")
     assert code == 0, out
