@@ -20,7 +20,15 @@ from typing import Any
 import click
 
 from comp import __version__
-from comp.config import KEYS, Config, ConfigError, find_workspace, load_config, parse_sets
+from comp.config import (
+    KEYS,
+    Config,
+    ConfigError,
+    find_workspace,
+    load_config,
+    parse_sets,
+    read_config_file,
+)
 
 ERRORS: tuple[type[Exception], ...] = (ConfigError, FileExistsError)
 # The settings of a training run, as flags of every command that trains (here or on Kaggle).
@@ -90,24 +98,39 @@ def config_flags(*keys: str) -> Callable[[Callable[..., Any]], Callable[..., Any
                 default=None,
                 help=f"{helps[key]} [config: {key}]",
             )(f)
-        return click.option(
+        f = click.option(
             "--set",
             "sets",
             multiple=True,
             metavar="KEY=VALUE",
             help="Override any comp.yaml key, e.g. --set weight_decay=0.05 (repeatable).",
         )(f)
+        return click.option(
+            "--config",
+            "config_file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="A config file over comp.yaml (e.g. tune/comp-best.yaml from `comp tune --show`).",
+        )(f)
 
     return decorator
 
 
 def workspace_config(ctx: click.Context, kwargs: dict[str, Any]) -> tuple[Path, Config]:
-    """Find the workspace and resolve its config: comp.yaml < --set < dedicated flags."""
+    """Find the workspace and resolve its config: comp.yaml < --config < --set < dedicated flags."""
     root = find_workspace(ctx.obj.get("workspace"))
-    overrides: dict[str, Any] = dict(parse_sets(kwargs.pop("sets", ())))
+    return root, load_config(root, _overrides(kwargs))
+
+
+def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """--config file < --set < dedicated flags; pops them from a command's kwargs."""
+    overrides: dict[str, Any] = {}
+    config_file = kwargs.pop("config_file", None)
+    if config_file is not None:
+        overrides.update(read_config_file(config_file))
+    overrides.update(parse_sets(kwargs.pop("sets", ())))
     flags = {k: kwargs.pop(k) for k in list(kwargs) if k in KEYS}
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    return root, load_config(root, overrides)
+    return overrides
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -166,8 +189,7 @@ def init(directory: Path, data: Path, holdout: float, force: bool, **kwargs: Any
     """
     from comp.workspace import init_workspace
 
-    overrides = dict(parse_sets(kwargs.pop("sets", ())))
-    overrides.update({k: v for k, v in kwargs.items() if v is not None})
+    overrides = _overrides(kwargs)
     seed = int(overrides.pop("seed", 42))
     _, text = init_workspace(
         directory, data, holdout=holdout, seed=seed, force=force, overrides=overrides
@@ -274,6 +296,161 @@ def train(ctx: click.Context, fold_ids: tuple[int, ...], name: str | None, **kwa
     click.echo(
         "per fold: " + ", ".join(f"{k}: {v:.4f}" for k, v in summary["fold_macro_f1"].items())
     )
+
+
+@cli.command()
+@config_flags(*TRAINING_FLAGS, "num_workers", "device")
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Finished trials the study should reach.",
+)
+@click.option("--study", "study_name", default="comp", show_default=True, help="Study name.")
+@click.option(
+    "--storage",
+    help="Optuna storage: sqlite:///f.db, postgresql://user:pw@host/db, or a journal file (x.log); default tune/<study>.db.",
+)
+@click.option(
+    "--folds",
+    "tune_folds",
+    help="Folds whose mean macro-F1 is the objective, e.g. 0,1,2 [config: tune_folds].",
+)
+@click.option(
+    "--pruner",
+    "tune_pruner",
+    type=click.Choice(["median", "hyperband", "none"]),
+    help="Pruner [config: tune_pruner].",
+)
+@click.option(
+    "--n-workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes sharing the study.",
+)
+@click.option(
+    "--heartbeat",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds between a trial's heartbeats; a trial silent for twice this is failed and retried.",
+)
+@click.option(
+    "--show",
+    is_flag=True,
+    help="Run nothing: print the best trials, write the best config and the plots.",
+)
+@click.option("--worker", type=int, default=0, hidden=True)
+@click.pass_context
+@friendly_errors
+def tune(
+    ctx: click.Context,
+    trials: int,
+    study_name: str,
+    storage: str | None,
+    n_workers: int,
+    heartbeat: int,
+    show: bool,
+    worker: int,
+    **kwargs: Any,
+) -> None:
+    """Tune learning rates, batch size and unfreeze epoch with Optuna, pruning weak trials.
+
+    The search space is comp.yaml's tune_* keys ("low..high" ranges, "a,b,c"
+    choices). The study lives in tune/<study>.db, so running the same command
+    again after a crash or Ctrl-C resumes it; trials that died are retried.
+    Machines can share one study with --storage postgresql://...
+
+    \b
+    Examples:
+        comp tune --trials 50
+        comp tune --trials 50 --n-workers 2 --set tune_aug=light,medium,heavy
+        comp tune --show && comp train --config tune/comp-best.yaml
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    from comp import tune as tuning
+    from comp.config import to_dict
+
+    root, cfg = workspace_config(ctx, kwargs)
+    tuning.search_space(cfg)
+    tuning.objective_folds(cfg)
+    url = tuning.storage_url(root, study_name, storage)
+    shown_url = url.split("@")[-1] if "://" in url and "@" in url else url
+    if show:
+        study = tuning.load_study(
+            url, study_name, pruner=cfg.tune_pruner, seed=cfg.seed, heartbeat=heartbeat
+        )
+        facts = tuning.show(root, cfg, study)
+        click.echo(
+            f"study {study_name} ({shown_url}): "
+            + ", ".join(f"{v} {k}" for k, v in sorted(facts["counts"].items()))
+        )
+        rows = [
+            {"trial": t.number, "macro_f1": t.value, **{k: _param(v) for k, v in t.params.items()}}
+            for t in facts["top"]
+        ]
+        click.echo(format_table(rows, list(rows[0])))
+        click.echo(
+            f"best config: {_relative(facts['best'], root)}  (comp train --config {_relative(facts['best'], root)})"
+        )
+        for plot in facts["plots"]:
+            click.echo(f"plot: {_relative(plot, root)}")
+        return
+
+    t0 = time.perf_counter()
+    study = tuning.load_study(
+        url, study_name, pruner=cfg.tune_pruner, seed=cfg.seed, heartbeat=heartbeat
+    )
+    before = tuning.finished(study)
+    click.echo(f"study {study_name} ({shown_url}): {before} of {trials} trials finished")
+    if n_workers > 1 and not worker:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=root / "tune", delete=False) as f:
+            import yaml
+
+            yaml.safe_dump(to_dict(cfg), f)
+        base = [sys.executable, "-m", "comp", "-w", str(root), "tune", "--config", f.name]
+        base += ["--trials", str(trials), "--study", study_name, "--storage", url]
+        base += ["--heartbeat", str(heartbeat)]
+        try:
+            # Worker i draws from its own seed stream: no two workers replay one another.
+            procs = [subprocess.Popen([*base, "--worker", str(i + 1)]) for i in range(n_workers)]
+            codes = [p.wait() for p in procs]
+        finally:
+            Path(f.name).unlink(missing_ok=True)
+        if any(codes):
+            raise click.ClickException(f"a worker failed (exit codes {codes})")
+    else:
+        study = tuning.optimize(
+            root,
+            cfg,
+            study_name=study_name,
+            storage=url,
+            trials=trials,
+            heartbeat=heartbeat,
+            echo=click.echo,
+            progress=not worker,
+            stream=worker,
+        )
+    if worker:
+        return
+    study = tuning.load_study(
+        url, study_name, pruner=cfg.tune_pruner, seed=cfg.seed, heartbeat=heartbeat
+    )
+    c = tuning.counts(study)
+    click.echo(
+        f"\nstudy {study_name}: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
+        + f" ({time.perf_counter() - t0:.0f}s)"
+    )
+    if c.get("complete"):
+        best = study.best_trial
+        click.echo(f"best: trial {best.number}, macro-F1 {best.value:.4f}, {best.params}")
+        click.echo("next: comp tune --show, then comp train --config tune/<study>-best.yaml")
 
 
 @cli.command()
@@ -889,8 +1066,7 @@ def download(competition: str, directory: Path, force: bool, **kwargs: Any) -> N
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     click.echo(f"{competition} -> {data}")
-    overrides = dict(parse_sets(kwargs.pop("sets", ())))
-    overrides.update({k: v for k, v in kwargs.items() if v is not None})
+    overrides = _overrides(kwargs)
     overrides["competition"] = competition
     seed = int(overrides.pop("seed", 42))
     _, text = init_workspace(directory, data, seed=seed, force=force, overrides=overrides)
@@ -898,6 +1074,10 @@ def download(competition: str, directory: Path, force: bool, **kwargs: Any) -> N
     click.echo(
         f"\nworkspace ready: {directory}/comp.yaml. Next: cd {directory} && comp folds && comp train"
     )
+
+
+def _param(v: Any) -> Any:
+    return f"{v:.2e}" if isinstance(v, float) and abs(v) < 0.01 else v
 
 
 def _fmt(v: float | None) -> str:

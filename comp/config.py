@@ -95,8 +95,25 @@ class Config:
         "kaggle",
     )
 
+    # Search space of `comp tune`: "low..high" is a range (log scale for learning rates
+    # and weight decay), "a,b,c" a choice; null leaves the key at its value above.
+    tune_lr1: str | None = _key("1e-4..1e-2", "tune: stage-1 learning rate range", "tune")
+    tune_lr2: str | None = _key("1e-5..1e-3", "tune: stage-2 learning rate range", "tune")
+    tune_batch_size: str | None = _key("16,32,64", "tune: batch sizes to try", "tune")
+    tune_freeze_epochs: str | None = _key(
+        "0..5", "tune: unfreeze epoch (epochs of stage 1)", "tune"
+    )
+    tune_weight_decay: str | None = _key(None, "tune: weight decay range, e.g. 1e-4..0.1", "tune")
+    tune_aug: str | None = _key(None, "tune: augmentation presets, e.g. light,medium,heavy", "tune")
+    tune_model: str | None = _key(None, "tune: models, e.g. resnet18,efficientnet_b0", "tune")
+    tune_img_size: str | None = _key(None, "tune: image sizes, e.g. 64,96,128", "tune")
+    tune_folds: str = _key(
+        "0", "tune: folds whose mean macro-F1 is the objective, e.g. 0 or 0,1,2", "tune"
+    )
+    tune_pruner: str = _key("median", "tune: median, hyperband or none", "tune")
 
-SECTIONS = ["data", "folds", "model", "train", "predict", "kaggle"]
+
+SECTIONS = ["data", "folds", "model", "train", "predict", "kaggle", "tune"]
 KEYS = [f.name for f in fields(Config)]
 
 

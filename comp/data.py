@@ -171,14 +171,18 @@ def read_image(path: Path, size: int | None = None) -> np.ndarray:
         raise DataError(f"{path}: cannot read image ({e})") from None
 
 
-def load_images(paths: Sequence[Path], size: int, *, desc: str = "decode") -> np.ndarray:
+def load_images(
+    paths: Sequence[Path], size: int, *, desc: str = "decode", progress: bool = True
+) -> np.ndarray:
     """Decode and resize every image once, into one (N, size, size, 3) uint8 array."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     # PIL releases the GIL while decoding and resizing, so threads use every core.
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         it = pool.map(lambda p: read_image(p, size), paths, chunksize=64)
-        for i, arr in enumerate(tqdm(it, total=len(paths), desc=desc, unit="img", leave=False)):
+        for i, arr in enumerate(
+            tqdm(it, total=len(paths), desc=desc, unit="img", leave=False, disable=not progress)
+        ):
             out[i] = arr
     return out
 

@@ -55,6 +55,7 @@ from comp.plots import plot_curves
 from comp.transforms import ImageDataset, create_transform, to_input
 
 Echo = Callable[[str], None]
+EpochHook = Callable[[int, int, float], None]
 
 
 def pick_device(spec: str) -> torch.device:
@@ -128,8 +129,14 @@ def train(
     name: str | None = None,
     folds: list[int] | None = None,
     echo: Echo = tqdm.write,
+    on_epoch: EpochHook | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Train ``folds`` (default: all) of a run and return its CV summary (also written to cv.json)."""
+    """Train ``folds`` (default: all) of a run and return its CV summary (also written to cv.json).
+
+    ``on_epoch(fold, epoch, valid_macro_f1)`` is called after every epoch; tuning
+    reports to Optuna through it, and may stop the run by raising.
+    """
     comp = load_competition(root, cfg)
     table = read_folds(folds_path(root, cfg), labels=comp.train)
     classes = comp.classes
@@ -168,7 +175,9 @@ def train(
     )
 
     # Decode every image once; each fold and epoch indexes the same array.
-    images = load_images(comp.train_paths(list(table["Id"])), cfg.img_size, desc="decode train")
+    images = load_images(
+        comp.train_paths(list(table["Id"])), cfg.img_size, desc="decode train", progress=progress
+    )
     targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
 
     for k in folds:
@@ -187,6 +196,8 @@ def train(
             transform=transform,
             out_dir=run_dir / f"fold{k}",
             echo=echo,
+            on_epoch=on_epoch,
+            progress=progress,
         )
         oof = table.iloc[valid_idx][["Id", "label", "fold"]].reset_index(drop=True)
         oof = pd.concat([oof, pd.DataFrame(result.valid_probs, columns=classes)], axis=1)
@@ -247,6 +258,8 @@ def train_fold(
     transform: A.Compose,
     out_dir: Path,
     echo: Echo = tqdm.write,
+    on_epoch: EpochHook | None = None,
+    progress: bool = True,
 ) -> FoldResult:
     seed_everything(cfg.seed + fold)
     transform.set_random_seed(cfg.seed + fold)
@@ -329,6 +342,7 @@ def train_fold(
             desc=f"fold {fold} epoch {epoch + 1}/{cfg.epochs} stage {stage}",
             leave=False,
             unit="batch",
+            disable=not progress,
         )
         for xb, yb in bar:
             x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
@@ -399,6 +413,8 @@ def train_fold(
             f"| valid loss {valid_loss:.4f} acc {valid_acc:.3f} macro-F1 {valid_f1:.4f}{' *' if improved else ''} "
             f"| {rows[-1]['seconds']:.1f}s"
         )
+        if on_epoch is not None:
+            on_epoch(fold, epoch + 1, valid_f1)
         if stale >= cfg.patience:
             echo(f"fold {fold}: early stop, no better macro-F1 for {cfg.patience} epochs")
             break
