@@ -154,6 +154,10 @@ def cli(ctx: click.Context, workspace: Path | None) -> None:
         comp predict
         comp submit submissions/<run>.csv --local -m "first try"
         comp submissions
+
+    \b
+    Then: comp tune (Optuna), comp kernel push/pull (Kaggle GPUs),
+    comp submit FILE (Kaggle) and comp submissions --refresh --plot.
     """
     ctx.ensure_object(dict)
     ctx.obj["workspace"] = workspace
