@@ -234,27 +234,133 @@ def demo(directory: Path, size: int, force: bool) -> None:
 
 @cli.command()
 @config_flags("n_splits", "seed")
+@click.option(
+    "--groups",
+    default="auto",
+    show_default=True,
+    help="auto: keep near-duplicate images in one fold; none: plain stratified folds; "
+    "or a column of the labels CSV holding your own groups.",
+)
+@click.option(
+    "--method",
+    default="phash,thumb",
+    show_default=True,
+    help="How --groups auto finds near-duplicates, any of: phash (perceptual hash), "
+    "thumb (tiny-image similarity), embed (the model's backbone features).",
+)
+@click.option(
+    "--hash-distance",
+    type=click.IntRange(0, 32),
+    default=4,
+    show_default=True,
+    help="Near-duplicates differ in at most this many of 64 hash bits.",
+)
+@click.option(
+    "--similarity",
+    type=click.FloatRange(0, 1),
+    default=0.99,
+    show_default=True,
+    help="Near-duplicates have at least this cosine similarity (thumb and embed).",
+)
 @click.pass_context
 @friendly_errors
-def folds(ctx: click.Context, **kwargs: Any) -> None:
-    """Write stratified K-fold assignments to folds/ (Id,label,fold).
+def folds(
+    ctx: click.Context,
+    groups: str,
+    method: str,
+    hash_distance: int,
+    similarity: float,
+    **kwargs: Any,
+) -> None:
+    """Write stratified K-fold assignments to folds/ (Id,label,fold[,group]).
+
+    First it looks for near-duplicate images (crops, resizes, frames of one
+    subject) in train and test. When there are any, they are kept in one fold
+    (StratifiedGroupKFold), because a duplicate on both sides of a split makes
+    CV promise a score the leaderboard will not give.
 
     \b
-    Example:
-        comp folds --n-splits 5 --seed 42
+    Examples:
+        comp folds
+        comp folds --groups none                 # plain stratified, duplicates or not
+        comp folds --groups patient_id           # your own groups
+        comp folds --method phash,embed --similarity 0.95
     """
-    from comp.data import load_competition
+    from comp.data import DataError, load_competition, read_csv, resolve
     from comp.folds import fold_counts, folds_path, make_folds, write_folds
 
     root, cfg = workspace_config(ctx, kwargs)
     comp = load_competition(root, cfg)
-    table = make_folds(comp.train, n_splits=cfg.n_splits, seed=cfg.seed)
+    ids = list(comp.train["Id"])
+    group_ids = None
+    how = "stratified"
+    if groups not in ("auto", "none"):
+        table = read_csv(resolve(root, cfg.train_csv))  # type: ignore[arg-type]
+        if groups not in table.columns:
+            raise DataError(
+                f"{cfg.train_csv}: no column '{groups}' for --groups (columns: {', '.join(table.columns)})"
+            )
+        by_id = dict(zip(table[cfg.id_column], table[groups], strict=False))
+        group_ids = pd_codes([by_id.get(i) for i in ids])
+        how = f"stratified, grouped by column {groups}"
+    else:
+        from comp.leaks import find_leaks
+
+        leaks = find_leaks(
+            comp.train_paths(ids),
+            comp.test_paths(comp.test_ids()) if comp.test_dir is not None else [],
+            methods=[m.strip() for m in method.split(",") if m.strip()],
+            hash_distance=hash_distance,
+            similarity=similarity,
+            embed={
+                "model": cfg.model,
+                "pretrained": cfg.pretrained,
+                "pretrained_file": cfg.pretrained_file,
+                "img_size": cfg.img_size,
+            },
+        )
+        click.echo(_leak_report(leaks, ids, comp.test_ids() if comp.test_dir is not None else []))
+        if leaks.clusters and groups == "auto":
+            group_ids = leaks.groups
+            how = "stratified, near-duplicates kept together"
+        elif leaks.clusters:
+            click.secho(
+                f"WARNING: {leaks.duplicated} near-duplicate images are split across folds "
+                "(--groups none): expect CV above the leaderboard",
+                fg="red",
+                bold=True,
+                err=True,
+            )
+    table = make_folds(comp.train, n_splits=cfg.n_splits, seed=cfg.seed, groups=group_ids)
     path = folds_path(root, cfg)
     write_folds(path, table)
     click.echo(fold_counts(table).to_string())
-    click.echo(
-        f"\n{cfg.n_splits} stratified folds of {len(table)} images -> {path.relative_to(root)}"
-    )
+    click.echo(f"\n{cfg.n_splits} folds ({how}) of {len(table)} images -> {path.relative_to(root)}")
+
+
+def pd_codes(values: list[Any]) -> Any:
+    import pandas as pd
+
+    return pd.factorize(pd.Series(values, dtype=object).fillna("__none__"))[0]
+
+
+def _leak_report(leaks: Any, ids: list[str], test_ids: list[str]) -> str:
+    if not leaks.clusters:
+        lines = ["near-duplicates: none found in train"]
+    else:
+        lines = [
+            f"near-duplicates: {len(leaks.clusters)} clusters holding {leaks.duplicated} of {len(ids)} train images"
+        ]
+        for cluster in leaks.clusters[:5]:
+            shown = ", ".join(ids[i] for i in cluster[:4])
+            lines.append(f"  {len(cluster)} images: {shown}{' ...' if len(cluster) > 4 else ''}")
+    if test_ids:
+        lines.append(
+            f"test images with a near-duplicate in train: {len(leaks.test_matches)} of {len(test_ids)}"
+        )
+        for t, r in leaks.test_matches[:3]:
+            lines.append(f"  test {test_ids[t]} ~ train {ids[r]}")
+    return "\n".join(lines)
 
 
 @cli.command()

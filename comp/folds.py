@@ -1,8 +1,9 @@
 """Cross-validation folds.
 
 Reads the labels table (``train_csv``). Writes ``folds/folds_k{n}_seed{s}.csv``
-with columns Id,label,fold; ``comp train`` reads the file that matches its
-config, so changing n_splits or seed never mixes two splits.
+with columns Id,label,fold (and group, when near-duplicate groups kept
+together); ``comp train`` reads the file that matches its config, so changing
+n_splits or seed never mixes two splits.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from comp import io
 from comp.config import Config
@@ -23,8 +24,14 @@ def folds_path(root: Path, cfg: Config) -> Path:
     return root / "folds" / f"folds_k{cfg.n_splits}_seed{cfg.seed}.csv"
 
 
-def make_folds(labels: pd.DataFrame, *, n_splits: int, seed: int) -> pd.DataFrame:
-    """Stratified K folds: every class spread evenly over the folds, reproducibly."""
+def make_folds(
+    labels: pd.DataFrame, *, n_splits: int, seed: int, groups: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Stratified K folds: every class spread evenly over the folds, reproducibly.
+
+    With ``groups``, no group is split across folds (sklearn's StratifiedGroupKFold),
+    so near-duplicates never sit on both sides of a validation split.
+    """
     counts = labels["label"].value_counts()
     small = counts[counts < n_splits]
     if len(small):
@@ -33,11 +40,22 @@ def make_folds(labels: pd.DataFrame, *, n_splits: int, seed: int) -> pd.DataFram
             f"{len(small)} class(es) have fewer images than the {n_splits} folds: {listed}. "
             "Lower --n-splits, or add or merge images of those classes."
         )
-    skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     fold = np.full(len(labels), -1, dtype=np.int64)
-    for k, (_, valid) in enumerate(skf.split(labels["Id"], labels["label"])):
+    if groups is None:
+        skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        splits = skf.split(labels["Id"], labels["label"])
+    else:
+        n_groups = len(set(groups.tolist()))
+        if n_groups < n_splits:
+            raise DataError(
+                f"only {n_groups} groups of images for {n_splits} folds; lower --n-splits"
+            )
+        sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        splits = sgkf.split(labels["Id"], labels["label"], groups)
+    for k, (_, valid) in enumerate(splits):
         fold[valid] = k
-    return labels[["Id", "label"]].assign(fold=fold)
+    table = labels[["Id", "label"]].assign(fold=fold)
+    return table if groups is None else table.assign(group=groups)
 
 
 def fold_counts(folds: pd.DataFrame) -> pd.DataFrame:
