@@ -565,6 +565,36 @@ def tune(
 
 @cli.command()
 @click.argument("run", required=False)
+@click.pass_context
+@friendly_errors
+def report(ctx: click.Context, run: str | None) -> None:
+    """Write pictures of RUN (default: the latest run) to runs/<run>/report/.
+
+    Training curves, the out-of-fold confusion matrix (normalised and counts),
+    precision, recall and F1 per class (also as CSV), the most confident
+    mistakes as an image grid, and a README.md that links them.
+
+    \b
+    Example:
+        comp report effb0 && open runs/effb0/report/README.md
+    """
+    from comp.data import load_competition
+    from comp.predict import find_run
+    from comp.report import write_report
+
+    root, cfg = workspace_config(ctx, {})
+    run_dir = find_run(root, run)
+    facts = write_report(run_dir, load_competition(root, cfg))
+    weakest = facts["classes"].sort_values("f1").head(3)
+    click.echo(
+        "weakest classes: "
+        + ", ".join(f"{r['class']} (F1 {r['f1']:.3f})" for _, r in weakest.iterrows())
+    )
+    click.echo(f"report: {_relative(facts['folder'] / 'README.md', root)}")
+
+
+@cli.command()
+@click.argument("run", required=False)
 @config_flags("tta", "device")
 @click.option(
     "--batch-size",

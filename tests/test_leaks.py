@@ -32,7 +32,9 @@ def copy_of(subject: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """An augmented copy, as a re-upload would be: brighter or darker, noisy, resampled."""
     img = subject * rng.uniform(0.9, 1.1) + rng.normal(0, 3, subject.shape)
     side = int(rng.integers(28, 40))
-    small = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
+    small = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize(
+        (side, side), Image.BILINEAR
+    )
     return small.resize((32, 32), Image.BILINEAR)
 
 
