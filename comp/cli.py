@@ -46,6 +46,11 @@ TRAINING_FLAGS = (
     "scheduler",
     "patience",
     "batch_size",
+    "loss",
+    "focal_gamma",
+    "label_smoothing",
+    "class_weights",
+    "sampler",
     "amp",
     "n_splits",
     "seed",
@@ -395,6 +400,7 @@ def train(ctx: click.Context, fold_ids: tuple[int, ...], name: str | None, **kwa
     root, cfg = workspace_config(ctx, kwargs)
     t0 = time.perf_counter()
     summary = train_run(root, cfg, name=name, folds=list(fold_ids) or None, echo=click.echo)
+    adjusted = summary.get("adjusted_macro_f1")
     scope = (
         "CV"
         if summary["complete"]
@@ -406,6 +412,10 @@ def train(ctx: click.Context, fold_ids: tuple[int, ...], name: str | None, **kwa
     click.echo(
         "per fold: " + ", ".join(f"{k}: {v:.4f}" for k, v in summary["fold_macro_f1"].items())
     )
+    if adjusted is not None:
+        click.echo(
+            f"with OOF-fitted class priors (cross-fitted): macro-F1 {adjusted:.4f}; use them with `comp predict --adjust true`"
+        )
 
 
 @cli.command()
@@ -595,7 +605,7 @@ def report(ctx: click.Context, run: str | None) -> None:
 
 @cli.command()
 @click.argument("run", required=False)
-@config_flags("tta", "device")
+@config_flags("tta", "adjust", "device")
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),

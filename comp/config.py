@@ -81,12 +81,28 @@ class Config:
         5, "stage 2 stops after this many epochs without a better macro-F1", "train"
     )
     batch_size: int = _key(64, "training batch size", "train")
+    loss: str = _key("ce", "ce (cross-entropy) or focal (down-weights easy examples)", "train")
+    focal_gamma: float = _key(
+        2.0, "focal loss: how strongly easy examples are down-weighted", "train"
+    )
+    label_smoothing: float = _key(0.0, "label smoothing, e.g. 0.1", "train")
+    class_weights: str = _key(
+        "none", "none or balanced: weight the loss by inverse class frequency", "train"
+    )
+    sampler: str = _key(
+        "random", "random or balanced: draw every class equally often per epoch", "train"
+    )
     num_workers: int = _key(-1, "DataLoader workers; -1 picks from the cores and device", "train")
     device: str = _key("auto", "auto, cpu, cuda or cuda:N", "train")
     amp: bool = _key(True, "mixed precision on CUDA (ignored on CPU)", "train")
 
     tta: str = _key(
         "none", "test-time augmentation: none, hflip, or a list like hflip,vflip", "predict"
+    )
+    adjust: bool = _key(
+        False,
+        "scale class probabilities by the run's OOF-fitted priors (adjust.json) before the argmax",
+        "predict",
     )
 
     competition: str | None = _key(
@@ -187,6 +203,11 @@ def validate(cfg: Config) -> Config:
         (cfg.patience >= 1, "patience must be at least 1"),
         (cfg.pretrained in ("auto", "true", "false"), "pretrained must be auto, true or false"),
         (cfg.scheduler in ("cosine", "plateau"), "scheduler must be cosine or plateau"),
+        (cfg.loss in ("ce", "focal"), f"loss '{cfg.loss}' must be ce or focal"),
+        (0 <= cfg.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        (cfg.focal_gamma >= 0, "focal_gamma must be at least 0"),
+        (cfg.class_weights in ("none", "balanced"), "class_weights must be none or balanced"),
+        (cfg.sampler in ("random", "balanced"), "sampler must be random or balanced"),
     ]
     for ok, message in checks:
         if not ok:

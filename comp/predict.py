@@ -101,6 +101,12 @@ def predict(
     probs = total / (len(checkpoints) * len(views))
     if not np.isfinite(probs).all():
         raise DataError(f"{run_dir}: predictions contain NaN or inf; the checkpoints are broken")
+    priors = None
+    if cfg.adjust:
+        if not (run_dir / "adjust.json").exists():
+            raise DataError(f"{run_dir}: no adjust.json (it needs two or more trained folds)")
+        fitted = json.loads((run_dir / "adjust.json").read_text())
+        priors = np.array([fitted[c] for c in classes])
 
     return publish(
         root,
@@ -113,6 +119,7 @@ def predict(
         tta=[type(v.transforms[0]).__name__ if v else "none" for v in views],
         out=out,
         echo=echo,
+        priors=priors,
     )
 
 
@@ -128,20 +135,27 @@ def publish(
     tta: list[str],
     out: Path | None = None,
     echo: Echo = tqdm.write,
+    priors: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Write a run's test probabilities and its validated submission; return the sidecar facts."""
+    """Write a run's test probabilities and its validated submission; return the sidecar facts.
+
+    ``priors`` (from the run's adjust.json) rescale the probabilities before the
+    labels are chosen, as they were when the adjusted CV was measured.
+    """
     test_probs = pd.concat(
         [pd.DataFrame({"Id": ids}), pd.DataFrame(probs, columns=classes)], axis=1
     )
     io.write_csv(run_dir / "test_probs.csv", test_probs)
 
-    submission = build_submission(ids, probs, classes=classes, sample=sample)
+    chosen = probs if priors is None else probs * priors / (probs * priors).sum(1, keepdims=True)
+    submission = build_submission(ids, chosen, classes=classes, sample=sample)
     validate_submission(submission, sample=sample, classes=classes, ids=ids, name=run_dir.name)
     cv = json.loads((run_dir / "cv.json").read_text()) if (run_dir / "cv.json").exists() else {}
     out = out or root / "submissions" / f"{run_dir.name}.csv"
     facts = {
         "run": run_dir.name,
-        "cv_macro_f1": cv.get("cv_macro_f1"),
+        "cv_macro_f1": cv.get("adjusted_macro_f1") if priors is not None else cv.get("cv_macro_f1"),
+        "adjusted": priors is not None,
         "folds": folds,
         "tta": tta,
         "rows": len(submission),
