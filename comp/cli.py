@@ -574,6 +574,43 @@ def tune(
 
 
 @cli.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--name", required=True, help="Name of the blend, a run like any other.")
+@click.option(
+    "--weights",
+    type=click.Choice(["fit", "equal"]),
+    default="fit",
+    show_default=True,
+    help="fit: weights that minimise the OOF log-loss; equal: a plain average.",
+)
+@click.pass_context
+@friendly_errors
+def blend(ctx: click.Context, runs: tuple[str, ...], name: str, weights: str) -> None:
+    """Blend RUNS on their out-of-fold predictions into a new run, and report its CV.
+
+    `comp predict NAME` then applies the same weights to the runs' test
+    predictions. The runs must share one split (the same folds file).
+
+    \b
+    Example:
+        comp blend effb0 resnet50 vit --name trio && comp predict trio
+    """
+    from comp.ensemble import blend as blend_runs
+    from comp.predict import find_run
+
+    root = find_workspace(ctx.obj.get("workspace"))
+    summary = blend_runs(root, [find_run(root, r) for r in runs], name=name, weights=weights)
+    for member, facts in summary["members"].items():
+        cv = facts["cv_macro_f1"]
+        click.echo(
+            f"  {member}: weight {facts['weight']:.3f}, CV {cv:.4f}"
+            if cv is not None
+            else f"  {member}: weight {facts['weight']:.3f}"
+        )
+    click.echo(f"blend {name}: CV macro-F1 {summary['cv_macro_f1']:.4f}; next: comp predict {name}")
+
+
+@cli.command()
 @click.argument("run", required=False)
 @click.pass_context
 @friendly_errors

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from comp import io
 from comp.config import Config, make_config
-from comp.data import DataError, load_competition, load_images
+from comp.data import DataError, load_competition, load_images, read_csv
+from comp.ensemble import blend_members
 from comp.models import load_checkpoint, normalisation
 from comp.submission import build_submission, validate_submission, write_submission
 from comp.train import Echo, make_autocast, pick_device, predict_probs
@@ -61,6 +62,8 @@ def predict(
 ) -> dict[str, Any]:
     """Write the test probabilities and the submission of a run; return the sidecar facts."""
     run_dir = find_run(root, run)
+    if blend_members(run_dir) is not None:
+        return predict_blend(root, cfg, run_dir, tta=tta, batch_size=batch_size, out=out, echo=echo)
     trained = run_config(run_dir)
     classes = json.loads((run_dir / "classes.json").read_text())
     # A fold counts once it has finished (its oof.csv is written last), not while it trains.
@@ -121,6 +124,51 @@ def predict(
         echo=echo,
         priors=priors,
     )
+
+
+def predict_blend(
+    root: Path,
+    cfg: Config,
+    run_dir: Path,
+    *,
+    tta: str | None,
+    batch_size: int,
+    out: Path | None,
+    echo: Echo,
+) -> dict[str, Any]:
+    """Predict every member of a blend, then weigh their test probabilities as on OOF."""
+    members = blend_members(run_dir)
+    assert members is not None
+    names, weights = members
+    classes = json.loads((run_dir / "classes.json").read_text())
+    comp = load_competition(root, cfg)
+    ids = comp.test_ids()
+    total = np.zeros((len(ids), len(classes)))
+    for name, weight in zip(names, weights, strict=True):
+        predict(root, cfg, run=name, tta=tta, batch_size=batch_size, echo=echo)
+        table = read_csv(root / "runs" / name / "test_probs.csv").set_index("Id")
+        total += weight * table.loc[ids, classes].astype(np.float64).to_numpy()
+    priors = None
+    if cfg.adjust:
+        fitted = json.loads((run_dir / "adjust.json").read_text())
+        priors = np.array([fitted[c] for c in classes])
+    return publish(
+        root,
+        run_dir,
+        ids=ids,
+        probs=total,
+        classes=classes,
+        sample=comp.sample,
+        folds=[f"{n} x{w:.3f}" for n, w in zip(names, weights, strict=True)],
+        tta=tta_names(tta if tta is not None else cfg.tta),
+        out=out,
+        echo=echo,
+        priors=priors,
+    )
+
+
+def tta_names(spec: str) -> list[str]:
+    return [type(v.transforms[0]).__name__ if v else "none" for v in tta_views(spec)]
 
 
 def publish(
