@@ -151,3 +151,26 @@ def test_user_groups_from_a_column(kaggle_comp: Path, tmp_path: Path) -> None:
     assert table.groupby("patient")["fold"].nunique().max() == 1
     result = CliRunner().invoke(cli, ["-w", str(ws), "folds", "--groups", "nope"])
     assert result.exit_code == 1 and "no column 'nope'" in result.output
+
+
+def test_embedding_method_runs_on_a_timm_backbone(comp_dir: Path) -> None:
+    """Exact copies are always neighbours in any feature space, random weights included."""
+    import shutil
+
+    train = sorted((comp_dir / "train").glob("*.png"))[:12]
+    twin = comp_dir.parent / "twin.png"
+    shutil.copy(train[0], twin)
+    leaks = find_leaks(
+        [*train, twin],
+        methods=["embed"],
+        similarity=0.999,
+        embed={
+            "model": "resnet10t",
+            "pretrained": "false",
+            "pretrained_file": None,
+            "img_size": 32,
+        },
+        progress=False,
+    )
+    assert len(leaks.groups) == 13
+    assert any(0 in c and 12 in c for c in leaks.clusters)
