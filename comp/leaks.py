@@ -86,7 +86,7 @@ def embeddings(
         model, num_classes=1, pretrained=pretrained, pretrained_file=pretrained_file
     )
     net.eval()
-    mean, std = normalisation(net)
+    mean, std = (t.reshape(1, -1, 1, 1) for t in normalisation(net))
     images = load_images(paths, img_size, desc="embed")
     out = []
     with torch.inference_mode():
