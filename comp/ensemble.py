@@ -22,7 +22,7 @@ from sklearn.metrics import accuracy_score, log_loss
 
 from comp import io
 from comp.data import DataError, read_csv
-from comp.train import fit_priors, macro_f1
+from comp.train import macro_f1, write_priors
 
 BLEND_FILE = "blend.json"
 
@@ -107,16 +107,7 @@ def blend(root: Path, runs: list[Path], *, name: str, weights: str = "fit") -> d
     )
     io.write_json(out / "classes.json", classes)
     shutil.copy2(runs[0] / "config.yaml", out / "config.yaml")
-    io.write_json(
-        out / "adjust.json",
-        dict(
-            zip(
-                classes,
-                fit_priors(blended, y, n_classes=len(classes)).round(6).tolist(),
-                strict=True,
-            )
-        ),
-    )
+    write_priors(out, blended, y, classes=classes)
     io.write_json(out / "cv.json", summary)
     return summary
 

@@ -26,7 +26,7 @@ from comp.data import DataError, load_competition, load_images, read_csv
 from comp.ensemble import blend_members
 from comp.models import load_checkpoint, normalisation
 from comp.submission import build_submission, validate_submission, write_submission
-from comp.train import Echo, make_autocast, pick_device, predict_probs
+from comp.train import Echo, load_priors, make_autocast, pick_device, predict_probs
 from comp.transforms import ImageDataset, tta_views
 
 
@@ -104,12 +104,6 @@ def predict(
     probs = total / (len(checkpoints) * len(views))
     if not np.isfinite(probs).all():
         raise DataError(f"{run_dir}: predictions contain NaN or inf; the checkpoints are broken")
-    priors = None
-    if cfg.adjust:
-        if not (run_dir / "adjust.json").exists():
-            raise DataError(f"{run_dir}: no adjust.json (it needs two or more trained folds)")
-        fitted = json.loads((run_dir / "adjust.json").read_text())
-        priors = np.array([fitted[c] for c in classes])
 
     return publish(
         root,
@@ -119,10 +113,10 @@ def predict(
         classes=classes,
         sample=comp.sample,
         folds=[p.parent.name for p in checkpoints],
-        tta=[type(v.transforms[0]).__name__ if v else "none" for v in views],
+        tta=tta_names(tta if tta is not None else cfg.tta),
         out=out,
         echo=echo,
-        priors=priors,
+        priors=load_priors(run_dir, classes) if cfg.adjust else None,
     )
 
 
@@ -148,10 +142,6 @@ def predict_blend(
         predict(root, cfg, run=name, tta=tta, batch_size=batch_size, echo=echo)
         table = read_csv(root / "runs" / name / "test_probs.csv").set_index("Id")
         total += weight * table.loc[ids, classes].astype(np.float64).to_numpy()
-    priors = None
-    if cfg.adjust:
-        fitted = json.loads((run_dir / "adjust.json").read_text())
-        priors = np.array([fitted[c] for c in classes])
     return publish(
         root,
         run_dir,
@@ -163,7 +153,7 @@ def predict_blend(
         tta=tta_names(tta if tta is not None else cfg.tta),
         out=out,
         echo=echo,
-        priors=priors,
+        priors=load_priors(run_dir, classes) if cfg.adjust else None,
     )
 
 

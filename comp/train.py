@@ -169,6 +169,20 @@ def fit_priors(probs: np.ndarray, y: np.ndarray, *, n_classes: int, passes: int 
     return w
 
 
+def write_priors(run_dir: Path, probs: np.ndarray, y: np.ndarray, *, classes: list[str]) -> None:
+    """Fit class priors on all of a run's OOF and keep them as adjust.json, for predict --adjust."""
+    fitted = fit_priors(probs, y, n_classes=len(classes)).round(6).tolist()
+    io.write_json(run_dir / "adjust.json", dict(zip(classes, fitted, strict=True)))
+
+
+def load_priors(run_dir: Path, classes: list[str]) -> np.ndarray:
+    path = run_dir / "adjust.json"
+    if not path.exists():
+        raise DataError(f"{run_dir}: no adjust.json (it needs two or more trained folds)")
+    fitted = json.loads(path.read_text())
+    return np.array([fitted[c] for c in classes])
+
+
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(f1_score(y_true, y_pred, average="macro"))
 
@@ -303,16 +317,7 @@ def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, A
             w = fit_priors(probs[~held], y[~held], n_classes=len(classes))
             adjusted_pred[held] = (probs[held] * w).argmax(1)
         adjusted = round(macro_f1(y, adjusted_pred), 6)
-        io.write_json(
-            run_dir / "adjust.json",
-            dict(
-                zip(
-                    classes,
-                    fit_priors(probs, y, n_classes=len(classes)).round(6).tolist(),
-                    strict=True,
-                )
-            ),
-        )
+        write_priors(run_dir, probs, y, classes=classes)
     summary = {
         "run": run_dir.name,
         "cv_macro_f1": round(macro_f1(y, pred), 6),
