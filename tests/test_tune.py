@@ -116,15 +116,19 @@ def test_a_killed_study_resumes_without_losing_trials(ws: Path) -> None:
     url = f"sqlite:///{ws / 'tune' / 'comp.db'}"
     args = ("--trials", "4", "--heartbeat", "1", "--pruner", "none", "--epochs", "3")
     proc = _tune(ws, *args)
+    # Look into the storage only once the worker has created it: two processes creating
+    # one fresh SQLite schema at once collide in Optuna's alembic table.
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert "study comp" in first, first
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         time.sleep(0.3)
-        if (ws / "tune" / "comp.db").exists():
-            trials = load_study(url, "comp", heartbeat=1).get_trials()
-            done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-            if done and running:
-                break
+        trials = load_study(url, "comp", heartbeat=1).get_trials()
+        done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+        if done and running:
+            break
         assert proc.poll() is None, proc.communicate()[0]
     else:
         pytest.fail("no trial finished in time")
