@@ -11,6 +11,9 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 import typing
 from collections.abc import Callable
@@ -75,13 +78,38 @@ def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return f(*args, **kwargs)
         except ERRORS as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(_one_line(str(e))) from None
         except Exception as e:
             if isinstance(e, _library_errors()):
-                raise click.ClickException(str(e)) from None
+                raise click.ClickException(_one_line(str(e))) from None
+            if isinstance(e, OSError) and e.errno is not None:
+                # A full disk, a read-only folder, a missing file: one line naming the file.
+                raise click.ClickException(_os_error(e)) from None
             raise
 
     return wrapper
+
+
+def _one_line(message: str, limit: int = 600) -> str:
+    """An error as one line, however many a library below put in it (and no colour codes)."""
+    import re
+
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", message).split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _os_error(e: OSError) -> str:
+    import errno
+    import os
+
+    what = e.strerror or (os.strerror(e.errno) if e.errno else str(e))
+    hint = {
+        errno.ENOSPC: "; free some space and run it again (nothing half-written was kept)",
+        errno.EDQUOT: "; free some space and run it again (nothing half-written was kept)",
+        errno.EACCES: "; check the folder's permissions",
+        errno.EROFS: "; write the workspace somewhere writable",
+    }.get(e.errno or 0, "")
+    return f"{e.filename}: {what}{hint}" if e.filename else f"{what}{hint}"
 
 
 def _click_type(key: str) -> Any:
@@ -292,10 +320,12 @@ def folds(
         comp folds --method phash,embed --similarity 0.95
     """
     from comp.data import DataError, load_competition, read_csv, resolve
-    from comp.folds import fold_counts, folds_path, make_folds, write_folds
+    from comp.folds import check_class_counts, fold_counts, folds_path, make_folds, write_folds
 
     root, cfg = workspace_config(ctx, kwargs)
     comp = load_competition(root, cfg)
+    # Before the near-duplicate search, which reads every image.
+    check_class_counts(comp.train, n_splits=cfg.n_splits)
     ids = list(comp.train["Id"])
     group_ids = None
     how = "stratified"
@@ -381,9 +411,45 @@ def _leak_report(leaks: Any, ids: list[str], test_ids: list[str]) -> str:
     "--name",
     help="Run name (default: <model>-<date>-<time>). Folds trained under one name form one run.",
 )
+@click.option(
+    "--devices",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes on this machine, one per GPU (or CPU share): DistributedDataParallel through torchrun.",
+)
+@click.option(
+    "--nnodes", type=click.IntRange(min=1), default=1, show_default=True, help="Machines in all."
+)
+@click.option(
+    "--node-rank",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="This machine's rank.",
+)
+@click.option(
+    "--master-addr",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address of the rank-0 machine (several machines).",
+)
+@click.option(
+    "--master-port", type=int, default=29500, show_default=True, help="Port on the rank-0 machine."
+)
 @click.pass_context
 @friendly_errors
-def train(ctx: click.Context, fold_ids: tuple[int, ...], name: str | None, **kwargs: Any) -> None:
+def train(
+    ctx: click.Context,
+    fold_ids: tuple[int, ...],
+    name: str | None,
+    devices: int,
+    nnodes: int,
+    node_rank: int,
+    master_addr: str,
+    master_port: int,
+    **kwargs: Any,
+) -> None:
     """Train a timm model on every fold: frozen-backbone stage, then all layers.
 
     Early stopping and checkpoint choice follow validation macro-F1. Writes
@@ -394,12 +460,29 @@ def train(ctx: click.Context, fold_ids: tuple[int, ...], name: str | None, **kwa
     Examples:
         comp train --model efficientnet_b0 --epochs 20 --freeze-epochs 5
         comp train --fold 0 --name effb0 --pretrained-file weights/effb0.pth
+        comp train --devices 2          # both GPUs of a Kaggle 2xT4 notebook
     """
     from comp.train import train as train_run
 
     root, cfg = workspace_config(ctx, kwargs)
+    if (devices > 1 or nnodes > 1) and "LOCAL_RANK" not in os.environ:
+        # This process only launches: torchrun starts one `comp train` per device, each
+        # of which joins the process group from the environment torchrun sets.
+        ctx.exit(
+            launch_distributed(
+                sys.argv[1:],
+                devices=devices,
+                nnodes=nnodes,
+                node_rank=node_rank,
+                master_addr=master_addr,
+                master_port=master_port,
+                device=cfg.device,
+            )
+        )
     t0 = time.perf_counter()
     summary = train_run(root, cfg, name=name, folds=list(fold_ids) or None, echo=click.echo)
+    if not summary:
+        return  # a distributed process other than the first: that one reports
     adjusted = summary.get("adjusted_macro_f1")
     scope = (
         "CV"
@@ -416,6 +499,50 @@ def train(ctx: click.Context, fold_ids: tuple[int, ...], name: str | None, **kwa
         click.echo(
             f"with OOF-fitted class priors (cross-fitted): macro-F1 {adjusted:.4f}; use them with `comp predict --adjust true`"
         )
+
+
+def launch_distributed(
+    args: list[str],
+    *,
+    devices: int,
+    nnodes: int,
+    node_rank: int,
+    master_addr: str,
+    master_port: int,
+    device: str,
+) -> int:
+    """Run ``comp <args>`` under torchrun, ``devices`` processes here; return its exit code."""
+    import torch
+
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda and devices > torch.cuda.device_count():
+        raise click.ClickException(
+            f"--devices {devices}: only {torch.cuda.device_count()} GPU(s) here"
+        )
+    env = dict(os.environ)
+    # torchrun would pin every process to one thread; on CPU they share the cores instead.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
+    rendezvous = (
+        ["--standalone"]
+        if nnodes == 1
+        else [
+            f"--nnodes={nnodes}",
+            f"--node-rank={node_rank}",
+            f"--master-addr={master_addr}",
+            f"--master-port={master_port}",
+        ]
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *rendezvous,
+        f"--nproc-per-node={devices}",
+        "-m",
+        "comp",
+        *args,
+    ]
+    return subprocess.call(cmd, env=env)
 
 
 @cli.command()
@@ -489,8 +616,6 @@ def tune(
         comp tune --trials 50 --n-workers 2 --set tune_aug=light,medium,heavy
         comp tune --show && comp train --config tune/comp-best.yaml
     """
-    import subprocess
-    import sys
     import tempfile
 
     from comp import tune as tuning
@@ -779,7 +904,7 @@ def submit(
         solution = resolve(root, cfg.solution)
         if solution is None or not solution.exists():
             raise click.ClickException(
-                f"no solution file for local scoring (config key solution: {cfg.solution})"
+                f"no solution file for local scoring (config key solution: {cfg.solution or 'not set'})"
             )
         scores = score_local(df, solution)
         row = ledger.add(

@@ -52,11 +52,18 @@ class Config:
     solution: str | None = _key(
         None, "held-back answers (Id,label,Usage) for local scoring", "data"
     )
+    centre: bool = _key(
+        False,
+        "crop each image to its subject (found from the border colour or alpha), centred on a square",
+        "data",
+    )
 
     n_splits: int = _key(5, "number of cross-validation folds", "folds")
     seed: int = _key(42, "seed for folds, initialisation and augmentation", "folds")
 
-    model: str = _key("resnet18", "any timm model name", "model")
+    model: str = _key(
+        "resnet18", "any timm model name, or a baseline net: mlp, simple_cnn", "model"
+    )
     pretrained: str = _key(
         "auto",
         "auto: use pretrained weights when they can be had; true: require them; false: random init",
@@ -95,6 +102,22 @@ class Config:
     num_workers: int = _key(-1, "DataLoader workers; -1 picks from the cores and device", "train")
     device: str = _key("auto", "auto, cpu, cuda or cuda:N", "train")
     amp: bool = _key(True, "mixed precision on CUDA (ignored on CPU)", "train")
+    compile: bool = _key(
+        False, "torch.compile the model on CUDA (slow start, faster epochs)", "train"
+    )
+    cache_images: bool = _key(
+        True, "decode images once into cache/images/ and memory-map them in later runs", "train"
+    )
+    cache_features: bool = _key(
+        True,
+        "stage 1: train the head on backbone features computed once, not on a backbone pass per epoch",
+        "train",
+    )
+    feature_views: int = _key(
+        2,
+        "stage 1 with cache_features: augmented views of each image to compute features for",
+        "train",
+    )
 
     tta: str = _key(
         "none", "test-time augmentation: none, hflip, or a list like hflip,vflip", "predict"
@@ -142,6 +165,11 @@ def _field_type(name: str) -> Any:
     return typing.get_type_hints(Config)[name]
 
 
+def _a(typ: type) -> str:
+    """The type of a key as a message says it: "an int", "a float"."""
+    return f"{'an' if typ.__name__[0] in 'aeiou' else 'a'} {typ.__name__}"
+
+
 def coerce(name: str, value: Any) -> Any:
     """Turn ``value`` (from YAML or a command line string) into the type of key ``name``."""
     if name not in KEYS:
@@ -154,7 +182,7 @@ def coerce(name: str, value: Any) -> Any:
             return None
         if base is str and value is not None:
             return value
-        raise ConfigError(f"config key '{name}' needs a {base.__name__}, not null")
+        raise ConfigError(f"config key '{name}' needs {_a(base)}, not null")
     try:
         if base is bool:
             if isinstance(value, bool):
@@ -176,7 +204,7 @@ def coerce(name: str, value: Any) -> Any:
                 return "true" if value else "false"
             return str(value)
     except ValueError:
-        raise ConfigError(f"config key '{name}' needs a {base.__name__}, got {value!r}") from None
+        raise ConfigError(f"config key '{name}' needs {_a(base)}, got {value!r}") from None
     raise ConfigError(f"config key '{name}' has an unsupported type")
 
 
@@ -199,6 +227,7 @@ def validate(cfg: Config) -> Config:
             f"device '{cfg.device}' must be auto, cpu, mps, cuda or cuda:N",
         ),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
+        (cfg.feature_views >= 1, "feature_views must be at least 1"),
         (cfg.lr1 > 0 and cfg.lr2 > 0, "lr1 and lr2 must be positive"),
         (cfg.patience >= 1, "patience must be at least 1"),
         (cfg.pretrained in ("auto", "true", "false"), "pretrained must be auto, true or false"),

@@ -60,7 +60,9 @@ def read_csv(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable CSV ({e})") from None
+        # One line: the parser's messages end in a newline and may hold several.
+        reason = " ".join(str(e).split())
+        raise DataError(f"{path}: not a readable CSV ({reason})") from None
 
 
 def read_labels(path: Path, *, id_column: str = "Id", label_column: str = "label") -> pd.DataFrame:
@@ -75,6 +77,8 @@ def read_labels(path: Path, *, id_column: str = "Id", label_column: str = "label
     if df.empty:
         raise DataError(f"{path}: no rows")
     out = pd.DataFrame({"Id": df[id_column].str.strip(), "label": df[label_column].str.strip()})
+    # A cell of spaces is as empty as an empty one.
+    out = out.mask(out == "")
     missing_id = out["Id"].isna()
     if missing_id.any():
         row = int(np.flatnonzero(missing_id)[0]) + 2
@@ -83,6 +87,14 @@ def read_labels(path: Path, *, id_column: str = "Id", label_column: str = "label
     if missing.any():
         row = int(np.flatnonzero(missing)[0]) + 2
         raise DataError(f"{path}: row {row} (Id {out['Id'][row - 2]}) has an empty {label_column}")
+    # "nan" is what str() makes of a missing value: a table written from a NaN, not a class.
+    nan_text = out["label"].str.lower() == "nan"
+    if nan_text.any():
+        row = int(np.flatnonzero(nan_text)[0]) + 2
+        raise DataError(
+            f"{path}: row {row} (Id {out['Id'][row - 2]}) has {label_column} "
+            f"'{out['label'][row - 2]}', a missing value written as text"
+        )
     dup = out["Id"].duplicated()
     if dup.any():
         row = int(np.flatnonzero(dup)[0]) + 2
@@ -123,6 +135,8 @@ def image_paths(
 ) -> list[Path]:
     """The file of each Id, refusing Ids that have no image."""
     index = index if index is not None else index_images(folder)
+    if ids and not index:
+        raise DataError(f"{folder}: no images in this folder, but {len(ids)} Ids need one")
     paths, missing = [], []
     for i in ids:
         p = index.get(i)
@@ -156,14 +170,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_image(path: Path, size: int | None = None) -> np.ndarray:
-    """Decode one image to an RGB uint8 array, resized to size x size when given."""
+def read_image(path: Path, size: int | None = None, *, centre: bool = False) -> np.ndarray:
+    """Decode one image to an RGB uint8 array, resized to size x size when given.
+
+    With ``centre``, the subject is first cropped and centred on a square
+    (comp.centre.centre_object; by the alpha channel where the image has transparency).
+    """
     try:
         with Image.open(path) as img:
             if size is not None:
-                # JPEG can decode straight at a reduced scale, much faster than full size.
-                img.draft("RGB", (size, size))
+                # JPEG can decode straight at a reduced scale, much faster than full size;
+                # a centred crop keeps a part of the image, so it needs more pixels.
+                img.draft("RGB", (4 * size, 4 * size) if centre else (size, size))
             rgb = to_rgb(img)
+            if centre:
+                from comp.centre import alpha_channel, centre_object
+
+                rgb = Image.fromarray(
+                    centre_object(np.asarray(rgb, dtype=np.uint8), alpha=alpha_channel(img))
+                )
             if size is not None and rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
             return np.asarray(rgb, dtype=np.uint8)
@@ -172,14 +197,22 @@ def read_image(path: Path, size: int | None = None) -> np.ndarray:
 
 
 def load_images(
-    paths: Sequence[Path], size: int, *, desc: str = "decode", progress: bool = True
+    paths: Sequence[Path],
+    size: int,
+    *,
+    desc: str = "decode",
+    progress: bool = True,
+    centre: bool = False,
 ) -> np.ndarray:
-    """Decode and resize every image once, into one (N, size, size, 3) uint8 array."""
+    """Decode and resize every image once, into one (N, size, size, 3) uint8 array.
+
+    ``centre`` crops each image to its centred subject first (see read_image).
+    """
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     # PIL releases the GIL while decoding and resizing, so threads use every core.
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        it = pool.map(lambda p: read_image(p, size), paths, chunksize=64)
+        it = pool.map(lambda p: read_image(p, size, centre=centre), paths, chunksize=64)
         for i, arr in enumerate(
             tqdm(it, total=len(paths), desc=desc, unit="img", leave=False, disable=not progress)
         ):
@@ -199,6 +232,7 @@ class Competition:
     train_dir: Path
     test_dir: Path | None
     sample: pd.DataFrame | None  # the sample submission, as text
+    sample_path: Path | None = None  # where it came from, for messages
 
     def train_paths(self, ids: Sequence[str] | None = None) -> list[Path]:
         return image_paths(list(self.train["Id"] if ids is None else ids), self.train_dir)
@@ -218,7 +252,14 @@ class Competition:
     def test_paths(self, ids: Sequence[str]) -> list[Path]:
         if self.test_dir is None:
             raise DataError("no test_dir in comp.yaml")
-        return image_paths(ids, self.test_dir)
+        index = index_images(self.test_dir)
+        try:
+            return image_paths(ids, self.test_dir, index)
+        except DataError as e:
+            if self.sample is None or self.sample_path is None:
+                raise
+            # The Ids came from the sample submission: name it, since it may be the odd one out.
+            raise DataError(f"{self.sample_path}: Ids do not match the test images; {e}") from None
 
 
 def load_competition(root: Path, cfg: Config) -> Competition:
@@ -231,6 +272,16 @@ def load_competition(root: Path, cfg: Config) -> Competition:
         sample = read_csv(sample_path)
         if sample.shape[1] < 2 or sample.empty:
             raise DataError(f"{sample_path}: expected an Id column, a prediction column and rows")
+        sample_ids = sample.iloc[:, 0]
+        bad = sample_ids.isna() | sample_ids.duplicated()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            what = (
+                "an empty Id"
+                if pd.isna(sample_ids.iloc[row])
+                else f"duplicate Id '{sample_ids.iloc[row]}'"
+            )
+            raise DataError(f"{sample_path}: {what} at row {row + 2}")
     train_dir = resolve(root, cfg.train_dir)
     assert train_dir is not None
     return Competition(
@@ -239,4 +290,5 @@ def load_competition(root: Path, cfg: Config) -> Competition:
         train_dir=train_dir,
         test_dir=resolve(root, cfg.test_dir),
         sample=sample,
+        sample_path=sample_path if sample is not None else None,
     )

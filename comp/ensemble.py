@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,30 @@ def load_member(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     if not (run_dir / "oof.csv").exists():
         raise DataError(f"{run_dir}: no oof.csv to blend; train the run first")
     classes = json.loads((run_dir / "classes.json").read_text())
-    oof = read_csv(run_dir / "oof.csv").astype(dict.fromkeys(classes, np.float64))
+    oof = read_csv(run_dir / "oof.csv")
+    oof[classes] = check_probabilities(oof, classes, path=run_dir / "oof.csv")
     return oof.sort_values("Id").reset_index(drop=True), classes
+
+
+def check_probabilities(table: pd.DataFrame, classes: list[str], *, path: Path) -> np.ndarray:
+    """The class columns of a probabilities table as floats, refusing NaN, inf and text.
+
+    One NaN would otherwise decide an argmax silently (NumPy picks the NaN), or
+    make a blend's log-loss undefined.
+    """
+    missing = [c for c in ["Id", *classes] if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: no column(s) {', '.join(repr(c) for c in missing[:5])}")
+    values = table[classes].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = (int(v[0]) for v in np.nonzero(bad))
+        raise DataError(
+            f"{path}: row {row + 2} (Id {table['Id'].iloc[row]}) has probability "
+            f"'{table[classes[col]].iloc[row]}' for class '{classes[col]}', not a finite number "
+            f"({int(bad.any(axis=1).sum())} such rows)"
+        )
+    return values
 
 
 def fit_weights(probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
@@ -84,7 +107,6 @@ def blend(root: Path, runs: list[Path], *, name: str, weights: str = "fit") -> d
     out = root / "runs" / name
     if out.resolve() in [r.resolve() for r in runs]:
         raise DataError(f"--name {name} is one of the blended runs")
-    out.mkdir(parents=True, exist_ok=True)
     summary = {
         "run": name,
         "cv_macro_f1": round(macro_f1(y, pred), 6),
@@ -101,14 +123,34 @@ def blend(root: Path, runs: list[Path], *, name: str, weights: str = "fit") -> d
     table = pd.concat(
         [first[["Id", "label", "fold"]], pd.DataFrame(blended, columns=classes)], axis=1
     )
-    io.write_csv(out / "oof.csv", table)
-    io.write_json(
-        out / BLEND_FILE, {"runs": [r.name for r in runs], "weights": [float(x) for x in w]}
-    )
-    io.write_json(out / "classes.json", classes)
-    shutil.copy2(runs[0] / "config.yaml", out / "config.yaml")
-    write_priors(out, blended, y, classes=classes)
-    io.write_json(out / "cv.json", summary)
+    # Written whole in a staging folder, then swapped in: a kill or a full disk never
+    # leaves a blend with weights but no OOF, or an old run's files beside new ones.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=out.parent))
+    try:
+        io.write_csv(staging / "oof.csv", table)
+        io.write_json(
+            staging / BLEND_FILE,
+            {"runs": [r.name for r in runs], "weights": [float(x) for x in w]},
+        )
+        io.write_json(staging / "classes.json", classes)
+        shutil.copy2(runs[0] / "config.yaml", staging / "config.yaml")
+        write_priors(staging, blended, y, classes=classes)
+        io.write_json(staging / "cv.json", summary)
+        old = out.parent / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        # A full disk: name the file the blend was writing, not its staging twin.
+        if e.errno is None or not e.filename or not Path(e.filename).is_relative_to(staging):
+            raise
+        meant = out / Path(e.filename).relative_to(staging)
+        raise OSError(e.errno, e.strerror, str(meant)) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 

@@ -24,14 +24,8 @@ def folds_path(root: Path, cfg: Config) -> Path:
     return root / "folds" / f"folds_k{cfg.n_splits}_seed{cfg.seed}.csv"
 
 
-def make_folds(
-    labels: pd.DataFrame, *, n_splits: int, seed: int, groups: np.ndarray | None = None
-) -> pd.DataFrame:
-    """Stratified K folds: every class spread evenly over the folds, reproducibly.
-
-    With ``groups``, no group is split across folds (sklearn's StratifiedGroupKFold),
-    so near-duplicates never sit on both sides of a validation split.
-    """
+def check_class_counts(labels: pd.DataFrame, *, n_splits: int) -> None:
+    """Refuse a split in which some class cannot be in every validation fold."""
     counts = labels["label"].value_counts()
     small = counts[counts < n_splits]
     if len(small):
@@ -40,6 +34,17 @@ def make_folds(
             f"{len(small)} class(es) have fewer images than the {n_splits} folds: {listed}. "
             "Lower --n-splits, or add or merge images of those classes."
         )
+
+
+def make_folds(
+    labels: pd.DataFrame, *, n_splits: int, seed: int, groups: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Stratified K folds: every class spread evenly over the folds, reproducibly.
+
+    With ``groups``, no group is split across folds (sklearn's StratifiedGroupKFold),
+    so near-duplicates never sit on both sides of a validation split.
+    """
+    check_class_counts(labels, n_splits=n_splits)
     fold = np.full(len(labels), -1, dtype=np.int64)
     if groups is None:
         skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)

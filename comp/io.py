@@ -2,7 +2,9 @@
 
 Reads nothing. Writes any artifact through a temporary file in the target's own
 folder, renamed into place only once it is complete, so a crash or Ctrl-C never
-leaves a half-written file that a later stage would trust.
+leaves a half-written file that a later stage would trust. A failed write (a
+full disk) leaves the target as it was, removes the temporary, and raises an
+OSError that names the target.
 """
 
 from __future__ import annotations
@@ -23,15 +25,30 @@ import yaml
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise _about(e, target) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except OSError as e:
+        # A full disk or a read-only folder: the error names the file meant, not the temporary.
+        if e.filename is not None and str(e.filename) not in (str(tmp_path), str(target)):
+            raise  # about some other file the writer read
+        raise _about(e, target) from None
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _about(e: OSError, target: Path) -> OSError:
+    """The same error (errno, subclass), about ``target``."""
+    if e.errno is None:
+        return e
+    return OSError(e.errno, e.strerror or os.strerror(e.errno), str(target))
 
 
 @contextlib.contextmanager

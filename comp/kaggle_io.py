@@ -123,6 +123,30 @@ def find_credentials() -> list[Credentials]:
     return found
 
 
+def kaggle_json_problem(*, complete: bool = True) -> str | None:
+    """What is wrong with kaggle.json, if it exists and cannot be used; never its contents.
+
+    With ``complete=False``, only what stops the client from reading it at all.
+    """
+    path = config_dir() / "kaggle.json"
+    shape = 'it should read {"username": "...", "key": "..."}'
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror})"
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return f"{path} is not valid JSON; {shape}"
+    if not isinstance(data, dict):
+        return f"{path} is not a JSON object; {shape}"
+    if complete and not (data.get("username") and data.get("key")):
+        return f"{path} lacks a username or key; {shape}"
+    return None
+
+
 def loose_permissions() -> list[Path]:
     """Credential files that other users on this machine can read (the kaggle client warns too)."""
     candidates = [
@@ -257,6 +281,7 @@ class Kaggle:
         self.echo = echo
         self._api: Any = None
         self.credentials: Credentials | None = None
+        self._found: list[Credentials] = []
 
     # --- connection -----------------------------------------------------------------------
 
@@ -280,9 +305,17 @@ class Kaggle:
                 ):
                     api = _make_api(self.timeout)
                     self._call("sign in", api.authenticate)
+            except KaggleError as e:
+                # The client reads kaggle.json itself and chokes on a malformed one.
+                problem = kaggle_json_problem(complete=False)
+                if problem:
+                    raise KaggleError(f"{problem}; {TOKEN_HELP}") from None
+                raise e from None
             except SystemExit:
+                problem = kaggle_json_problem()
                 if not found:
-                    raise KaggleError(f"no Kaggle credentials found: {TOKEN_HELP}") from None
+                    why = f" ({problem})" if problem else ""
+                    raise KaggleError(f"no Kaggle credentials found{why}: {TOKEN_HELP}") from None
                 sources = ", then ".join(c.source for c in found)
                 raise KaggleError(
                     f"Kaggle rejected the credentials from {sources} (invalid or expired); {TOKEN_HELP}"
@@ -290,6 +323,7 @@ class Kaggle:
             method = str(api.config_values.get("auth_method", ""))
             kind = {"ACCESS_TOKEN": "token", "LEGACY_API_KEY": "key", "OAUTH": "oauth"}.get(method)
             self.credentials = next((c for c in found if c.kind == kind), None)
+            self._found = found
             self._api = api
         return self._api
 
@@ -350,6 +384,11 @@ class Kaggle:
         detail = _server_message(e)
         detail = f": {detail}" if detail else ""
         source = self.credentials.source if self.credentials else "your Kaggle settings"
+        # The client can sign in with one set and send another (a stale KAGGLE_API_TOKEN
+        # beside a good kaggle.json): name every set it may have used.
+        others = [c.source for c in self._found if c != self.credentials]
+        if others:
+            source = f"{source}, or from {', '.join(others)}"
         tried = f" after {attempts} tries" if attempts > 1 else ""
         if status == 401:
             return KaggleError(

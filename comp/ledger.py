@@ -53,24 +53,44 @@ COLUMNS = (
     "kaggle_ref",
     "error",
 )
+# What `comp submit` knows about its submission and Kaggle's list does not.
+OWN_FIELDS = ("file", "sha256", "run", "cv", "message")
 
 
 class Ledger:
     def __init__(self, path: Path):
+        # Nothing is written until the first row: reading an absent ledger finds no rows.
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.executescript(SCHEMA)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection; with ``write``, inside one BEGIN IMMEDIATE transaction.
+
+        IMMEDIATE takes the write lock before the first read, so a read-then-write (a
+        refresh matching Kaggle's list to its rows, a submit finding the row a refresh
+        made) never interleaves with another process's write, and a second writer
+        waits (the busy timeout) instead of failing with "database is locked", as
+        it can when it would have to upgrade a read lock.
+        """
+        if write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         # A generous busy timeout lets a concurrent writer wait instead of failing.
-        conn = sqlite3.connect(self.path, timeout=30)
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         conn.row_factory = sqlite3.Row
         try:
-            with conn:
+            if not write:
                 yield conn
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(SCHEMA)
+                if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         finally:
             conn.close()
 
@@ -81,7 +101,23 @@ class Ledger:
         fields.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         keys = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
-        with self._connect() as conn:
+        with self._connect(write=True) as conn:
+            ref = fields.get("kaggle_ref")
+            if fields.get("target") == "kaggle" and ref is not None:
+                # A refresh that ran between Kaggle taking the submission and this row may
+                # have added it as made elsewhere: complete that row rather than add a twin.
+                twin = conn.execute(
+                    "SELECT id FROM submissions WHERE target = 'kaggle' AND kaggle_ref = ? "
+                    "AND competition IS ? ORDER BY id LIMIT 1",
+                    (ref, fields.get("competition")),
+                ).fetchone()
+                if twin is not None:
+                    own = {k: v for k, v in fields.items() if k in OWN_FIELDS}
+                    sets = ", ".join(f"{k} = ?" for k in own)
+                    conn.execute(
+                        f"UPDATE submissions SET {sets} WHERE id = ?", (*own.values(), twin["id"])
+                    )
+                    return int(twin["id"])
             cur = conn.execute(
                 f"INSERT INTO submissions ({keys}) VALUES ({marks})", tuple(fields.values())
             )
@@ -92,11 +128,16 @@ class Ledger:
         if unknown:
             raise ValueError(f"unknown ledger fields: {', '.join(sorted(unknown))}")
         sets = ", ".join(f"{k} = ?" for k in fields)
-        with self._connect() as conn:
+        with self._connect(write=True) as conn:
             conn.execute(f"UPDATE submissions SET {sets} WHERE id = ?", (*fields.values(), row_id))
 
     def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
         with self._connect() as conn:
+            made = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'submissions'"
+            if conn.execute(made).fetchone() is None:
+                return []
             return [dict(r) for r in conn.execute("SELECT * FROM submissions ORDER BY id")]
 
     def merge_kaggle(self, competition: str, remote: list[dict[str, Any]]) -> tuple[int, int]:
@@ -106,7 +147,7 @@ class Ledger:
         sees the ledger before or after the refresh, never half of it.
         """
         updated = added = 0
-        with self._connect() as conn:
+        with self._connect(write=True) as conn:
             known = {
                 r["kaggle_ref"]: r["id"]
                 for r in conn.execute(

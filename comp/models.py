@@ -20,7 +20,7 @@ import timm
 import torch
 from torch import nn
 
-from comp import io
+from comp import io, nets
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,14 @@ def create_model(
     """A timm model with a fresh ``num_classes`` head, and where its weights came from.
 
     ``pretrained`` is "auto" (weights if they can be had, else random init with a
-    warning), "true" (weights or an error) or "false" (random init).
+    warning), "true" (weights or an error) or "false" (random init). The baseline nets
+    ``mlp`` and ``simple_cnn`` (comp.nets) have no pretrained weights: they start from
+    random init, or from ``pretrained_file``, a comp checkpoint of the same net.
     """
+    if name in nets.NAMES:
+        return _create_baseline(
+            name, num_classes=num_classes, pretrained=pretrained, pretrained_file=pretrained_file
+        )
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
         hint = f"; similar: {', '.join(close)}" if close else ""
@@ -89,6 +95,50 @@ def create_model(
             stacklevel=2,
         )
         return timm.create_model(name, pretrained=False, num_classes=num_classes), "random"
+
+
+def _create_baseline(
+    name: str, *, num_classes: int, pretrained: str, pretrained_file: str | Path | None
+) -> tuple[nn.Module, str]:
+    model = nets.build(name, num_classes)
+    if pretrained_file is None:
+        if pretrained == "true":
+            raise ModelError(
+                f"{name} is trained from scratch and has no pretrained weights; use "
+                "--pretrained false (or auto), or --pretrained-file with a comp checkpoint of it"
+            )
+        return model, "random"
+    path = Path(pretrained_file).expanduser()
+    if not path.is_file():
+        raise ModelError(f"{path}: pretrained_file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(f"{path}: not a weights file ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: not a state dict or comp checkpoint")
+    own = model.state_dict()
+    # Like timm's pretrained weights: the head is kept only where it fits the classes.
+    head_fits = all(
+        k in state and getattr(state[k], "shape", None) == v.shape
+        for k, v in own.items()
+        if k.startswith("head.")
+    )
+    if not head_fits:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ModelError(
+            f"{path}: weights do not fit {name} ({str(e).splitlines()[-1].strip()})"
+        ) from None
+    missing = [k for k in missing if not k.startswith("head.")]
+    if missing or unexpected:
+        wrong = (missing or unexpected)[0]
+        raise ModelError(f"{path}: weights do not fit {name} (e.g. '{wrong}')")
+    return model, f"file:{path}"
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -173,6 +223,13 @@ def load_checkpoint(
         )
     if model_name is not None and meta["model"] != model_name:
         raise ModelError(f"{path}: checkpoint is a {meta['model']}, expected {model_name}")
-    model = timm.create_model(meta["model"], pretrained=False, num_classes=len(meta["classes"]))
+    model = _build(meta["model"], num_classes=len(meta["classes"]))
     model.load_state_dict(ckpt["state_dict"])
     return model, meta
+
+
+def _build(name: str, *, num_classes: int) -> nn.Module:
+    """A randomly initialised model by name: a baseline net of comp.nets or a timm model."""
+    if name in nets.NAMES:
+        return nets.build(name, num_classes)
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)

@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from comp import io
+from comp.cache import cached_images
 from comp.config import Config, make_config
-from comp.data import DataError, load_competition, load_images, read_csv
+from comp.data import DataError, load_competition, read_csv
 from comp.ensemble import blend_members
 from comp.models import load_checkpoint, normalisation
 from comp.submission import build_submission, validate_submission, write_submission
@@ -83,24 +85,29 @@ def predict(
     autocast = make_autocast(device, cfg.amp)
 
     ids = comp.test_ids()
-    images = load_images(comp.test_paths(ids), trained.img_size, desc="decode test")
+    images = cached_images(
+        comp.test_paths(ids),
+        trained.img_size,
+        cache_dir=root / "cache" / "images" if cfg.cache_images else None,
+        centre=trained.centre,
+        desc="decode test",
+    )
     total = np.zeros((len(ids), len(classes)), dtype=np.float64)
     for ckpt in checkpoints:
         model, _ = load_checkpoint(ckpt, classes=classes, model_name=trained.model)
-        model = model.to(device)
+        model = model.to(device).to(memory_format=torch.channels_last)
         mean, std = (t.to(device) for t in normalisation(model))
         for v, view in enumerate(views):
-            loader = DataLoader(ImageDataset(images, transform=view), batch_size=batch_size)
-            probs, _ = predict_probs(
+            total += largest_batch_probs(
                 model,
-                loader,
+                ImageDataset(images, transform=view),
+                batch_size=batch_size,
                 mean=mean,
                 std=std,
                 device=device,
                 autocast=autocast,
                 desc=f"{ckpt.parent.name} view {v + 1}/{len(views)}",
             )
-            total += probs
     probs = total / (len(checkpoints) * len(views))
     if not np.isfinite(probs).all():
         raise DataError(f"{run_dir}: predictions contain NaN or inf; the checkpoints are broken")
@@ -118,6 +125,26 @@ def predict(
         echo=echo,
         priors=load_priors(run_dir, classes) if cfg.adjust else None,
     )
+
+
+def largest_batch_probs(
+    model: torch.nn.Module,
+    dataset: ImageDataset,
+    *,
+    batch_size: int,
+    desc: str,
+    **kwargs: Any,
+) -> np.ndarray:
+    """Probabilities at the largest batch (from ``batch_size`` down) that fits in GPU memory."""
+    while True:
+        try:
+            loader = DataLoader(dataset, batch_size=batch_size)
+            return predict_probs(model, loader, channels_last=True, desc=desc, **kwargs)[0]
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            torch.cuda.empty_cache()
+            batch_size //= 2
 
 
 def predict_blend(

@@ -5,7 +5,9 @@ class), ``classes.json``, ``fold*/metrics.csv``, and the train images for the
 mistakes grid. Writes ``runs/<name>/report/``: ``curves.png``,
 ``confusion.png`` (normalised and in counts), ``per_class.png`` and
 ``per_class.csv`` (precision, recall, F1, support), ``mistakes.png`` (the most
-confident out-of-fold mistakes) and ``README.md`` linking them all.
+confident out-of-fold mistakes), ``gradcam.png`` (Grad-CAM overlays of the most
+confident correct and wrong out-of-fold predictions, from ``fold*/best.pt``) and
+``README.md`` linking them all.
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from comp import io
 from comp.data import Competition, DataError, read_csv, read_image
 from comp.plots import plot_curves
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def _plt() -> Any:
@@ -125,6 +132,125 @@ def plot_mistakes(
     return _save(fig, out), worst
 
 
+def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> np.ndarray | None:
+    """Grad-CAM maps (N, H, W), each scaled to [0, 1], of class ``target`` (N,) for the
+    normalised batch ``x`` (N, 3, H, W); None when the model has no spatial feature map.
+
+    The target layer is the output of ``forward_features``: in timm's CNNs (and comp's
+    simple_cnn), the last feature map before global pooling. Its channels are weighted by
+    their mean gradient of the class score, summed, rectified and resized to the image.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    with torch.enable_grad():
+        # An input that needs gradients makes the features need them, even with frozen weights.
+        feats = model.forward_features(x.detach().clone().requires_grad_(True))  # type: ignore[operator]
+        if not isinstance(feats, torch.Tensor) or feats.ndim != 4:
+            return None
+        score = model.forward_head(feats).gather(1, target.view(-1, 1)).sum()  # type: ignore[operator]
+        (grads,) = torch.autograd.grad(score, feats)
+    channels = getattr(model, "num_features", None)
+    if feats.shape[1] != channels and feats.shape[3] == channels:
+        # Channels last (N, H, W, C), as some timm transformers with a spatial grid give.
+        feats, grads = feats.permute(0, 3, 1, 2), grads.permute(0, 3, 1, 2)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * feats).sum(dim=1, keepdim=True)).detach().float()
+    cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).max(dim=1).values.view(-1, 1, 1)
+    cam = torch.where(peak > 0, cam / peak.clamp_min(1e-12), torch.zeros_like(cam))
+    return cam.clamp(0, 1).cpu().numpy()
+
+
+def _gradcam_picks(oof: pd.DataFrame, classes: list[str], n: int) -> list[pd.DataFrame]:
+    """The ``n`` most confident correct and the ``n`` most confident wrong OOF predictions."""
+    probs = oof[classes].to_numpy()
+    table = oof.assign(
+        predicted=[classes[i] for i in probs.argmax(1)], confidence=probs.max(1)
+    ).sort_values("confidence", ascending=False, kind="stable")
+    right = table["predicted"] == table["label"]
+    return [table[right].head(n), table[~right].head(n)]
+
+
+def plot_gradcam(
+    oof: pd.DataFrame,
+    classes: list[str],
+    comp: Competition,
+    run_dir: Path,
+    out: Path,
+    *,
+    n: int = 8,
+) -> tuple[Path | None, str | None]:
+    """Grad-CAM overlays of the predicted class, for the most confident correct and wrong
+    OOF predictions, each from its fold's best.pt; or None and why it was skipped."""
+    import torch
+
+    from comp.models import ModelError, load_checkpoint, normalisation
+    from comp.transforms import to_input
+
+    config_path = run_dir / "config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
+    centre = bool((config or {}).get("centre", False))
+    groups = _gradcam_picks(oof, classes, n)
+    picked = pd.concat(groups)
+    if picked.empty:
+        return None, "no out-of-fold predictions"
+    folds = sorted({int(k) for k in picked["fold"]})
+    if not any((run_dir / f"fold{k}" / "best.pt").exists() for k in folds):
+        return None, "the run has no fold checkpoints (fold*/best.pt), e.g. a blend"
+    index = {c: i for i, c in enumerate(classes)}
+    tiles: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # Id -> (image, CAM)
+    for k in folds:
+        ckpt = run_dir / f"fold{k}" / "best.pt"
+        rows = picked[picked["fold"].astype(int) == k]
+        if not ckpt.exists() or rows.empty:
+            continue
+        try:
+            model, meta = load_checkpoint(ckpt, classes=classes)
+        except ModelError as e:
+            return None, str(e)
+        size = int(meta.get("img_size") or (config or {}).get("img_size") or 64)
+        images = np.stack(
+            [read_image(p, size, centre=centre) for p in comp.train_paths(list(rows["Id"]))]
+        )
+        mean, std = normalisation(model)
+        x = to_input(torch.from_numpy(images), mean=mean, std=std, device=torch.device("cpu"))
+        target = torch.as_tensor([index[c] for c in rows["predicted"]], dtype=torch.long)
+        cams = grad_cam(model, x, target)
+        if cams is None:
+            return None, (
+                f"{meta.get('model', 'the model')}'s features are not a spatial map; "
+                "Grad-CAM needs a CNN backbone"
+            )
+        for ident, image, cam in zip(rows["Id"], images, cams, strict=True):
+            tiles[ident] = (image, cam)
+    groups = [g[g["Id"].isin(list(tiles))] for g in groups]
+    groups = [g for g in groups if not g.empty]
+    plt = _plt()
+    cols = max(len(g) for g in groups)
+    fig, axes = plt.subplots(
+        len(groups), cols, figsize=(2.0 * cols, 2.5 * len(groups)), squeeze=False
+    )
+    for ax_row, group in zip(axes, groups, strict=True):
+        for ax, (_, row) in zip(ax_row, group.iterrows(), strict=False):
+            image, cam = tiles[row["Id"]]
+            ax.imshow(image)
+            ax.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+            right = row["predicted"] == row["label"]
+            ax.set_title(
+                f"true {row['label']}\npred {row['predicted']} ({row['confidence']:.2f})",
+                fontsize=8,
+                color="darkgreen" if right else "darkred",
+            )
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(
+        "Grad-CAM of the predicted class: most confident correct (green) and wrong (red), out of fold"
+    )
+    return _save(fig, out), None
+
+
 def write_report(run_dir: Path, comp: Competition) -> dict[str, Any]:
     oof, classes = load_oof(run_dir)
     out = run_dir / "report"
@@ -140,6 +266,7 @@ def write_report(run_dir: Path, comp: Competition) -> dict[str, Any]:
     plot_confusion(y, pred, classes, out / "confusion.png")
     plot_per_class(table, out / "per_class.png")
     mistakes, worst = plot_mistakes(oof, classes, comp, out / "mistakes.png")
+    gradcam, gradcam_skipped = plot_gradcam(oof, classes, comp, run_dir, out / "gradcam.png")
     cv = json.loads((run_dir / "cv.json").read_text()) if (run_dir / "cv.json").exists() else {}
     lines = [
         f"# {run_dir.name}",
@@ -172,8 +299,25 @@ def write_report(run_dir: Path, comp: Competition) -> dict[str, Any]:
             "![mistakes](mistakes.png)",
             "",
         ]
+    lines += ["## Grad-CAM", ""]
+    if gradcam is not None:
+        lines += [
+            "Where each fold's best model looked for the class it predicted (red: most), "
+            "for its most confident correct and wrong out-of-fold predictions.",
+            "",
+            "![gradcam](gradcam.png)",
+            "",
+        ]
+    else:
+        lines += [f"Skipped: {gradcam_skipped}.", ""]
     io.write_text(out / "README.md", "\n".join(lines))
-    return {"folder": out, "classes": table, "mistakes": len(worst)}
+    return {
+        "folder": out,
+        "classes": table,
+        "mistakes": len(worst),
+        "gradcam": gradcam,
+        "gradcam_skipped": gradcam_skipped,
+    }
 
 
 def _markdown(table: pd.DataFrame) -> str:

@@ -60,6 +60,9 @@ def validate_submission(
     want = ids if ids is not None else (list(sample.iloc[:, 0]) if sample is not None else None)
     if want is not None and len(df) != len(want):
         raise SubmissionError(f"{name}: {len(df)} rows, expected {len(want)}")
+    empty = df.iloc[:, 0].isna()
+    if empty.any():
+        raise SubmissionError(f"{name}: empty Id at row {int(np.flatnonzero(empty)[0]) + 2}")
     got_ids = df.iloc[:, 0].astype(str)
     dup = got_ids.duplicated()
     if dup.any():
@@ -67,12 +70,12 @@ def validate_submission(
             f"{name}: duplicate Id '{got_ids[dup].iloc[0]}' at row {int(np.flatnonzero(dup)[0]) + 2}"
         )
     if want is not None:
-        unknown = sorted(set(got_ids) - set(want))
+        unknown = sorted(set(got_ids) - set(map(str, want)))
         if unknown:
             raise SubmissionError(
                 f"{name}: {len(unknown)} Id(s) not in the sample submission, e.g. '{unknown[0]}'"
             )
-        absent = sorted(set(want) - set(got_ids))
+        absent = sorted(set(map(str, want)) - set(got_ids))
         if absent:
             raise SubmissionError(
                 f"{name}: {len(absent)} Id(s) of the sample submission missing, e.g. '{absent[0]}'"

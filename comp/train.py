@@ -21,7 +21,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,12 +38,23 @@ from sklearn.utils.class_weight import compute_class_weight
 from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
-from tqdm.auto import tqdm
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    WeightedRandomSampler,
+)
+
+# Not tqdm.auto: its asyncio variant calls iter() on a loader when the bar is made, which
+# starts a second pass over the data (and draws from the loader's seeded generator).
+from tqdm import tqdm
 
 from comp import io
+from comp.cache import cached_images
 from comp.config import Config, ConfigError, suggest, to_dict
-from comp.data import DataError, load_competition, load_images, read_csv, resolve
+from comp.data import DataError, load_competition, read_csv, resolve
 from comp.folds import folds_path, read_folds
 from comp.models import (
     create_model,
@@ -65,6 +76,52 @@ def pick_device(spec: str) -> torch.device:
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{spec}' asked for, but CUDA is not available here")
     return torch.device(spec)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun launch: rank r of world processes (0 of 1 alone)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(spec: str) -> tuple[Dist, torch.device]:
+    """Join the process group that torchrun describes in the environment, if there is one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(spec)
+    if world <= 1:
+        return Dist(), device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size()), device
+
+
+def gather(obj: Any, dist_: Dist) -> list[Any]:
+    """Every process's ``obj``, in rank order (just ``[obj]`` alone)."""
+    if dist_.world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist_.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(dist_: Dist) -> None:
+    if dist_.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def auto_workers(requested: int, device: torch.device) -> int:
@@ -224,14 +281,18 @@ def train(
     for k in folds:
         if k not in all_folds:
             raise ConfigError(f"--fold {k}: folds are {all_folds[0]}..{all_folds[-1]}")
-    device = pick_device(cfg.device)
+    dist_, device = init_distributed(cfg.device)
+    if not dist_.main:
+        # One process writes the run and speaks; the others only compute.
+        echo, progress = (lambda _: None), False
     optimizers = [str(o) for o in list_optimizers()]
     if cfg.optimizer.lower() not in optimizers:
         raise ConfigError(
             f"optimizer '{cfg.optimizer}' is not a timm optimizer{suggest(cfg.optimizer, optimizers)}"
         )
 
-    run_dir = root / "runs" / (name or run_name(cfg))
+    # Every process must write to (and the first one name) the same run.
+    run_dir = root / "runs" / gather(name or run_name(cfg), dist_)[0]
     resolved = to_dict(cfg)
     saved = run_dir / "config.yaml"
     if saved.exists() and yaml.safe_load(saved.read_text()) != resolved:
@@ -246,17 +307,29 @@ def train(
         if source == "random":
             cfg = dataclasses.replace(cfg, pretrained="false")
         echo(f"weights: {source}")
-    io.write_yaml(run_dir / "config.yaml", resolved)
-    io.write_json(run_dir / "classes.json", classes)
-    io.write_json(run_dir / "transforms.json", A.to_dict(transform))
+    if dist_.main:
+        io.write_yaml(run_dir / "config.yaml", resolved)
+        io.write_json(run_dir / "classes.json", classes)
+        io.write_json(run_dir / "transforms.json", A.to_dict(transform))
+    processes = f", {dist_.world} processes" if dist_.world > 1 else ""
     echo(
-        f"run {run_dir.name}: {cfg.model}, {len(classes)} classes, {len(table)} images, folds {folds}, device {device}"
+        f"run {run_dir.name}: {cfg.model}, {len(classes)} classes, {len(table)} images, folds {folds}, device {device}{processes}"
     )
 
-    # Decode every image once; each fold and epoch indexes the same array.
-    images = load_images(
-        comp.train_paths(list(table["Id"])), cfg.img_size, desc="decode train", progress=progress
+    # Decode every image once (and, with the cache, once across runs); each fold and
+    # epoch reads the same memory-mapped array. The first process builds the cache.
+    if not dist_.main:
+        barrier(dist_)
+    images = cached_images(
+        comp.train_paths(list(table["Id"])),
+        cfg.img_size,
+        cache_dir=root / "cache" / "images" if cfg.cache_images else None,
+        centre=cfg.centre,
+        desc="decode train",
+        progress=progress,
     )
+    if dist_.main:
+        barrier(dist_)
     targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
 
     for k in folds:
@@ -277,14 +350,18 @@ def train(
             echo=echo,
             on_epoch=on_epoch,
             progress=progress,
+            dist_=dist_,
         )
-        oof = table.iloc[valid_idx][["Id", "label", "fold"]].reset_index(drop=True)
-        oof = pd.concat([oof, pd.DataFrame(result.valid_probs, columns=classes)], axis=1)
-        io.write_csv(run_dir / f"fold{k}" / "oof.csv", oof)
+        if dist_.main:
+            oof = table.iloc[valid_idx][["Id", "label", "fold"]].reset_index(drop=True)
+            oof = pd.concat([oof, pd.DataFrame(result.valid_probs, columns=classes)], axis=1)
+            io.write_csv(run_dir / f"fold{k}" / "oof.csv", oof)
         echo(
             f"fold {k}: best macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch} ({result.epochs_run} epochs run)"
         )
-    return summarise(run_dir, classes=classes, n_folds=len(all_folds))
+    summary = summarise(run_dir, classes=classes, n_folds=len(all_folds)) if dist_.main else {}
+    barrier(dist_)
+    return summary
 
 
 def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, Any]:
@@ -335,6 +412,106 @@ def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, A
     return summary
 
 
+def make_batches(
+    n: int,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    weights: np.ndarray | None,
+    dist_: Dist,
+) -> ShardedBatches:
+    """Training batches of the whole run, the same on every process; each process takes its slice.
+
+    A last batch of one sample breaks BatchNorm in train mode, and a slice must never be
+    empty, so a last batch smaller than both is dropped.
+    """
+    sampler: Sampler[int]
+    if weights is not None:
+        # Every class drawn equally often: each image weighs 1 / its class's count.
+        sampler = WeightedRandomSampler(weights.tolist(), n, generator=generator)
+    else:
+        sampler = RandomSampler(range(n), generator=generator)
+    remainder = n % batch_size
+    drop_last = 0 < remainder < max(2, dist_.world)
+    return ShardedBatches(BatchSampler(sampler, batch_size, drop_last), dist_)
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """Process r of W takes items r, r+W, ... of each global batch (all of it when W is 1)."""
+
+    def __init__(self, batches: BatchSampler, dist_: Dist):
+        self.batches, self.dist = batches, dist_
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            yield batch[self.dist.rank :: self.dist.world]
+
+
+class Rows(Dataset[int]):
+    """Row numbers, served a batch at a time: the loader of the cached-feature stage."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, rows: list[int]) -> list[int]:
+        return rows
+
+
+@torch.inference_mode()
+def extract_features(
+    model: nn.Module,
+    images: np.ndarray,
+    index: np.ndarray,
+    *,
+    transform: A.Compose | None,
+    views: int,
+    batch_size: int,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    autocast: Callable[[], Any],
+    channels_last: bool,
+    dist_: Dist,
+    desc: str,
+    progress: bool,
+) -> torch.Tensor:
+    """Pooled backbone features (views, n, D) of ``images[index]``, float32 on the CPU.
+
+    With the backbone frozen these are exactly what the head sees in stage 1 (BatchNorm
+    and dropout are off in the backbone then), so they are computed once, not per epoch.
+    """
+    model.eval()
+    out = []
+    for view in range(views):
+        # Each process embeds one contiguous part; the parts are gathered in order.
+        part = np.array_split(index, dist_.world)[dist_.rank]
+        loader = DataLoader(
+            ImageDataset(images, None, transform, index=part), batch_size=batch_size
+        )
+        chunks = []
+        for xb, _ in tqdm(
+            loader,
+            desc=f"{desc} view {view + 1}/{views}",
+            leave=False,
+            unit="batch",
+            disable=not progress,
+        ):
+            x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
+            with autocast():
+                f = model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[operator]
+            chunks.append(f.float().cpu())
+        empty = torch.empty(0, 0)
+        local = torch.cat(chunks) if chunks else empty
+        out.append(torch.cat([p for p in gather(local, dist_) if p.numel()]))
+    return torch.stack(out)
+
+
 def train_fold(
     cfg: Config,
     *,
@@ -351,6 +528,7 @@ def train_fold(
     echo: Echo = tqdm.write,
     on_epoch: EpochHook | None = None,
     progress: bool = True,
+    dist_: Dist = Dist(),
 ) -> FoldResult:
     seed_everything(cfg.seed + fold)
     transform.set_random_seed(cfg.seed + fold)
@@ -360,10 +538,13 @@ def train_fold(
         pretrained=cfg.pretrained,
         pretrained_file=cfg.pretrained_file,
     )
-    channels_last = device.type == "cuda"
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    # NHWC is faster for convolutions on CPUs (oneDNN) and on tensor cores alike.
+    channels_last = True
+    model = model.to(device).to(memory_format=torch.channels_last)
+    if dist_.world > 1 and device.type == "cuda":
+        # BatchNorm statistics over the global batch, as in a single-process run
+        # (SyncBatchNorm runs on GPUs only; on CPU each process normalises its slice).
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     mean, std = (t.to(device) for t in normalisation(model))
     autocast = make_autocast(device, cfg.amp)
     # bf16 needs no loss scaling; fp16 (e.g. a Kaggle T4) does.
@@ -377,35 +558,43 @@ def train_fold(
         worker_init_fn=_reseed_worker if workers > 0 else None,
     )
     generator = torch.Generator().manual_seed(cfg.seed + fold)
-    sampler = None
+    weights = None
     if cfg.sampler == "balanced":
-        # Every class drawn equally often: each image weighs 1 / its class's count.
         counts = np.bincount(targets[train_idx], minlength=n_classes)
         weights = 1.0 / counts[targets[train_idx]]
-        sampler = WeightedRandomSampler(weights.tolist(), len(train_idx), generator=generator)
+    batches = make_batches(
+        len(train_idx), batch_size=cfg.batch_size, generator=generator, weights=weights, dist_=dist_
+    )
+    n_steps = len(batches)
+    # The size of the last global batch, for weighting each process's slice of it.
+    last_batch = (
+        len(train_idx) % cfg.batch_size
+        if not batches.batches.drop_last and len(train_idx) % cfg.batch_size
+        else cfg.batch_size
+    )
     train_loader = DataLoader(
-        ImageDataset(images[train_idx], targets[train_idx], transform),
-        batch_size=cfg.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        # A last batch of one sample breaks BatchNorm in train mode.
-        drop_last=len(train_idx) % cfg.batch_size == 1,
+        ImageDataset(images, targets, transform, index=train_idx),
+        batch_sampler=batches,
         generator=generator,
         **loader_args,
     )
+    # Each process scores one part of the validation fold; the parts are gathered in order.
+    my_valid = np.array_split(valid_idx, dist_.world)[dist_.rank]
     valid_loader = DataLoader(
-        ImageDataset(images[valid_idx], targets[valid_idx]),
-        batch_size=cfg.batch_size * 2,
-        **loader_args,
+        ImageDataset(images, targets, index=my_valid), batch_size=cfg.batch_size * 2, **loader_args
     )
     loss_fn = make_loss(cfg, targets[train_idx], n_classes=n_classes).to(device)
     y_valid = targets[valid_idx]
+    y_train = torch.as_tensor(targets[train_idx])
 
     best_f1, best_epoch, stale = -1.0, -1, 0
     best_probs = np.zeros((len(valid_idx), n_classes), dtype=np.float32)
     rows: list[dict[str, Any]] = []
+    features: tuple[torch.Tensor, torch.Tensor] | None = None
+    net: nn.Module = model
     epoch = 0
     for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
         stage = 1 if epoch < cfg.freeze_epochs else 2
         if epoch in (0, cfg.freeze_epochs):
             # A new stage starts with a fresh optimizer and schedule: stage 1 sees only the
@@ -431,43 +620,147 @@ def train_fold(
                     patience_epochs=max(1, cfg.patience // 2),
                     plateau_mode="max",
                 )
-        t0 = time.perf_counter()
+            features = None
+            net = model
+            if frozen and cfg.cache_features:
+                views = cfg.feature_views if transform.transforms else 1
+                features = (
+                    extract_features(
+                        model,
+                        images,
+                        train_idx,
+                        transform=transform if transform.transforms else None,
+                        views=min(views, stage_epochs),
+                        batch_size=cfg.batch_size * 2,
+                        mean=mean,
+                        std=std,
+                        device=device,
+                        autocast=autocast,
+                        channels_last=channels_last,
+                        dist_=dist_,
+                        desc=f"fold {fold} features",
+                        progress=progress,
+                    ),
+                    extract_features(
+                        model,
+                        images,
+                        valid_idx,
+                        transform=None,
+                        views=1,
+                        batch_size=cfg.batch_size * 2,
+                        mean=mean,
+                        std=std,
+                        device=device,
+                        autocast=autocast,
+                        channels_last=channels_last,
+                        dist_=dist_,
+                        desc=f"fold {fold} valid features",
+                        progress=progress,
+                    )[0],
+                )
+            elif dist_.world > 1:
+                # Wrapped per stage: DDP only synchronises the parameters that were
+                # trainable when it was built.
+                from torch.nn.parallel import DistributedDataParallel
+
+                net = DistributedDataParallel(
+                    model, device_ids=[device.index] if device.type == "cuda" else None
+                )
+            if cfg.compile and device.type == "cuda":
+                net = torch.compile(net)  # type: ignore[assignment]
         lr = optimizer.param_groups[0]["lr"]
 
         set_train_mode(model, frozen=stage == 1)
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(
-            train_loader,
-            desc=f"fold {fold} epoch {epoch + 1}/{cfg.epochs} stage {stage}",
-            leave=False,
-            unit="batch",
-            disable=not progress,
-        )
-        for xb, yb in bar:
-            x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
-            y = yb.to(device, non_blocking=True)
-            with autocast():
-                logits = model(x)
-                loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total_loss += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        if features is not None:
+            # Stage 1 from cached features: the head alone, on every process alike (the
+            # features are gathered), so no gradient needs synchronising.
+            view = features[0][(epoch - stage_start) % len(features[0])]
+            head = model.get_classifier()  # type: ignore[operator]
+            drop = float(getattr(model, "drop_rate", 0.0) or 0.0)
+            loader = DataLoader(
+                Rows(len(train_idx)),
+                batch_sampler=make_batches(
+                    len(train_idx),
+                    batch_size=cfg.batch_size,
+                    generator=generator,
+                    weights=weights,
+                    dist_=Dist(),
+                ),
+                generator=generator,
+                collate_fn=torch.as_tensor,
+            )
+            for rows_b in loader:
+                x = view[rows_b].to(device)
+                y = y_train[rows_b].to(device)
+                if drop:
+                    # What timm's forward_head does to the pooled features in train mode.
+                    x = nn.functional.dropout(x, drop, training=True)
+                with autocast():
+                    logits = head(x)
+                    loss = loss_fn(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                total_loss += loss.item() * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+        else:
+            bar = tqdm(
+                train_loader,
+                desc=f"fold {fold} epoch {epoch + 1}/{cfg.epochs} stage {stage}",
+                leave=False,
+                unit="batch",
+                disable=not progress,
+            )
+            for step, (xb, yb) in enumerate(bar):
+                x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
+                y = yb.to(device, non_blocking=True)
+                with autocast():
+                    logits = net(x)
+                    loss = loss_fn(logits, y)
+                grad_loss = loss
+                if dist_.world > 1:
+                    # DDP averages gradients over processes; weighting each slice by its
+                    # share of the global batch makes that the global batch's mean.
+                    global_n = last_batch if step == n_steps - 1 else cfg.batch_size
+                    grad_loss = loss * (len(y) * dist_.world / global_n)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(grad_loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                total_loss += loss.item() * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+            total_loss, correct, seen = (
+                sum(v) for v in zip(*gather((total_loss, correct, seen), dist_), strict=True)
+            )
         train_loss, train_acc = total_loss / max(seen, 1), correct / max(seen, 1)
+        train_seconds = time.perf_counter() - t0
 
-        probs, valid_loss = predict_probs(
-            model,
-            valid_loader,
-            mean=mean,
-            std=std,
-            device=device,
-            autocast=autocast,
-            channels_last=channels_last,
-        )
+        if features is not None:
+            probs, valid_loss = head_probs(
+                model.get_classifier(),  # type: ignore[operator]
+                features[1],
+                torch.as_tensor(y_valid),
+                device=device,
+                autocast=autocast,
+            )
+        else:
+            local_probs, local_loss = predict_probs(
+                model,
+                valid_loader,
+                mean=mean,
+                std=std,
+                device=device,
+                autocast=autocast,
+                channels_last=channels_last,
+            )
+            parts = gather((local_probs, local_loss * len(my_valid)), dist_)
+            probs = np.concatenate([p for p, _ in parts if len(p)])
+            valid_loss = sum(s for _, s in parts) / max(len(valid_idx), 1)
         pred = probs.argmax(1)
         valid_f1, valid_acc = macro_f1(y_valid, pred), float(accuracy_score(y_valid, pred))
         if scheduler is not None:
@@ -476,19 +769,20 @@ def train_fold(
         improved = valid_f1 > best_f1
         if improved:
             best_f1, best_epoch, best_probs, stale = valid_f1, epoch + 1, probs, 0
-            save_checkpoint(
-                out_dir / "best.pt",
-                model,
-                {
-                    "model": cfg.model,
-                    "classes": classes,
-                    "img_size": cfg.img_size,
-                    "fold": fold,
-                    "epoch": epoch + 1,
-                    "valid_macro_f1": valid_f1,
-                    "pretrained": source,
-                },
-            )
+            if dist_.main:
+                save_checkpoint(
+                    out_dir / "best.pt",
+                    model,
+                    {
+                        "model": cfg.model,
+                        "classes": classes,
+                        "img_size": cfg.img_size,
+                        "fold": fold,
+                        "epoch": epoch + 1,
+                        "valid_macro_f1": valid_f1,
+                        "pretrained": source,
+                    },
+                )
         elif stage == 2:
             # Patience counts only in stage 2, so a slow frozen stage never ends training
             # before the backbone has been unfrozen.
@@ -503,10 +797,12 @@ def train_fold(
                 "valid_loss": round(valid_loss, 6),
                 "valid_acc": round(valid_acc, 6),
                 "valid_macro_f1": round(valid_f1, 6),
+                "train_seconds": round(train_seconds, 3),
                 "seconds": round(time.perf_counter() - t0, 3),
             }
         )
-        io.write_csv(out_dir / "metrics.csv", pd.DataFrame(rows))
+        if dist_.main:
+            io.write_csv(out_dir / "metrics.csv", pd.DataFrame(rows))
         echo(
             f"fold {fold} epoch {epoch + 1:>2}/{cfg.epochs} stage {stage} | train loss {train_loss:.4f} acc {train_acc:.3f} "
             f"| valid loss {valid_loss:.4f} acc {valid_acc:.3f} macro-F1 {valid_f1:.4f}{' *' if improved else ''} "
@@ -518,6 +814,29 @@ def train_fold(
             echo(f"fold {fold}: early stop, no better macro-F1 for {cfg.patience} epochs")
             break
     return FoldResult(fold, best_epoch, best_f1, epoch + 1, best_probs, source)
+
+
+@torch.inference_mode()
+def head_probs(
+    head: nn.Module,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    device: torch.device,
+    autocast: Callable[[], Any],
+    batch_size: int = 4096,
+) -> tuple[np.ndarray, float]:
+    """The classifier's probabilities and mean cross-entropy on cached features."""
+    head.eval()
+    out, total_loss = [], 0.0
+    for start in range(0, len(features), batch_size):
+        with autocast():
+            logits = head(features[start : start + batch_size].to(device)).float()
+        y = targets[start : start + batch_size].to(device)
+        total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        out.append(torch.softmax(logits, 1).cpu().numpy())
+    head.train()
+    return np.concatenate(out).astype(np.float32), total_loss / max(len(features), 1)
 
 
 @torch.inference_mode()

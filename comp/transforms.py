@@ -103,27 +103,36 @@ def tta_views(spec: str) -> list[A.Compose | None]:
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Decoded images (N, H, W, 3) uint8 with optional targets and augmentation."""
+    """Decoded images (N, H, W, 3) uint8 with optional targets and augmentation.
+
+    ``index`` selects the rows to serve, so a fold reads the shared (memory-mapped)
+    array in place instead of copying its part of it.
+    """
 
     def __init__(
         self,
         images: np.ndarray,
         targets: np.ndarray | None = None,
         transform: A.Compose | None = None,
+        *,
+        index: np.ndarray | None = None,
     ):
         self.images = images
         self.targets = targets
         self.transform = transform
+        self.index = np.arange(len(images)) if index is None else np.asarray(index)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = self.images[i]
+        row = int(self.index[i])
+        img = np.asarray(self.images[row])
         if self.transform is not None:
             img = self.transform(image=img)["image"]
-        target = int(self.targets[i]) if self.targets is not None else -1
-        return torch.from_numpy(np.ascontiguousarray(img)), target
+        target = int(self.targets[row]) if self.targets is not None else -1
+        # A copy: rows of the memory-mapped cache are read-only.
+        return torch.from_numpy(np.array(img, copy=True)), target
 
 
 def to_input(

@@ -46,7 +46,7 @@ def test_unknown_key_suggests_the_right_name() -> None:
 
 
 def test_bad_values_are_refused() -> None:
-    with pytest.raises(ConfigError, match="'epochs' needs a int"):
+    with pytest.raises(ConfigError, match="'epochs' needs an int"):
         coerce("epochs", "many")
     with pytest.raises(
         ConfigError, match=r"freeze_epochs \(5\) must be between 0 and epochs \(3\)"

@@ -1,3 +1,4 @@
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from comp.models import (
     ModelError,
     create_model,
     load_checkpoint,
+    normalisation,
     save_checkpoint,
     set_backbone_frozen,
     set_train_mode,
@@ -100,3 +102,78 @@ def test_offline_auto_uses_cached_hub_weights(
     model, source = create_model("resnet10t", num_classes=3, pretrained="auto")
     assert source.startswith("cache:")
     assert torch.equal(model.conv1[0].weight, donor.conv1[0].weight)
+
+
+# --- the baseline nets: mlp and simple_cnn, built by name beside timm's ---------------
+
+
+@pytest.mark.parametrize("name", ["mlp", "simple_cnn"])
+def test_baseline_nets_follow_timms_interface(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, source = create_model(name, num_classes=3, pretrained="auto")
+    assert source == "random"
+    model.eval()
+    for side in (32, 64):
+        x = torch.randn(2, 3, side, side)
+        assert model(x).shape == (2, 3)
+        feats = model.forward_features(x)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+        assert torch.equal(model.forward_head(feats), model(x))
+    assert model.get_classifier().out_features == 3
+    assert model.get_classifier().in_features == model.num_features
+    mean, std = normalisation(model)
+    assert mean.shape == std.shape == (3,)
+    assert timm.data.resolve_data_config({}, model=model)["input_size"][0] == 3
+
+    set_backbone_frozen(model, True)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "head.weight",
+        "head.bias",
+    }
+    set_train_mode(model, frozen=True)
+    assert all(not m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    set_backbone_frozen(model, False)
+    model.eval()
+
+    save_checkpoint(tmp_path / "best.pt", model, {"model": name, "classes": ["a", "b", "c"]})
+    again, meta = load_checkpoint(tmp_path / "best.pt", classes=["a", "b", "c"], model_name=name)
+    again.eval()
+    x = torch.randn(2, 3, 48, 48)
+    assert meta["model"] == name and torch.equal(again(x), model(x))
+
+    # A comp checkpoint of the same net starts a new run, with a fresh head for other classes.
+    warm, source = create_model(name, num_classes=5, pretrained_file=tmp_path / "best.pt")
+    assert source.startswith("file:") and warm.get_classifier().out_features == 5
+    body = [k for k in model.state_dict() if not k.startswith("head.")]
+    assert all(torch.equal(model.state_dict()[k], warm.state_dict()[k]) for k in body)
+    model.reset_classifier(7)
+    assert model(x).shape == (2, 7)
+
+
+def test_baseline_nets_have_no_pretrained_weights(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no pretrained weights"):
+        create_model("simple_cnn", num_classes=3, pretrained="true")
+    _, source = create_model("mlp", num_classes=3, pretrained="false")
+    assert source == "random"
+    other, _ = create_model("simple_cnn", num_classes=3, pretrained="false")
+    torch.save(other.state_dict(), tmp_path / "cnn.pth")
+    with pytest.raises(ModelError, match=r"cnn\.pth: weights do not fit mlp"):
+        create_model("mlp", num_classes=3, pretrained_file=tmp_path / "cnn.pth")
+
+
+def test_simple_cnn_trains_end_to_end(workspace: Callable[..., Path]) -> None:
+    from comp.config import load_config
+    from comp.data import load_competition
+    from comp.folds import folds_path, make_folds, write_folds
+    from comp.train import train
+
+    root = workspace(model="simple_cnn", epochs=1, freeze_epochs=0, aug="none")
+    cfg = load_config(root)
+    comp = load_competition(root, cfg)
+    write_folds(folds_path(root, cfg), make_folds(comp.train, n_splits=cfg.n_splits, seed=cfg.seed))
+    summary = train(root, cfg, name="cnn", folds=[0], echo=lambda s: None, progress=False)
+    assert summary["folds_trained"] == 1
+    model, meta = load_checkpoint(
+        root / "runs" / "cnn" / "fold0" / "best.pt", model_name="simple_cnn"
+    )
+    assert meta["pretrained"] == "random" and model.get_classifier().out_features == 3

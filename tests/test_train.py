@@ -43,6 +43,7 @@ def test_train_writes_every_artifact(workspace: Callable[..., Path]) -> None:
             "valid_loss",
             "valid_acc",
             "valid_macro_f1",
+            "train_seconds",
             "seconds",
         ]
         assert metrics["stage"].tolist() == [1, 2]
@@ -125,3 +126,36 @@ def test_labels_that_look_like_missing_values_survive(tmp_path: Path) -> None:
     ).to_csv(fold / "oof.csv", index=False)
     summary = summarise(tmp_path, classes=classes, n_folds=1)
     assert summary["cv_macro_f1"] == 1.0 and summary["complete"]
+
+
+def test_cached_features_train_the_head_as_the_frozen_backbone_does(
+    workspace: Callable[..., Path],
+) -> None:
+    """Stage 1 from features computed once gives the run that a backbone pass per epoch gives."""
+    root, _ = with_folds(workspace(epochs=3, freeze_epochs=3, aug="none", sampler="balanced"))
+    for cached in (True, False):
+        run_cfg = load_config(root, {"cache_features": cached})
+        train(root, run_cfg, name=f"cached-{cached}", folds=[0], echo=lambda s: None)
+    a, b = (
+        pd.read_csv(root / "runs" / f"cached-{c}" / "fold0" / "metrics.csv") for c in (True, False)
+    )
+    cols = ["train_loss", "train_acc", "valid_loss", "valid_acc", "valid_macro_f1"]
+    assert np.allclose(a[cols].to_numpy(), b[cols].to_numpy(), atol=1e-4)
+    wa, wb = (
+        torch.load(root / "runs" / f"cached-{c}" / "fold0" / "best.pt", weights_only=True)[
+            "state_dict"
+        ]
+        for c in (True, False)
+    )
+    for name in wa:
+        assert torch.allclose(wa[name].float(), wb[name].float(), atol=1e-5), name
+
+
+def test_cached_features_with_augmented_views_then_stage_two(
+    workspace: Callable[..., Path],
+) -> None:
+    root, cfg = with_folds(workspace(epochs=3, freeze_epochs=2, aug="light", feature_views=2))
+    summary = train(root, cfg, name="views", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
+    metrics = pd.read_csv(root / "runs" / "views" / "fold0" / "metrics.csv")
+    assert metrics["stage"].tolist() == [1, 1, 2]
+    assert summary["folds_trained"] == 1
