@@ -39,6 +39,7 @@ TRAINING_FLAGS = (
     "model",
     "pretrained",
     "img_size",
+    "centre",
     "aug",
     "epochs",
     "freeze_epochs",
@@ -399,7 +400,7 @@ def _leak_report(leaks: Any, ids: list[str], test_ids: list[str]) -> str:
 
 
 @cli.command()
-@config_flags(*TRAINING_FLAGS, "pretrained_file", "num_workers", "device")
+@config_flags(*TRAINING_FLAGS, "head", "features_from", "pretrained_file", "num_workers", "device")
 @click.option(
     "--fold",
     "fold_ids",
@@ -410,6 +411,12 @@ def _leak_report(leaks: Any, ids: list[str], test_ids: list[str]) -> str:
 @click.option(
     "--name",
     help="Run name (default: <model>-<date>-<time>). Folds trained under one name form one run.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run --name after a kill or Ctrl-C, with its own config: finished folds "
+    "are kept, an interrupted one goes on from its last epoch.",
 )
 @click.option(
     "--devices",
@@ -443,6 +450,7 @@ def train(
     ctx: click.Context,
     fold_ids: tuple[int, ...],
     name: str | None,
+    resume: bool,
     devices: int,
     nnodes: int,
     node_rank: int,
@@ -461,10 +469,28 @@ def train(
         comp train --model efficientnet_b0 --epochs 20 --freeze-epochs 5
         comp train --fold 0 --name effb0 --pretrained-file weights/effb0.pth
         comp train --devices 2          # both GPUs of a Kaggle 2xT4 notebook
+        comp train --name effb0 --resume   # after a kill: on from the last epoch
+        comp train --model simple_cnn --freeze-epochs 0 --centre true
+        comp train --head extratrees --features-from effb0   # on effb0's fold backbones
     """
     from comp.train import train as train_run
 
-    root, cfg = workspace_config(ctx, kwargs)
+    if resume:
+        from comp.predict import run_config
+
+        if name is None:
+            raise click.ClickException("--resume needs --name: the run to continue")
+        overrides = _overrides(kwargs)
+        if overrides:
+            raise click.ClickException(
+                f"--resume continues run {name} with its own config; drop {', '.join(sorted(overrides))}"
+            )
+        root = find_workspace(ctx.obj.get("workspace"))
+        if not (root / "runs" / name / "config.yaml").exists():
+            raise click.ClickException(f"--resume: no run {name} in {root / 'runs'}")
+        cfg = run_config(root / "runs" / name)
+    else:
+        root, cfg = workspace_config(ctx, kwargs)
     if (devices > 1 or nnodes > 1) and "LOCAL_RANK" not in os.environ:
         # This process only launches: torchrun starts one `comp train` per device, each
         # of which joins the process group from the environment torchrun sets.
@@ -480,7 +506,9 @@ def train(
             )
         )
     t0 = time.perf_counter()
-    summary = train_run(root, cfg, name=name, folds=list(fold_ids) or None, echo=click.echo)
+    summary = train_run(
+        root, cfg, name=name, folds=list(fold_ids) or None, echo=click.echo, resume=resume
+    )
     if not summary:
         return  # a distributed process other than the first: that one reports
     adjusted = summary.get("adjusted_macro_f1")

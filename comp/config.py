@@ -73,6 +73,17 @@ class Config:
         None, "local weights file (.pth/.safetensors), e.g. from a Kaggle dataset", "model"
     )
     img_size: int = _key(64, "images are resized to img_size x img_size", "model")
+    head: str = _key(
+        "linear",
+        "linear: the model's own classifier, fine-tuned; logreg, extratrees, rf, hgb (or xgb): "
+        "a scikit-learn classifier fitted on the backbone's features per fold",
+        "model",
+    )
+    features_from: str | None = _key(
+        None,
+        "with a scikit-learn head: embed with fold k's checkpoint of this earlier run, not timm's weights",
+        "model",
+    )
 
     aug: str = _key(
         "light", "augmentation preset: none, shift (no flips), light, medium, heavy", "train"
@@ -228,6 +239,11 @@ def validate(cfg: Config) -> Config:
         ),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.feature_views >= 1, "feature_views must be at least 1"),
+        (
+            cfg.head in ("linear", "logreg", "extratrees", "rf", "hgb", "xgb"),
+            f"head '{cfg.head}' must be linear, logreg, extratrees, rf, hgb or xgb"
+            f"{suggest(cfg.head, ['linear', 'logreg', 'extratrees', 'rf', 'hgb', 'xgb'])}",
+        ),
         (cfg.lr1 > 0 and cfg.lr2 > 0, "lr1 and lr2 must be positive"),
         (cfg.patience >= 1, "patience must be at least 1"),
         (cfg.pretrained in ("auto", "true", "false"), "pretrained must be auto, true or false"),

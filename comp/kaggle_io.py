@@ -251,6 +251,12 @@ def _make_api(timeout: float) -> Any:
             # KaggleApi resolves its config folder once, at import; resolve it now instead.
             self.config_dir = str(config_dir())
             self.config = os.path.join(self.config_dir, "kaggle.json")
+            # So does it read KAGGLE_API_ENVIRONMENT (which server to talk to): read it now too,
+            # or a process that imported the client earlier keeps talking to the old one.
+            local = os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST"
+            self.args = [a for a in KaggleApi.args if a != "--local"] + (
+                ["--local"] if local else []
+            )
 
         def build_kaggle_client(self) -> Any:
             client = super().build_kaggle_client()

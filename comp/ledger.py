@@ -10,6 +10,7 @@ come from ``comp submit --local`` (scored at once) and ``comp submit`` to Kaggle
 from __future__ import annotations
 
 import sqlite3
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -208,7 +209,10 @@ def compare(rows: list[dict[str, Any]]) -> dict[str, Any]:
         ]
         if len(pairs) >= 2:
             cv, lb = zip(*pairs, strict=True)
-            rho = pd.Series(cv).corr(pd.Series(lb), method="spearman")
+            with warnings.catch_warnings():
+                # Constant scores: the correlation is undefined, and said so below.
+                warnings.simplefilter("ignore")
+                rho = pd.Series(cv).corr(pd.Series(lb), method="spearman")
             facts[f"rank_corr_{board}"] = None if pd.isna(rho) else round(float(rho), 4)
             facts[f"n_{board}"] = len(pairs)
     for key in ("cv", "public", "private"):

@@ -70,10 +70,12 @@ def predict(
     classes = json.loads((run_dir / "classes.json").read_text())
     # A fold counts once it has finished (its oof.csv is written last), not while it trains.
     checkpoints = sorted(
-        p for p in run_dir.glob("fold*/best.pt") if (p.parent / "oof.csv").exists()
+        p
+        for p in run_dir.glob(f"fold*/{'best.pt' if trained.head == 'linear' else 'head.pkl'}")
+        if (p.parent / "oof.csv").exists()
     )
     if not checkpoints:
-        raise DataError(f"{run_dir}: no fold checkpoints (fold*/best.pt)")
+        raise DataError(f"{run_dir}: no finished fold (fold*/best.pt, or head.pkl)")
     comp = load_competition(root, cfg)
     unseen = sorted(set(comp.classes) - set(classes))
     if unseen:
@@ -92,26 +94,37 @@ def predict(
         centre=trained.centre,
         desc="decode test",
     )
-    total = np.zeros((len(ids), len(classes)), dtype=np.float64)
-    for ckpt in checkpoints:
-        model, _ = load_checkpoint(ckpt, classes=classes, model_name=trained.model)
-        model = model.to(device).to(memory_format=torch.channels_last)
-        mean, std = (t.to(device) for t in normalisation(model))
-        for v, view in enumerate(views):
-            total += largest_batch_probs(
-                model,
-                ImageDataset(images, transform=view),
-                batch_size=batch_size,
-                mean=mean,
-                std=std,
-                device=device,
-                autocast=autocast,
-                desc=f"{ckpt.parent.name} view {v + 1}/{len(views)}",
-            )
-    probs = total / (len(checkpoints) * len(views))
-    if not np.isfinite(probs).all():
-        raise DataError(f"{run_dir}: predictions contain NaN or inf; the checkpoints are broken")
+    if trained.head != "linear":
+        from comp.heads import predict_heads
 
+        probs, _ = predict_heads(
+            root,
+            trained,
+            run_dir,
+            images=images,
+            views=views,
+            classes=classes,
+            device=device,
+            batch_size=batch_size,
+        )
+    else:
+        total = np.zeros((len(ids), len(classes)), dtype=np.float64)
+        for ckpt in checkpoints:
+            model, _ = load_checkpoint(ckpt, classes=classes, model_name=trained.model)
+            model = model.to(device).to(memory_format=torch.channels_last)
+            mean, std = (t.to(device) for t in normalisation(model))
+            for v, view in enumerate(views):
+                total += largest_batch_probs(
+                    model,
+                    ImageDataset(images, transform=view),
+                    batch_size=batch_size,
+                    mean=mean,
+                    std=std,
+                    device=device,
+                    autocast=autocast,
+                    desc=f"{ckpt.parent.name} view {v + 1}/{len(views)}",
+                )
+        probs = total / (len(checkpoints) * len(views))
     return publish(
         root,
         run_dir,
@@ -207,6 +220,13 @@ def publish(
     ``priors`` (from the run's adjust.json) rescale the probabilities before the
     labels are chosen, as they were when the adjusted CV was measured.
     """
+    bad = ~np.isfinite(probs).all(1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{run_dir}: test probabilities hold NaN or inf in {int(bad.sum())} row(s), "
+            f"first Id {ids[first]}; nothing written"
+        )
     test_probs = pd.concat(
         [pd.DataFrame({"Id": ids}), pd.DataFrame(probs, columns=classes)], axis=1
     )

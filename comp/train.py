@@ -7,6 +7,7 @@ images. Writes one run folder, ``runs/<name>/``:
 - ``classes.json``     the label space, in model-output order
 - ``transforms.json``  the training augmentation, serialised by albumentations
 - ``fold{k}/best.pt``  the best checkpoint of fold k (by validation macro-F1)
+- ``fold{k}/last.pt``  while fold k trains: everything ``--resume`` needs after a kill
 - ``fold{k}/metrics.csv``  one row per epoch: loss, accuracy, macro-F1, lr, seconds
 - ``fold{k}/oof.csv``  fold k's validation probabilities at its best epoch
 - ``oof.csv``, ``cv.json``  all folds' out-of-fold probabilities and the CV score
@@ -267,8 +268,12 @@ def train(
     echo: Echo = tqdm.write,
     on_epoch: EpochHook | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train ``folds`` (default: all) of a run and return its CV summary (also written to cv.json).
+
+    With ``resume``, folds that finished are kept and an interrupted fold continues from
+    its last completed epoch (``fold{k}/last.pt``), ending as an uninterrupted run would.
 
     ``on_epoch(fold, epoch, valid_macro_f1)`` is called after every epoch; tuning
     reports to Optuna through it, and may stop the run by raising.
@@ -295,6 +300,8 @@ def train(
     run_dir = root / "runs" / gather(name or run_name(cfg), dist_)[0]
     resolved = to_dict(cfg)
     saved = run_dir / "config.yaml"
+    if resume and not saved.exists():
+        raise ConfigError(f"--resume: {run_dir} is not a run to resume (no config.yaml)")
     if saved.exists() and yaml.safe_load(saved.read_text()) != resolved:
         raise ConfigError(f"{run_dir}: this run was trained with another config; pick a new --name")
     transform = create_transform(cfg.aug, img_size=cfg.img_size)
@@ -332,7 +339,34 @@ def train(
         barrier(dist_)
     targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
 
+    if cfg.head != "linear":
+        if dist_.world > 1:
+            raise ConfigError(f"head '{cfg.head}' is fitted in one process; drop --devices")
+        from comp.heads import train_heads
+
+        todo = [k for k in folds if not (resume and (run_dir / f"fold{k}" / "oof.csv").exists())]
+        train_heads(
+            root,
+            cfg,
+            run_dir=run_dir,
+            images=images,
+            targets=targets,
+            fold_of=table["fold"].to_numpy(),
+            folds=todo,
+            table=table,
+            classes=classes,
+            device=device,
+            echo=echo,
+            progress=progress,
+        )
+        return summarise(run_dir, classes=classes, n_folds=len(all_folds))
+
     for k in folds:
+        if resume and (run_dir / f"fold{k}" / "oof.csv").exists():
+            echo(f"fold {k}: already trained")
+            continue
+        if not resume and (run_dir / f"fold{k}" / "last.pt").exists():
+            echo(f"fold {k}: was interrupted; training it again (--resume would go on from it)")
         valid_idx = np.flatnonzero(table["fold"].to_numpy() == k)
         train_idx = np.flatnonzero(table["fold"].to_numpy() != k)
         result = train_fold(
@@ -351,11 +385,14 @@ def train(
             on_epoch=on_epoch,
             progress=progress,
             dist_=dist_,
+            resume=resume,
         )
         if dist_.main:
             oof = table.iloc[valid_idx][["Id", "label", "fold"]].reset_index(drop=True)
             oof = pd.concat([oof, pd.DataFrame(result.valid_probs, columns=classes)], axis=1)
             io.write_csv(run_dir / f"fold{k}" / "oof.csv", oof)
+            # A finished fold is never resumed; its optimizer state would only take space.
+            (run_dir / f"fold{k}" / "last.pt").unlink(missing_ok=True)
         echo(
             f"fold {k}: best macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch} ({result.epochs_run} epochs run)"
         )
@@ -512,6 +549,52 @@ def extract_features(
     return torch.stack(out)
 
 
+def _aug_streams(transform: Any) -> list[Any]:
+    """The Compose and every transform in it: each draws from its own generators."""
+    return [transform] + [s for t in getattr(transform, "transforms", []) for s in _aug_streams(t)]
+
+
+def rng_state(generator: torch.Generator, transform: A.Compose) -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "loader": generator.get_state(),
+        "aug": [
+            (t.random_generator.bit_generator.state, t.py_random.getstate())
+            for t in _aug_streams(transform)
+        ],
+    }
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator, transform: A.Compose) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["loader"])
+    for t, (np_state, py_state) in zip(_aug_streams(transform), state["aug"], strict=True):
+        t.random_generator.bit_generator.state = np_state
+        t.py_random.setstate(py_state)
+
+
+def save_last(path: Path, state: dict[str, Any]) -> None:
+    io.write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_last(path: Path) -> dict[str, Any] | None:
+    """The last-epoch state of an interrupted fold, if there is one."""
+    if not path.exists():
+        return None
+    try:
+        # Our own file, holding RNG states and numpy arrays besides tensors.
+        return dict(torch.load(path, map_location="cpu", weights_only=False))
+    except Exception as e:
+        raise DataError(f"{path}: cannot resume from it ({type(e).__name__}: {e})") from None
+
+
 def train_fold(
     cfg: Config,
     *,
@@ -529,6 +612,7 @@ def train_fold(
     on_epoch: EpochHook | None = None,
     progress: bool = True,
     dist_: Dist = Dist(),
+    resume: bool = False,
 ) -> FoldResult:
     seed_everything(cfg.seed + fold)
     transform.set_random_seed(cfg.seed + fold)
@@ -592,16 +676,31 @@ def train_fold(
     rows: list[dict[str, Any]] = []
     features: tuple[torch.Tensor, torch.Tensor] | None = None
     net: nn.Module = model
-    epoch = 0
-    for epoch in range(cfg.epochs):
+    start = 0
+    last = load_last(out_dir / "last.pt") if resume else None
+    if last is not None:
+        model.load_state_dict(last["model"])
+        best_f1, best_epoch, stale = last["best_f1"], last["best_epoch"], last["stale"]
+        best_probs, rows, start = last["best_probs"], last["rows"], last["epoch"]
+        echo(f"fold {fold}: resuming after epoch {start}")
+    epoch = start
+    for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         stage = 1 if epoch < cfg.freeze_epochs else 2
-        if epoch in (0, cfg.freeze_epochs):
+        stage_begins = epoch in (0, cfg.freeze_epochs)
+        resuming = last is not None and epoch == start
+        if resuming:
+            # Mid-stage, the stage is rebuilt from the random state it began with (its
+            # cached features are drawn from it), then the epoch's own state is restored.
+            assert last is not None
+            set_rng_state(last["rng"] if stage_begins else last["stage_rng"], generator, transform)
+        if stage_begins or resuming:
+            stage_rng = rng_state(generator, transform)
             # A new stage starts with a fresh optimizer and schedule: stage 1 sees only the
             # head's parameters, and stage 2 must not inherit the head's momentum or lr decay.
             frozen = stage == 1
             set_backbone_frozen(model, frozen)
-            stage_start = epoch
+            stage_start = 0 if frozen else cfg.freeze_epochs
             stage_epochs = cfg.freeze_epochs if frozen else cfg.epochs - cfg.freeze_epochs
             optimizer = create_optimizer_v2(
                 model,
@@ -668,6 +767,13 @@ def train_fold(
                 )
             if cfg.compile and device.type == "cuda":
                 net = torch.compile(net)  # type: ignore[assignment]
+            if resuming and not stage_begins:
+                assert last is not None
+                optimizer.load_state_dict(last["optimizer"])
+                if scheduler is not None:
+                    scheduler.load_state_dict(last["scheduler"])
+                scaler.load_state_dict(last["scaler"])
+                set_rng_state(last["rng"], generator, transform)
         lr = optimizer.param_groups[0]["lr"]
 
         set_train_mode(model, frozen=stage == 1)
@@ -803,6 +909,25 @@ def train_fold(
         )
         if dist_.main:
             io.write_csv(out_dir / "metrics.csv", pd.DataFrame(rows))
+            # Everything the next epoch depends on, so `comp train --resume` after a kill
+            # ends exactly where an uninterrupted run would.
+            save_last(
+                out_dir / "last.pt",
+                {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict(),
+                    "rng": rng_state(generator, transform),
+                    "stage_rng": stage_rng,
+                    "best_f1": best_f1,
+                    "best_epoch": best_epoch,
+                    "stale": stale,
+                    "best_probs": best_probs,
+                    "rows": rows,
+                },
+            )
         echo(
             f"fold {fold} epoch {epoch + 1:>2}/{cfg.epochs} stage {stage} | train loss {train_loss:.4f} acc {train_acc:.3f} "
             f"| valid loss {valid_loss:.4f} acc {valid_acc:.3f} macro-F1 {valid_f1:.4f}{' *' if improved else ''} "

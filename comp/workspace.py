@@ -367,7 +367,6 @@ def init_workspace(
         raise FileExistsError(f"{root / CONFIG_FILE} exists (use --force to replace it)")
     if not 0 < holdout < 1:
         raise DataError(f"--holdout must be between 0 and 1, got {holdout}")
-    root.mkdir(parents=True, exist_ok=True)
     columns = {
         k: str(v) for k, v in (overrides or {}).items() if k in ("id_column", "label_column")
     }
@@ -387,6 +386,8 @@ def init_workspace(
         **(overrides or {}),
     }
     cfg = make_config(values)
+    # Only now, with the data understood and the config valid: a refused init writes nothing.
+    root.mkdir(parents=True, exist_ok=True)
     for name, table in det.tables.items():
         io.write_csv(root / name, table)
     for d in WORKSPACE_DIRS:

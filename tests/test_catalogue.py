@@ -388,7 +388,7 @@ def _(w: World) -> list[str]:
 # --- NaN or inf in probabilities -------------------------------------------------------------
 
 
-@case("probabilities: NaN from a broken checkpoint", r"runs/r: predictions contain NaN or inf")
+@case("probabilities: NaN from a broken checkpoint", r"runs/r: test probabilities hold NaN or inf")
 def _(w: World) -> list[str]:
     w.run("r", nan=True)
     return ["predict", "r"]
@@ -461,6 +461,13 @@ def _(w: World) -> list[str]:
 def _(w: World) -> list[str]:
     df = w.good_submission()
     df.loc[0, "Id"] = "elsewhere"
+    return ["submit", w.submission(df), "--local"]
+
+
+@case("submission: an empty Id", SUB + "empty Id at row 4")
+def _(w: World) -> list[str]:
+    df = w.good_submission()
+    df.loc[2, "Id"] = ""
     return ["submit", w.submission(df), "--local"]
 
 
@@ -656,6 +663,27 @@ def _(w: World) -> list[str]:
     return ["blend", "a", "b", "--name", "ab"]
 
 
+# --- comp init ----------------------------------------------------------------------------
+
+
+@case(
+    "init: labels whose Ids name no image",
+    r"data: no labels CSV names the images in .*/data/train \(best: '\w+' of train_labels\.csv "
+    r"matches 0%\); pass --set id_column=NAME",
+)
+def _(w: World) -> list[str]:
+    df = w.labels()
+    df["Id"] = [f"img{k}" for k in range(len(df))]
+    w.write_labels(df)
+    return ["init", str(w.tmp / "fresh"), "--data", str(w.data)]
+
+
+@case("init: neither layout", r"/empty: neither a Kaggle layout .* nor an ImageFolder tree")
+def _(w: World) -> list[str]:
+    (w.tmp / "empty").mkdir()
+    return ["init", str(w.tmp / "fresh"), "--data", str(w.tmp / "empty")]
+
+
 # --- the machinery --------------------------------------------------------------------------
 
 
@@ -683,9 +711,7 @@ def kaggle_for(world: World) -> Iterator[Callable[[], None]]:
         world.monkeypatch.setattr(
             cli_module,
             "_kaggle",
-            lambda: Kaggle(
-                tries=2, backoff=0, timeout=1.0, echo=lambda m: click.echo(m, err=True)
-            ),
+            lambda: Kaggle(tries=2, backoff=0, timeout=1.0, echo=lambda m: click.echo(m, err=True)),
         )
 
     yield start
@@ -734,7 +760,7 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(
     if c.kaggle:
         kaggle_for()
     args = c.setup(world)
-    roots = (world.data, world.ws, world.home)
+    roots = (world.tmp,)  # the competition, the workspace, the home folder, any new folder
     before = snapshot(*roots)
     result = CliRunner().invoke(cli, ["-w", str(world.ws), *args])
     message = error_message(result, stdout_ok=world.stdout_ok)
@@ -764,6 +790,35 @@ def test_the_catalogue_covers_the_issue() -> None:
         "kaggle",
         "disk",
     } <= topics
+
+
+# --- NaN at publication ---------------------------------------------------------------------
+
+
+def test_publishing_nan_probabilities_is_refused_and_writes_nothing(world: World) -> None:
+    from comp.data import DataError, load_competition
+    from comp.predict import publish
+
+    run = world.ws / "runs" / "k"
+    run.mkdir(parents=True)
+    comp = load_competition(world.ws, load_config(world.ws))
+    ids = comp.test_ids()
+    probs = np.full((len(ids), len(CLASSES)), 1 / len(CLASSES))
+    probs[2, 1] = np.nan
+    before = snapshot(world.ws)
+    with pytest.raises(DataError, match="NaN or inf"):
+        publish(
+            world.ws,
+            run,
+            ids=ids,
+            probs=probs,
+            classes=CLASSES,
+            sample=comp.sample,
+            folds=["fold0"],
+            tta=["none"],
+            echo=lambda s: None,
+        )
+    assert snapshot(world.ws) == before
 
 
 # --- a full disk, at the library level --------------------------------------------------------
@@ -906,11 +961,17 @@ def _bilevel(path: Path) -> None:
 
 
 # name: (writer, file name, pixel -> expected RGB)
-MODES: dict[str, tuple[Callable[[Path], None], str, dict[tuple[int, int], tuple[int, int, int]]]] = {
+MODES: dict[
+    str, tuple[Callable[[Path], None], str, dict[tuple[int, int], tuple[int, int, int]]]
+] = {
     "CMYK JPEG": (_cmyk, "x.jpg", {(3, 3): (255, 0, 0)}),
     "16-bit grey PNG": (_grey16, "x.png", {(3, 3): (64, 64, 64)}),
     "16-bit RGB PNG": (_rgb16, "x.png", {(3, 3): (255, 128, 10)}),
-    "palette with transparency": (_palette, "x.png", {(0, 0): (255, 255, 255), (3, 3): (0, 0, 255)}),
+    "palette with transparency": (
+        _palette,
+        "x.png",
+        {(0, 0): (255, 255, 255), (3, 3): (0, 0, 255)},
+    ),
     "LA": (_la, "x.png", {(0, 0): (255, 255, 255), (3, 3): (100, 100, 100)}),
     "RGBA half transparent": (_rgba, "x.png", {(0, 0): (255, 127, 127), (3, 3): (255, 0, 0)}),
     "EXIF orientation": (_exif, "x.jpg", {(1, 1): (255, 0, 0), (8, 1): (0, 0, 255)}),

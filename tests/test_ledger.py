@@ -136,3 +136,38 @@ def test_concurrent_submit_and_refresh_lose_nothing(tmp_path: Path) -> None:
     assert sorted(r["kaggle_ref"] for r in kaggle) == sorted(f"ref{i}" for i in range(N_SUBMITS))
     assert all(r["run"] == f"run{r['kaggle_ref'][3:]}" for r in kaggle)
     assert len({r["id"] for r in rows}) == len(rows) == 2 * N_SUBMITS
+
+
+def test_a_submit_after_a_refresh_that_saw_it_completes_that_row(tmp_path: Path) -> None:
+    """Kaggle took the submission, a refresh added it as made elsewhere, then its row came."""
+    led = Ledger(tmp_path / "ledger.sqlite")
+    assert led.merge_kaggle("c", _remote(1)) == (0, 1)
+    row = led.add(
+        file="k0.csv",
+        sha256="f" * 64,
+        run="r",
+        cv=0.7,
+        message="kaggle 0",
+        target="kaggle",
+        status="pending",
+        competition="c",
+        kaggle_ref="ref0",
+    )
+    (only,) = led.rows()
+    assert only["id"] == row and only["run"] == "r" and only["cv"] == 0.7
+    assert only["sha256"] == "f" * 64 and only["file"] == "k0.csv"
+    # What the refresh learnt stays: the score, the status.
+    assert only["status"] == "complete" and only["public"] == 0.5
+    # Another competition's ref of the same number is another submission.
+    led.add(
+        file="x", sha256="", target="kaggle", status="pending", competition="d", kaggle_ref="ref0"
+    )
+    assert len(led.rows()) == 2
+
+
+def test_reading_an_absent_ledger_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "submissions" / "ledger.sqlite"
+    assert Ledger(path).rows() == []
+    assert not path.parent.exists()
+    Ledger(path).add(file="a", sha256="x", target="local", status="scored")
+    assert len(Ledger(path).rows()) == 1

@@ -1,0 +1,981 @@
+"""Benchmark of comp's training data path against the compute ceiling and a naive pipeline.
+
+Run from the repository root, on a quiet machine (nothing else using the cores):
+
+    .venv/bin/python benchmarks/bench_train.py                      # CPU or GPU, whatever is here
+    .venv/bin/python benchmarks/bench_train.py --device cuda --label h100
+    .venv/bin/python benchmarks/bench_train.py --quick --out /tmp/quick.json   # a smoke test
+
+It builds once (into a temporary folder, or ``--data DIR`` to keep and reuse it) a
+Kaggle-layout competition of real photographs: random square crops, at varying
+position and scale, of scikit-learn's two sample photos (china.jpg, flower.jpg),
+resized to 256x256 and saved as JPEG quality 90, with 8 labels assigned
+round-robin, plus a test set of a quarter as many images. Around it goes a comp
+workspace (``comp.workspace.init_workspace``) with 4 stratified folds; fold 0 is
+validated, so 3/4 of the images train.
+
+For every model (timm, random init) and image size it measures:
+
+(a) the compute ceiling: model-only training throughput (images/s) on synthetic
+    batches already on the device, batch 32, AdamW, cross-entropy, channels_last,
+    AMP (bf16, or fp16 with loss scaling) on CUDA only; a few warm-up steps, then
+    ``--steps`` timed in 5 windows, of which the median counts;
+(b) ``comp.train.train`` end-to-end on the images on disk, 2 epochs, no frozen
+    stage, light augmentation: b = train images / ``train_seconds`` of the second
+    (warm) epoch in metrics.csv (data loading, augmentation, forward, backward),
+    and b_wall = train images x epochs / wall time of the whole train() call. The
+    decoded-image cache is built beforehand and timed on its own, cold and warm;
+(c) a naive seed-style pipeline with the same model and batch: PIL decode and
+    torchvision transforms per image per epoch, a plain NCHW fp32 model, one
+    timed epoch after a few warm-up batches;
+(d) a stage-1 (frozen backbone) epoch with and without cached features: two
+    runs of 3 frozen epochs with 2 feature views; uncached = mean ``seconds`` of
+    its 3 epochs, cached = mean of epochs 2-3; epoch 1 of the cached run also
+    extracts the features, and "extraction s" is its excess over a cached epoch;
+(e) ``comp.predict.predict`` throughput of the run of (b), without TTA and with
+    hflip TTA: test images x checkpoints / wall seconds, after a warm-up call
+    (which builds the test cache);
+
+and once per run:
+
+(f) peak memory, in a clean subprocess: ``--rss-images`` 64x64 PNGs (generated
+    once into ``--rss-dir`` and reused) go through comp's image cache and then one
+    shuffled pass of the training DataLoader with light augmentation (batch 256,
+    no workers), whose last ``--rss-steps`` batches train a resnet18. A thread samples
+    /proc/self/status every 20 ms: RssAnon (memory the process holds itself),
+    RssFile (mapped file pages: the memory-mapped cache, shared libraries) and
+    VmHWM (peak resident set).
+
+It prints the machine, the command line, a Markdown table, the cache and memory
+lines and the issue's targets with PASS/FAIL, and writes the same as JSON to
+``--out`` (default ``benchmarks/results-<label or host>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stderr
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    # Run as a script from anywhere, against this checkout's comp.
+    sys.path.insert(0, str(REPO))
+
+N_CLASSES = 8
+PHOTO_SIZE = 256
+N_SPLITS = 4
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GB = 1e9
+TARGETS = {"b_over_a_64": 0.9, "b_over_c": 2.0, "stage1_speedup": 20.0, "rss_anon_gb": 2.0}
+
+
+def noop(_: str) -> None:
+    pass
+
+
+# --- machine --------------------------------------------------------------------
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = int(line.split()[1]) * 1024 / GB
+    except OSError:
+        pass
+    import albumentations
+    import timm
+    import torchvision
+
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "ram_gb": round(ram, 1) if ram else None,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "device": str(device),
+        "amp": str(amp_dtype(device)).replace("torch.", "") if amp_dtype(device) else "none",
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "torchvision": torchvision.__version__,
+        "albumentations": albumentations.__version__,
+    }
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: CUDA is not available here")
+    return torch.device(spec)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device) -> AbstractContextManager[Any]:
+    dtype = amp_dtype(device)
+    return torch.autocast("cuda", dtype=dtype) if dtype is not None else nullcontext()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def timer(device: torch.device | None = None) -> Iterator[list[float]]:
+    """``with timer(dev) as t: ...`` leaves the seconds in ``t[0]`` (CUDA work included)."""
+    out = [0.0]
+    if device is not None:
+        sync(device)
+    start = time.perf_counter()
+    yield out
+    if device is not None:
+        sync(device)
+    out[0] = time.perf_counter() - start
+
+
+# --- data -----------------------------------------------------------------------
+
+
+def build_competition(data: Path, *, n_train: int, n_test: int, seed: int = 0) -> dict[str, Any]:
+    """A Kaggle-layout competition of random crops of real photos, reused when it already fits."""
+    manifest = data / "bench-manifest.json"
+    want = {"n_train": n_train, "n_test": n_test, "seed": seed, "size": PHOTO_SIZE, "version": 1}
+    if manifest.exists() and json.loads(manifest.read_text()) == want:
+        return want
+    if data.exists() and any(data.iterdir()):
+        if not manifest.exists():
+            sys.exit(
+                f"--data {data}: not empty and not made by this benchmark; pick another folder"
+            )
+        shutil.rmtree(data)
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(a) for a in load_sample_images().images]  # china.jpg, flower.jpg
+    rng = np.random.default_rng(seed)
+    (data / "train").mkdir(parents=True)
+    (data / "test").mkdir()
+
+    def crop(i: int) -> Image.Image:
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        side = int(rng.uniform(0.2, 1.0) * min(w, h))
+        x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        box = (x0, y0, x0 + side, y0 + side)
+        return photo.crop(box).resize((PHOTO_SIZE, PHOTO_SIZE), Image.Resampling.BICUBIC)
+
+    train_ids = [f"img_{i:05d}" for i in range(n_train)]
+    test_ids = [f"test_{i:05d}" for i in range(n_test)]
+    for i, ident in enumerate(train_ids):
+        crop(i).save(data / "train" / f"{ident}.jpg", quality=90)
+    for i, ident in enumerate(test_ids):
+        crop(n_train + i).save(data / "test" / f"{ident}.jpg", quality=90)
+    labels = [f"class{i % N_CLASSES}" for i in range(n_train)]
+    pd.DataFrame({"Id": train_ids, "label": labels}).to_csv(data / "train_labels.csv", index=False)
+    pd.DataFrame({"Id": test_ids, "label": labels[0]}).to_csv(
+        data / "sample_submission.csv", index=False
+    )
+    manifest.write_text(json.dumps(want))
+    return want
+
+
+def make_workspace(root: Path, data: Path, base: dict[str, Any]) -> dict[str, Any]:
+    """A comp workspace around ``data`` with its folds file; returns fold 0's facts."""
+    from comp.config import load_config
+    from comp.data import load_competition
+    from comp.folds import folds_path, make_folds, write_folds
+    from comp.workspace import init_workspace
+
+    init_workspace(root, data, overrides=base, force=True)
+    cfg = load_config(root, base)
+    comp = load_competition(root, cfg)
+    folds = make_folds(comp.train, n_splits=cfg.n_splits, seed=cfg.seed)
+    write_folds(folds_path(root, cfg), folds)
+    train = folds[folds["fold"] != 0]
+    return {
+        "paths": comp.train_paths(list(folds["Id"])),
+        "train_paths": comp.train_paths(list(train["Id"])),
+        "train_targets": train["label"].map({c: i for i, c in enumerate(comp.classes)}).to_numpy(),
+        "n_train": len(train),
+        "n_valid": int((folds["fold"] == 0).sum()),
+        "n_test": len(comp.test_ids()),
+        "n_classes": len(comp.classes),
+    }
+
+
+def images_per_epoch(n: int, batch_size: int) -> int:
+    """Images comp trains on per epoch: a last batch of one image is dropped (BatchNorm)."""
+    remainder = n % batch_size
+    return n - remainder if remainder == 1 else n
+
+
+# --- (a) compute ceiling --------------------------------------------------------
+
+
+def measure_ceiling(
+    model_name: str,
+    size: int,
+    *,
+    device: torch.device,
+    batch_size: int,
+    warmup: int,
+    steps: int,
+) -> dict[str, Any]:
+    """Model-only training images/s on synthetic batches already on the device."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, pretrained=False, num_classes=N_CLASSES)
+    model = model.to(device).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
+    loss_fn = nn.CrossEntropyLoss()
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    batches = []
+    for _ in range(4):
+        raw = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
+        x = ((raw.to(device).float() / 255.0 - mean) / std).contiguous(
+            memory_format=torch.channels_last
+        )
+        batches.append((x, torch.randint(0, N_CLASSES, (batch_size,), device=device)))
+
+    def step(i: int) -> None:
+        x, y = batches[i % len(batches)]
+        with autocast(device):
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    for i in range(warmup):
+        step(i)
+    # Timed in 5 windows: the median window is the ceiling, robust to a moment of
+    # interference from other processes; the mean over all is kept beside it.
+    per_window = max(1, steps // 5)
+    windows = []
+    for w in range(max(1, steps // per_window)):
+        with timer(device) as t:
+            for i in range(per_window):
+                step(w * per_window + i)
+        windows.append(t[0])
+    timed = per_window * len(windows)
+    return {
+        "a_img_s": per_window * batch_size / float(np.median(windows)),
+        "a_mean_img_s": timed * batch_size / sum(windows),
+        "a_steps": timed,
+    }
+
+
+# --- decoded-image cache ----------------------------------------------------------
+
+
+def measure_cache(root: Path, paths: list[Path], size: int) -> dict[str, Any]:
+    """First (cold: nothing cached yet) and second (warm) build of the train image cache."""
+    from comp.cache import cache_key, cached_images
+
+    cache_dir = root / "cache" / "images"
+    (cache_dir / f"{cache_key(paths, size)}.npy").unlink(missing_ok=True)
+    with timer() as cold:
+        images = cached_images(paths, size, cache_dir=cache_dir, progress=False)
+    del images
+    with timer() as warm:
+        images = cached_images(paths, size, cache_dir=cache_dir, progress=False)
+        np.asarray(images[-1]).sum()  # touch it, as training will
+    return {
+        "size": size,
+        "n_images": len(paths),
+        "cold_s": cold[0],
+        "cold_img_s": len(paths) / cold[0],
+        "warm_s": warm[0],
+        "bytes": images.nbytes,
+    }
+
+
+# --- (b) comp train end to end ----------------------------------------------------
+
+
+def train_run(root: Path, overrides: dict[str, Any], name: str) -> tuple[pd.DataFrame, float]:
+    """One fold of a ``comp.train.train`` run; its metrics.csv and the call's wall seconds."""
+    from comp.config import load_config
+    from comp.train import train
+
+    cfg = load_config(root, overrides)
+    shutil.rmtree(root / "runs" / name, ignore_errors=True)
+    with timer() as t:
+        train(root, cfg, name=name, folds=[0], echo=noop, progress=False)
+    return pd.read_csv(root / "runs" / name / "fold0" / "metrics.csv"), t[0]
+
+
+def measure_comp_train(
+    root: Path, base: dict[str, Any], *, name: str, n_train: int, epochs: int = 2
+) -> dict[str, Any]:
+    metrics, wall = train_run(root, {**base, "epochs": epochs, "freeze_epochs": 0}, name)
+    n = images_per_epoch(n_train, base["batch_size"])
+    warm = metrics.iloc[min(1, len(metrics) - 1)]
+    return {
+        "b_img_s": n / float(warm["train_seconds"]),
+        "b_train_seconds": [float(s) for s in metrics["train_seconds"]],
+        "b_epoch_seconds": [float(s) for s in metrics["seconds"]],
+        "b_wall_img_s": n * len(metrics) / wall,
+        "b_wall_s": wall,
+        "b_run": name,
+    }
+
+
+# --- (c) naive seed-style pipeline ------------------------------------------------
+
+
+class NaiveDataset(Dataset[tuple[torch.Tensor, int]]):
+    """What the seed teams did: open, decode and transform every image in every epoch."""
+
+    def __init__(self, paths: list[Path], targets: np.ndarray, transform: Callable[..., Any]):
+        self.paths, self.targets, self.transform = paths, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.paths[i]) as img:
+            rgb = img.convert("RGB")
+        return self.transform(rgb), int(self.targets[i])
+
+
+def measure_naive(
+    model_name: str,
+    size: int,
+    *,
+    paths: list[Path],
+    targets: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    warmup_batches: int = 3,
+) -> dict[str, Any]:
+    """Images/s of one epoch of PIL decode + torchvision transforms + an NCHW fp32 model."""
+    import timm
+    from torchvision import transforms as T
+
+    transform = T.Compose(
+        [
+            T.Resize((size, size)),
+            T.RandomHorizontalFlip(),
+            T.RandomAffine(15, translate=(0.06, 0.06), scale=(0.9, 1.1)),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    loader = DataLoader(
+        NaiveDataset(paths, targets, transform),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=2 if device.type == "cuda" else 0,
+    )
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, pretrained=False, num_classes=N_CLASSES).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def epoch(limit: int | None = None) -> int:
+        seen = 0
+        for i, (x, y) in enumerate(loader):
+            if limit is not None and i >= limit:
+                break
+            x, y = x.to(device), y.to(device)
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(y)
+        return seen
+
+    epoch(limit=warmup_batches)
+    with timer(device) as t:
+        seen = epoch()
+    return {"c_img_s": seen / t[0], "c_seconds": t[0]}
+
+
+# --- (d) stage 1 with and without cached features ---------------------------------
+
+
+def measure_stage1(root: Path, base: dict[str, Any], *, name: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    stage1 = {**base, "epochs": 3, "freeze_epochs": 3, "feature_views": 2}
+    uncached, _ = train_run(root, {**stage1, "cache_features": False}, f"{name}-uncached")
+    cached, _ = train_run(root, {**stage1, "cache_features": True}, f"{name}-cached")
+    out["d_uncached_s"] = float(uncached["seconds"].mean())
+    out["d_cached_s"] = float(cached["seconds"].iloc[1:].mean())
+    out["d_extraction_s"] = float(cached["seconds"].iloc[0]) - out["d_cached_s"]
+    out["d_speedup"] = out["d_uncached_s"] / out["d_cached_s"]
+    # The head's own training, without validation and checkpoint writing.
+    out["d_cached_train_s"] = float(cached["train_seconds"].iloc[1:].mean())
+    out["d_uncached_train_s"] = float(uncached["train_seconds"].mean())
+    out["d_uncached_epochs_s"] = [float(s) for s in uncached["seconds"]]
+    out["d_cached_epochs_s"] = [float(s) for s in cached["seconds"]]
+    return out
+
+
+# --- (e) predict ------------------------------------------------------------------
+
+
+def measure_predict(root: Path, base: dict[str, Any], *, run: str, n_test: int) -> dict[str, Any]:
+    from comp.config import load_config
+    from comp.predict import predict
+
+    cfg = load_config(root, base)
+    n_ckpt = len(list((root / "runs" / run).glob("fold*/best.pt")))
+    # predict() draws progress bars whatever echo is; they go nowhere here.
+    with open(os.devnull, "w") as devnull, redirect_stderr(devnull):
+        predict(root, cfg, run=run, tta="none", echo=noop)  # warm-up; builds the test cache
+        out: dict[str, Any] = {"e_checkpoints": n_ckpt}
+        for tta in ("none", "hflip"):
+            with timer() as t:
+                predict(root, cfg, run=run, tta=tta, echo=noop)
+            out[f"e_{tta}_img_s"] = n_test * n_ckpt / t[0]
+    return out
+
+
+# --- (f) peak memory, in a subprocess ------------------------------------------------
+
+
+def rss_paths(folder: Path, n: int) -> list[Path]:
+    return [folder / f"{i // 1000:03d}" / f"{i:06d}.png" for i in range(n)]
+
+
+def make_rss_images(folder: Path, n: int) -> float:
+    """``n`` 64x64 PNGs (coloured, noisy, upscaled digits), made once; returns seconds spent."""
+    done = folder / "count.txt"
+    have = int(done.read_text()) if done.exists() else 0
+    if have >= n:
+        return 0.0
+    from sklearn.datasets import load_digits
+
+    digits = (load_digits().images * (255 / 16)).astype(np.uint8)
+    paths = rss_paths(folder, n)
+    for sub in {p.parent for p in paths[have:]}:
+        sub.mkdir(parents=True, exist_ok=True)
+
+    def draw(i: int) -> None:
+        rng = np.random.default_rng(i)
+        mask = Image.fromarray(digits[i % len(digits)]).resize((64, 64), Image.Resampling.BILINEAR)
+        m = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+        fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        img = bg + (fg - bg) * m + rng.normal(0, 8, (64, 64, 3))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(paths[i], compress_level=1)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        list(pool.map(draw, range(have, n), chunksize=256))
+    done.write_text(str(n))
+    return time.perf_counter() - start
+
+
+class MemorySampler(threading.Thread):
+    """Peaks of RssAnon, RssFile and VmHWM from /proc/self/status, sampled every ``interval`` s,
+    overall and per phase of the work (``mark`` starts the next phase)."""
+
+    FIELDS = ("RssAnon", "RssFile", "RssShmem", "VmHWM", "VmRSS")
+
+    def __init__(self, interval: float = 0.02):
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.phase = "start"
+        self.peaks: dict[str, dict[str, int]] = {}
+        self.samples = 0
+        self._lock = threading.Lock()
+        self._stop_event = threading.Event()
+
+    @classmethod
+    def read(cls) -> dict[str, int]:
+        """The current values, in bytes."""
+        out = {}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in cls.FIELDS:
+                out[key] = int(value.split()[0]) * 1024
+        return out
+
+    def sample(self) -> None:
+        values = self.read()
+        with self._lock:
+            peak = self.peaks.setdefault(self.phase, dict.fromkeys(self.FIELDS, 0))
+            for key, value in values.items():
+                peak[key] = max(peak[key], value)
+            self.samples += 1
+
+    def mark(self, phase: str) -> None:
+        self.sample()  # the phase that ends gets at least one sample, however short
+        with self._lock:
+            self.phase = phase
+        self.sample()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.sample()
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> dict[str, int]:
+        """Stop sampling; the peaks over every phase."""
+        self.sample()
+        self._stop_event.set()
+        self.join()
+        return {k: max(p[k] for p in self.peaks.values()) for k in self.FIELDS}
+
+
+def rss_child(folder: Path, n: int, *, steps: int, device: torch.device) -> dict[str, Any]:
+    """In a fresh process: comp's image cache of ``n`` PNGs, then one augmented pass of the
+    training DataLoader, whose last ``steps`` batches train a resnet18."""
+    import timm
+
+    from comp.cache import cached_images
+    from comp.transforms import ImageDataset, create_transform, to_input
+
+    sampler = MemorySampler()
+    sampler.start()
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    model = model.to(device).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    mean = torch.tensor(IMAGENET_MEAN, device=device)
+    std = torch.tensor(IMAGENET_STD, device=device)
+    paths = rss_paths(folder, n)
+    with tempfile.TemporaryDirectory(dir=folder, prefix="cache-") as cache_dir:
+        sampler.mark("cache build")
+        with timer() as build:
+            images = cached_images(paths, 64, cache_dir=Path(cache_dir), progress=False)
+        sampler.mark("augmented pass")
+        dataset = ImageDataset(
+            images, np.arange(n) % 10, create_transform("light", img_size=64), index=np.arange(n)
+        )
+        loader = DataLoader(dataset, batch_size=256, shuffle=True, num_workers=0)
+        first_step = max(0, len(loader) - steps)
+        seen, passed, t0, pass_s = 0, 0, time.perf_counter(), None
+        for i, (xb, yb) in enumerate(loader):
+            seen += len(yb)
+            if i < first_step:
+                passed += len(yb)
+                continue
+            if i == first_step:
+                pass_s = time.perf_counter() - t0
+                sampler.mark("train steps")
+            x = to_input(xb, mean=mean, std=std, device=device, channels_last=True)
+            with autocast(device):
+                loss = nn.functional.cross_entropy(model(x), yb.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sync(device)
+        if pass_s is None:
+            pass_s = time.perf_counter() - t0
+        cache_bytes = sum(p.stat().st_size for p in Path(cache_dir).glob("*.npy"))
+        peak = sampler.stop()
+    assert seen == n
+    return {
+        "n_images": n,
+        "cache_bytes": cache_bytes,
+        "cache_build_s": build[0],
+        "pass_img_s": passed / pass_s if passed and pass_s else None,
+        "train_steps": min(steps, math.ceil(n / 256)),
+        "device": str(device),
+        "peak": peak,
+        "phases": sampler.peaks,
+        "samples": sampler.samples,
+    }
+
+
+def measure_rss(folder: Path, n: int, *, steps: int, device: torch.device) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    generated = make_rss_images(folder, n)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", "--rss-dir", str(folder)]
+    cmd += ["--rss-images", str(n), "--rss-steps", str(steps), "--device", str(device)]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["generate_s"] = generated
+    return result
+
+
+# --- report -----------------------------------------------------------------------
+
+
+COLUMNS = [
+    ("model", "model", None),
+    ("size", "size", None),
+    ("a img/s", "a_img_s", 1),
+    ("b img/s", "b_img_s", 1),
+    ("b/a", "b_over_a", 2),
+    ("c img/s", "c_img_s", 1),
+    ("b/c", "b_over_c", 2),
+    ("b_wall img/s", "b_wall_img_s", 1),
+    ("stage-1 uncached s/epoch", "d_uncached_s", 3),
+    ("cached s/epoch", "d_cached_s", 4),
+    ("speed-up", "d_speedup", 1),
+    ("extraction s", "d_extraction_s", 2),
+    ("predict img/s (no TTA)", "e_none_img_s", 1),
+    ("predict img/s (hflip TTA)", "e_hflip_img_s", 1),
+]
+
+
+def cell(value: Any, digits: int | None) -> str:
+    if value is None:
+        return "error"
+    if digits is None or not isinstance(value, float):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def ratio(x: float | None, y: float | None) -> float | None:
+    return x / y if x is not None and y else None
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| " + " | ".join(title for title, _, _ in COLUMNS) + " |",
+        "|" + "|".join("---" if key in ("model",) else "---:" for _, key, _ in COLUMNS) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row.get(k), d) for _, k, d in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def check_targets(
+    rows: list[dict[str, Any]], rss: dict[str, Any] | None, device: torch.device
+) -> list[dict[str, Any]]:
+    """The issue's targets, one line each; ``passed`` is None where it cannot be judged."""
+    out = []
+
+    def add(
+        name: str, value: float | None, threshold: float, *, below: bool = False, note: str = ""
+    ) -> None:
+        passed = None
+        if value is not None:
+            passed = value < threshold if below else value >= threshold
+        out.append(
+            {"target": name, "value": value, "threshold": threshold, "passed": passed, "note": note}
+        )
+
+    at64 = [r for r in rows if r["size"] == 64]
+    for r in at64:
+        note = "" if device.type == "cpu" else "CPU target; informational on this device"
+        add(
+            f"b/a >= 0.9 at 64 ({r['model']})", r.get("b_over_a"), TARGETS["b_over_a_64"], note=note
+        )
+        if device.type != "cpu":
+            out[-1]["passed"] = None
+    if not at64:
+        add("b/a >= 0.9 at 64", None, TARGETS["b_over_a_64"], note="64 is not among --sizes")
+    for r in rows:
+        tag = f"({r['model']} {r['size']})"
+        add(f"b/c >= 2 {tag}", r.get("b_over_c"), TARGETS["b_over_c"])
+        add(f"stage-1 cached speed-up >= 20 {tag}", r.get("d_speedup"), TARGETS["stage1_speedup"])
+    if rss is not None:
+        anon = rss["peak"]["RssAnon"] / GB if "peak" in rss else None
+        note = "" if rss.get("n_images", 0) >= 100_000 else f"only {rss.get('n_images')} images"
+        add(
+            f"peak RssAnon < 2 GB, {rss.get('n_images')} 64x64 images",
+            anon,
+            TARGETS["rss_anon_gb"],
+            below=True,
+            note=note,
+        )
+    return out
+
+
+def report(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    gpu = f", GPU {m['gpu']}" if m["gpu"] else ", no GPU"
+    d = result["data"]
+    lines = [
+        "## comp training benchmark",
+        "",
+        f"- machine: {m['cpu']}, {m['cores']} cores (of {m['cpu_count']}), "
+        f"{m['ram_gb']} GB RAM{gpu}; host {m['host']}",
+        f"- software: python {m['python']}, torch {m['torch']}, timm {m['timm']}, "
+        f"torchvision {m['torchvision']}, albumentations {m['albumentations']}; "
+        f"device {m['device']}, AMP {m['amp']}, {m['torch_threads']} torch threads",
+        f"- command: `{result['command']}`",
+        f"- data: {d['n_images']} photo crops ({PHOTO_SIZE}x{PHOTO_SIZE} JPEG q90, {N_CLASSES} classes); "
+        f"fold 0: {d['n_train']} train, {d['n_valid']} valid; {d['n_test']} test; "
+        f"batch {result['args']['batch_size']}",
+        "",
+        markdown_table(result["rows"]),
+        "",
+    ]
+    for c in result["cache"]:
+        if "error" in c:
+            lines.append(f"- image cache at {c['size']}: error {c['error']}")
+            continue
+        lines.append(
+            f"- image cache at {c['size']}: first build {c['cold_s']:.2f} s for {c['n_images']} "
+            f"images ({c['cold_img_s']:.0f} img/s, {c['bytes'] / 1e6:.1f} MB), "
+            f"warm {c['warm_s'] * 1000:.1f} ms"
+        )
+    for r in result["rows"]:
+        if "d_speedup" in r:
+            lines.append(
+                f"- stage 1, {r['model']} at {r['size']}: training pass alone (train_seconds) "
+                f"{r['d_uncached_train_s']:.3f} s uncached, {r['d_cached_train_s']:.4f} s cached "
+                f"({r['d_uncached_train_s'] / r['d_cached_train_s']:.0f}x); the rest of a cached "
+                "epoch is validation and checkpointing"
+            )
+    rss = result.get("rss")
+    if rss and "peak" in rss:
+        p = rss["peak"]
+        passed = f"{rss['pass_img_s']:.0f} img/s" if rss["pass_img_s"] else "no batches left"
+        lines.append(
+            f"- memory, {rss['n_images']} 64x64 PNGs ({rss['device']}): cache "
+            f"{rss['cache_bytes'] / GB:.2f} GB built in {rss['cache_build_s']:.1f} s, "
+            f"augmented pass {passed}, then {rss['train_steps']} resnet18 training steps (batch 256); "
+            f"peak RssAnon {p['RssAnon'] / GB:.2f} GB, peak RssFile {p['RssFile'] / GB:.2f} GB, "
+            f"peak VmHWM {p['VmHWM'] / GB:.2f} GB"
+        )
+        for phase, q in rss["phases"].items():
+            lines.append(
+                f"  - {phase}: peak RssAnon {q['RssAnon'] / GB:.2f} GB, "
+                f"RssFile {q['RssFile'] / GB:.2f} GB, VmHWM {q['VmHWM'] / GB:.2f} GB"
+            )
+    elif rss:
+        lines.append(f"- memory: error {rss.get('error')}")
+    lines += ["", "Targets:", ""]
+    for t in result["targets"]:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["passed"]]
+        value = "error" if t["value"] is None else f"{t['value']:.2f}"
+        note = f" ({t['note']})" if t["note"] else ""
+        lines.append(f"- {verdict}: {t['target']}: {value}{note}")
+    return "\n".join(lines)
+
+
+# --- main -------------------------------------------------------------------------
+
+
+def attempt(errors: dict[str, str], what: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one measurement; a failure is recorded and reported, and the others go on."""
+    try:
+        return fn()
+    except Exception as e:
+        traceback.print_exc()
+        errors[what] = f"{type(e).__name__}: {e}"
+        return {}
+
+
+def measure_row(
+    root: Path,
+    ws: dict[str, Any],
+    cfg: dict[str, Any],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Measurements (a) to (e) of one model at one size."""
+    model, size = cfg["model"], cfg["img_size"]
+    tag = f"{model}-{size}"
+    errors: dict[str, str] = {}
+    row: dict[str, Any] = {"model": model, "size": size}
+    row |= attempt(
+        errors,
+        f"a {tag}",
+        lambda: measure_ceiling(
+            model,
+            size,
+            device=device,
+            batch_size=args.batch_size,
+            warmup=args.warmup,
+            steps=args.steps,
+        ),
+    )
+    row |= attempt(
+        errors,
+        f"b {tag}",
+        lambda: measure_comp_train(root, cfg, name=f"b-{tag}", n_train=ws["n_train"]),
+    )
+    row |= attempt(
+        errors,
+        f"c {tag}",
+        lambda: measure_naive(
+            model,
+            size,
+            paths=ws["train_paths"],
+            targets=ws["train_targets"],
+            device=device,
+            batch_size=args.batch_size,
+        ),
+    )
+    row |= attempt(errors, f"d {tag}", lambda: measure_stage1(root, cfg, name=f"d-{tag}"))
+    if "b_run" in row:
+        row |= attempt(
+            errors,
+            f"e {tag}",
+            lambda: measure_predict(root, cfg, run=row["b_run"], n_test=ws["n_test"]),
+        )
+    row["b_over_a"] = ratio(row.get("b_img_s"), row.get("a_img_s"))
+    row["b_over_c"] = ratio(row.get("b_img_s"), row.get("c_img_s"))
+    row["errors"] = errors
+    return row
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--models", nargs="+", help="timm models (default resnet18 efficientnet_b0)")
+    p.add_argument("--sizes", nargs="+", type=int, help="image sizes (default 64 128)")
+    p.add_argument("--images", type=int, help="training images on disk (default 600)")
+    p.add_argument("--test-images", type=int, help="test images (default images / 4)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--steps", type=int, help="timed steps of (a) (default 20, --quick 5)")
+    p.add_argument("--data", type=Path, help="keep the photo competition here, and reuse it")
+    p.add_argument("--rss-images", type=int, help="images of (f) (default 100000, --quick 2000)")
+    p.add_argument("--rss-dir", type=Path, help="where the PNGs of (f) are made once and kept")
+    p.add_argument("--rss-steps", type=int, default=5, help="resnet18 training steps in (f)")
+    p.add_argument("--no-rss", action="store_true", help="skip (f)")
+    p.add_argument("--keep", action="store_true", help="keep the workspace (runs, caches)")
+    p.add_argument("--label", help="names the results file (default: the host name)")
+    p.add_argument(
+        "--out", type=Path, help="JSON results (default benchmarks/results-<label>.json)"
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test of the script")
+    p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.models = [m for spec in args.models or [] for m in spec.split(",") if m] or (
+        ["resnet10t"] if quick else ["resnet18", "efficientnet_b0"]
+    )
+    args.sizes = args.sizes or ([32] if quick else [64, 128])
+    args.images = args.images or (96 if quick else 600)
+    args.test_images = args.test_images or max(8, args.images // 4)
+    args.steps = args.steps or (5 if quick else 20)
+    args.warmup = 2 if quick else 3
+    args.rss_images = args.rss_images or (2000 if quick else 100_000)
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    args.rss_dir = args.rss_dir or cache_home / "comp-bench" / "rss-png64"
+    args.label = args.label or socket.gethostname()
+    suffix = "-quick" if quick else ""
+    args.out = args.out or Path(__file__).parent / f"results-{args.label}{suffix}.json"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    if args.rss_child:
+        result = rss_child(args.rss_dir, args.rss_images, steps=args.rss_steps, device=device)
+        print(json.dumps(result))
+        return
+
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "machine": machine_info(device),
+        "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "rows": [],
+        "cache": [],
+        "errors": {},
+    }
+    errors: dict[str, str] = result["errors"]
+    with (
+        nullcontext(tempfile.mkdtemp(prefix="comp-bench-"))
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="comp-bench-")
+    ) as tmp:
+        if args.keep:
+            print(f"workspace kept in {tmp}/ws", file=sys.stderr)
+        data = args.data or Path(tmp) / "data"
+        build_competition(data, n_train=args.images, n_test=args.test_images)
+        root = Path(tmp) / "ws"
+        base = {
+            "model": args.models[0],
+            "pretrained": "false",
+            "img_size": args.sizes[0],
+            "aug": "light",
+            "batch_size": args.batch_size,
+            "n_splits": N_SPLITS,
+            "seed": 42,
+            "device": args.device,
+            "cache_images": True,
+            "amp": True,
+        }
+        ws = make_workspace(root, data, base)
+        result["data"] = {
+            "n_images": args.images,
+            **{k: ws[k] for k in ("n_train", "n_valid", "n_test", "n_classes")},
+        }
+        for size in args.sizes:
+            cache = attempt(
+                errors, f"cache {size}", partial(measure_cache, root, ws["paths"], size)
+            )
+            result["cache"].append(cache or {"size": size, "error": errors.get(f"cache {size}")})
+            for model in args.models:
+                print(f"[{time.perf_counter() - started:6.0f}s] {model} at {size}", file=sys.stderr)
+                row = measure_row(
+                    root, ws, {**base, "model": model, "img_size": size}, args, device
+                )
+                errors.update(row.pop("errors"))
+                result["rows"].append(row)
+
+    if not args.no_rss:
+        print(
+            f"[{time.perf_counter() - started:6.0f}s] memory, {args.rss_images} images",
+            file=sys.stderr,
+        )
+        result["rss"] = attempt(
+            errors,
+            "f",
+            lambda: measure_rss(args.rss_dir, args.rss_images, steps=args.rss_steps, device=device),
+        ) or {"error": errors.get("f")}
+    result["targets"] = check_targets(result["rows"], result.get("rss"), device)
+    result["seconds"] = time.perf_counter() - started
+    text = report(result)
+    if errors:
+        text += "\n\nErrors:\n\n" + "\n".join(f"- {k}: {v}" for k, v in errors.items())
+    result["markdown"] = text
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"\n(results in {args.out}; {result['seconds']:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Kill a training run, resume it, and end exactly where an uninterrupted run ends."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from comp.train import train
+from tests.test_train import with_folds
+
+COMPARED = ["epoch", "stage", "lr", "train_loss", "train_acc", "valid_loss", "valid_macro_f1"]
+
+
+def same_run(a: Path, b: Path) -> None:
+    ma, mb = (pd.read_csv(r / "fold0" / "metrics.csv") for r in (a, b))
+    assert np.allclose(ma[COMPARED].to_numpy(), mb[COMPARED].to_numpy(), atol=1e-5)
+    oa, ob = (pd.read_csv(r / "oof.csv") for r in (a, b))
+    assert np.allclose(oa.iloc[:, 3:].to_numpy(), ob.iloc[:, 3:].to_numpy(), atol=1e-5)
+    assert not (b / "fold0" / "last.pt").exists(), "a finished fold keeps no resume state"
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("after", [1, 3], ids=["mid-stage-1", "mid-stage-2"])
+def test_an_interrupted_fold_resumes_to_the_same_end(
+    workspace: Callable[..., Path], after: int
+) -> None:
+    root, cfg = with_folds(workspace(epochs=4, freeze_epochs=2, aug="light", feature_views=2))
+    quiet = lambda s: None  # noqa: E731
+    train(root, cfg, name="whole", folds=[0], echo=quiet)  # type: ignore[arg-type]
+
+    def stop(fold: int, epoch: int, f1: float) -> None:
+        if epoch == after:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(root, cfg, name="cut", folds=[0], echo=quiet, on_epoch=stop)  # type: ignore[arg-type]
+    assert (root / "runs" / "cut" / "fold0" / "last.pt").exists()
+    said: list[str] = []
+    train(root, cfg, name="cut", folds=[0], echo=said.append, resume=True)  # type: ignore[arg-type]
+    assert f"fold 0: resuming after epoch {after}" in said
+    same_run(root / "runs" / "whole", root / "runs" / "cut")
+    # Resuming a finished run trains nothing.
+    said.clear()
+    train(root, cfg, name="cut", folds=[0], echo=said.append, resume=True)  # type: ignore[arg-type]
+    assert "fold 0: already trained" in said
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
+    """The real thing: SIGKILL a `comp train` process while it is inside an epoch."""
+    from comp.demo import write_demo
+
+    root = tmp_path / "ws"
+    write_demo(root)
+    flags = ["--model", "resnet10t", "--pretrained", "false", "--img-size", "16"]
+    flags += ["--epochs", "4", "--freeze-epochs", "1", "--batch-size", "64", "--aug", "light"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+
+    def comp(*args: str) -> list[str]:
+        return [sys.executable, "-m", "comp", "-w", str(root), *args]
+
+    subprocess.run(comp("folds"), check=True, capture_output=True, env=env)
+    subprocess.run(
+        comp("train", "--fold", "0", "--name", "whole", *flags),
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    metrics = root / "runs" / "cut" / "fold0" / "metrics.csv"
+    proc = subprocess.Popen(
+        comp("train", "--fold", "0", "--name", "cut", *flags),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.monotonic() + 300
+    # Killed once epoch 2 (stage 2) has finished, a moment into epoch 3.
+    while not (metrics.exists() and len(pd.read_csv(metrics)) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended early"
+        time.sleep(0.05)
+    whole_epoch = pd.read_csv(root / "runs" / "whole" / "fold0" / "metrics.csv")["seconds"].iloc[2]
+    time.sleep(whole_epoch / 3)
+    assert proc.poll() is None, "the kill must land mid-run"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(pd.read_csv(metrics)) == 2, "killed inside epoch 3"
+
+    resumed = subprocess.run(
+        comp("train", "--fold", "0", "--name", "cut", "--resume"),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after epoch 2" in resumed.stdout
+    same_run(root / "runs" / "whole", root / "runs" / "cut")
