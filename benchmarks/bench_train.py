@@ -19,7 +19,8 @@ For every model (timm, random init) and image size it measures:
 (a) the compute ceiling: model-only training throughput (images/s) on synthetic
     batches already on the device, batch 32, AdamW, cross-entropy, channels_last,
     AMP (bf16, or fp16 with loss scaling) on CUDA only; a few warm-up steps, then
-    ``--steps`` timed in 5 windows, of which the median counts;
+    ``--steps`` timed in 5 windows, of which the median counts (measured again
+    in NCHW layout, for the JSON and a note: the naive pipeline's layout);
 (b) ``comp.train.train`` end-to-end on the images on disk, 2 epochs, no frozen
     stage, light augmentation: b = train images / ``train_seconds`` of the second
     (warm) epoch in metrics.csv (data loading, augmentation, forward, backward),
@@ -263,13 +264,15 @@ def measure_ceiling(
     batch_size: int,
     warmup: int,
     steps: int,
+    channels_last: bool = True,
 ) -> dict[str, Any]:
     """Model-only training images/s on synthetic batches already on the device."""
     import timm
 
     torch.manual_seed(0)
     model = timm.create_model(model_name, pretrained=False, num_classes=N_CLASSES)
-    model = model.to(device).to(memory_format=torch.channels_last).train()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device).to(memory_format=layout).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
     loss_fn = nn.CrossEntropyLoss()
@@ -278,9 +281,7 @@ def measure_ceiling(
     batches = []
     for _ in range(4):
         raw = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
-        x = ((raw.to(device).float() / 255.0 - mean) / std).contiguous(
-            memory_format=torch.channels_last
-        )
+        x = ((raw.to(device).float() / 255.0 - mean) / std).contiguous(memory_format=layout)
         batches.append((x, torch.randint(0, N_CLASSES, (batch_size,), device=device)))
 
     def step(i: int) -> None:
@@ -754,6 +755,12 @@ def report(result: dict[str, Any]) -> str:
             f"warm {c['warm_s'] * 1000:.1f} ms"
         )
     for r in result["rows"]:
+        if r.get("a_img_s") and r.get("a_nchw_img_s"):
+            lines.append(
+                f"- ceiling (a), {r['model']} at {r['size']}: {r['a_img_s']:.1f} img/s channels_last, "
+                f"{r['a_nchw_img_s']:.1f} img/s NCHW (the layout of the naive pipeline)"
+            )
+    for r in result["rows"]:
         if "d_speedup" in r:
             lines.append(
                 f"- stage 1, {r['model']} at {r['size']}: training pass alone (train_seconds) "
@@ -782,7 +789,7 @@ def report(result: dict[str, Any]) -> str:
     lines += ["", "Targets:", ""]
     for t in result["targets"]:
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["passed"]]
-        value = "error" if t["value"] is None else f"{t['value']:.2f}"
+        value = "—" if t["value"] is None else f"{t['value']:.2f}"
         note = f" ({t['note']})" if t["note"] else ""
         lines.append(f"- {verdict}: {t['target']}: {value}{note}")
     return "\n".join(lines)
@@ -825,6 +832,21 @@ def measure_row(
             steps=args.steps,
         ),
     )
+    # The same without channels_last, as the naive pipeline (c) runs: is NHWC faster here?
+    nchw = attempt(
+        errors,
+        f"a-nchw {tag}",
+        lambda: measure_ceiling(
+            model,
+            size,
+            device=device,
+            batch_size=args.batch_size,
+            warmup=args.warmup,
+            steps=args.steps,
+            channels_last=False,
+        ),
+    )
+    row["a_nchw_img_s"] = nchw.get("a_img_s")
     row |= attempt(
         errors,
         f"b {tag}",
@@ -857,7 +879,8 @@ def measure_row(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("It builds once")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--models", nargs="+", help="timm models (default resnet18 efficientnet_b0)")
     p.add_argument("--sizes", nargs="+", type=int, help="image sizes (default 64 128)")

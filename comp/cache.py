@@ -1,7 +1,7 @@
 """The decoded-image cache: every image decoded and resized once, then memory-mapped.
 
 Reads image files (through ``comp.data.read_image``). Writes
-``cache/images/<key>.npy`` in the workspace: an (N, size, size, 3) uint8 array
+``cache/images/<key>.npy`` in the workspace (or under ``$COMP_CACHE``): an (N, size, size, 3) uint8 array
 in numpy's own format. The key hashes the file list, each file's size and
 mtime, the size and the preprocessing, so a changed, added or removed image, or
 another size, builds a new cache and an unchanged one is reused as it is.
@@ -29,6 +29,15 @@ CACHE_VERSION = 1
 # Images are written in chunks: big enough to keep every thread busy, small enough that
 # a chunk's arrays are a few MB whatever the dataset's size.
 CHUNK = 512
+
+
+def cache_dir(root: Path, *, enabled: bool = True) -> Path | None:
+    """Where a workspace's image cache lives: ``COMP_CACHE`` if set (e.g. a scratch disk, or
+    /kaggle/temp so the cache never becomes a kernel output), else ``<root>/cache/images``."""
+    if not enabled:
+        return None
+    override = os.environ.get("COMP_CACHE")
+    return Path(override) if override else root / "cache" / "images"
 
 
 def cache_key(paths: Sequence[Path], size: int, *, centre: bool = False) -> str:

@@ -520,7 +520,12 @@ def main():
         config["pretrained_file"] = str(found[0])
     # JSON is YAML, so comp reads this as its comp.yaml.
     (WORKING / "comp.yaml").write_text(json.dumps(config, indent=1))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]),
+        # The decoded-image cache on scratch space, never among the kernel's outputs.
+        COMP_CACHE=str(TEMP / "comp-cache"),
+    )
     folds = [a for k in FOLDS or [] for a in ("--fold", str(k))]
     comp("train", "--name", RUN, *folds, env=env)
     comp("predict", RUN, env=env)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from comp import io
-from comp.cache import cached_images
+from comp.cache import cache_dir, cached_images
 from comp.config import Config, make_config
 from comp.data import DataError, load_competition, read_csv
 from comp.ensemble import blend_members
@@ -90,7 +90,7 @@ def predict(
     images = cached_images(
         comp.test_paths(ids),
         trained.img_size,
-        cache_dir=root / "cache" / "images" if cfg.cache_images else None,
+        cache_dir=cache_dir(root, enabled=cfg.cache_images),
         centre=trained.centre,
         desc="decode test",
     )

@@ -53,7 +53,7 @@ from torch.utils.data import (
 from tqdm import tqdm
 
 from comp import io
-from comp.cache import cached_images
+from comp.cache import cache_dir, cached_images
 from comp.config import Config, ConfigError, suggest, to_dict
 from comp.data import DataError, load_competition, read_csv, resolve
 from comp.folds import folds_path, read_folds
@@ -330,7 +330,7 @@ def train(
     images = cached_images(
         comp.train_paths(list(table["Id"])),
         cfg.img_size,
-        cache_dir=root / "cache" / "images" if cfg.cache_images else None,
+        cache_dir=cache_dir(root, enabled=cfg.cache_images),
         centre=cfg.centre,
         desc="decode train",
         progress=progress,
