@@ -113,6 +113,11 @@ class Config:
     num_workers: int = _key(-1, "DataLoader workers; -1 picks from the cores and device", "train")
     device: str = _key("auto", "auto, cpu, cuda or cuda:N", "train")
     amp: bool = _key(True, "mixed precision on CUDA (ignored on CPU)", "train")
+    checkpoint_seconds: float = _key(
+        60.0,
+        "write the resume state (fold{k}/last.pt) and best.pt at most this often; 0: every epoch",
+        "train",
+    )
     compile: bool = _key(
         False, "torch.compile the model on CUDA (slow start, faster epochs)", "train"
     )

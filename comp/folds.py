@@ -78,8 +78,8 @@ def write_folds(path: Path, folds: pd.DataFrame) -> None:
 
 
 def read_folds(path: Path, *, labels: pd.DataFrame | None = None) -> pd.DataFrame:
-    n_splits, seed = _params(path)
     """Read a folds file, checking that it still matches the labels table."""
+    n_splits, seed = _params(path)
     if not path.exists():
         raise DataError(
             f"{path}: no folds file for this config; run `comp folds --n-splits {n_splits} --seed {seed}` first"

@@ -201,8 +201,15 @@ def normalisation(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights on the CPU, untouched by further training."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module | dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    state = cpu_state(model) if isinstance(model, nn.Module) else model
     io.write_with(path, lambda tmp: torch.save({"state_dict": state, "meta": meta}, tmp))
 
 
@@ -216,10 +223,20 @@ def load_checkpoint(
     except FileNotFoundError:
         raise ModelError(f"{path}: checkpoint not found") from None
     except Exception as e:
-        raise ModelError(f"{path}: not a comp checkpoint ({type(e).__name__}: {e})") from None
-    if classes is not None and list(meta["classes"]) != list(classes):
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        if "Weights only load failed" in first:
+            first = "a pickled object such as torch.save(model), not comp's weights and metadata"
         raise ModelError(
-            f"{path}: checkpoint was trained on other classes ({len(meta['classes'])} classes, expected {len(classes)})"
+            f"{path}: not a comp checkpoint ({type(e).__name__}: {first[:120]})"
+        ) from None
+    if classes is not None and list(meta["classes"]) != list(classes):
+        differ = sorted(set(meta["classes"]) ^ set(classes))
+        detail = (
+            f"; differing: {', '.join(differ[:5])}" if differ else "; the same in another order"
+        )
+        raise ModelError(
+            f"{path}: checkpoint was trained on other classes ({len(meta['classes'])} classes, "
+            f"expected {len(classes)}{detail})"
         )
     if model_name is not None and meta["model"] != model_name:
         raise ModelError(f"{path}: checkpoint is a {meta['model']}, expected {model_name}")

@@ -28,7 +28,7 @@ from comp.data import DataError, load_competition, read_csv
 from comp.ensemble import blend_members
 from comp.models import load_checkpoint, normalisation
 from comp.submission import build_submission, validate_submission, write_submission
-from comp.train import Echo, load_priors, make_autocast, pick_device, predict_probs
+from comp.train import Echo, auto_workers, load_priors, make_autocast, pick_device, predict_probs
 from comp.transforms import ImageDataset, tta_views
 
 
@@ -118,6 +118,7 @@ def predict(
                     model,
                     ImageDataset(images, transform=view),
                     batch_size=batch_size,
+                    workers=auto_workers(cfg.num_workers, device),
                     mean=mean,
                     std=std,
                     device=device,
@@ -146,12 +147,18 @@ def largest_batch_probs(
     *,
     batch_size: int,
     desc: str,
+    workers: int = 0,
     **kwargs: Any,
 ) -> np.ndarray:
     """Probabilities at the largest batch (from ``batch_size`` down) that fits in GPU memory."""
     while True:
         try:
-            loader = DataLoader(dataset, batch_size=batch_size)
+            loader = DataLoader(
+                dataset,
+                batch_size=batch_size,
+                num_workers=workers,
+                pin_memory=kwargs["device"].type == "cuda",
+            )
             return predict_probs(model, loader, channels_last=True, desc=desc, **kwargs)[0]
         except torch.cuda.OutOfMemoryError:
             if batch_size == 1:

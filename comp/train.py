@@ -58,6 +58,7 @@ from comp.config import Config, ConfigError, suggest, to_dict
 from comp.data import DataError, load_competition, read_csv, resolve
 from comp.folds import folds_path, read_folds
 from comp.models import (
+    cpu_state,
     create_model,
     normalisation,
     save_checkpoint,
@@ -314,10 +315,6 @@ def train(
         if source == "random":
             cfg = dataclasses.replace(cfg, pretrained="false")
         echo(f"weights: {source}")
-    if dist_.main:
-        io.write_yaml(run_dir / "config.yaml", resolved)
-        io.write_json(run_dir / "classes.json", classes)
-        io.write_json(run_dir / "transforms.json", A.to_dict(transform))
     processes = f", {dist_.world} processes" if dist_.world > 1 else ""
     echo(
         f"run {run_dir.name}: {cfg.model}, {len(classes)} classes, {len(table)} images, folds {folds}, device {device}{processes}"
@@ -337,6 +334,10 @@ def train(
     )
     if dist_.main:
         barrier(dist_)
+        # Only now that every image has been read: bad data leaves no run folder behind.
+        io.write_yaml(run_dir / "config.yaml", resolved)
+        io.write_json(run_dir / "classes.json", classes)
+        io.write_json(run_dir / "transforms.json", A.to_dict(transform))
     targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
 
     if cfg.head != "linear":
@@ -517,6 +518,7 @@ def extract_features(
     dist_: Dist,
     desc: str,
     progress: bool,
+    workers: int = 0,
 ) -> torch.Tensor:
     """Pooled backbone features (views, n, D) of ``images[index]``, float32 on the CPU.
 
@@ -529,7 +531,10 @@ def extract_features(
         # Each process embeds one contiguous part; the parts are gathered in order.
         part = np.array_split(index, dist_.world)[dist_.rank]
         loader = DataLoader(
-            ImageDataset(images, None, transform, index=part), batch_size=batch_size
+            ImageDataset(images, None, transform, index=part),
+            batch_size=batch_size,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
         )
         chunks = []
         for xb, _ in tqdm(
@@ -676,6 +681,20 @@ def train_fold(
     rows: list[dict[str, Any]] = []
     features: tuple[torch.Tensor, torch.Tensor] | None = None
     net: nn.Module = model
+
+    def best_meta(epoch: int, f1: float) -> dict[str, Any]:
+        return {
+            "model": cfg.model,
+            "classes": classes,
+            "img_size": cfg.img_size,
+            "fold": fold,
+            "epoch": epoch,
+            "valid_macro_f1": f1,
+            "pretrained": source,
+        }
+
+    best_state: dict[str, torch.Tensor] | None = None  # best weights not yet on disk
+    saved_at = time.perf_counter()
     start = 0
     last = load_last(out_dir / "last.pt") if resume else None
     if last is not None:
@@ -737,6 +756,7 @@ def train_fold(
                         autocast=autocast,
                         channels_last=channels_last,
                         dist_=dist_,
+                        workers=workers,
                         desc=f"fold {fold} features",
                         progress=progress,
                     ),
@@ -753,6 +773,7 @@ def train_fold(
                         autocast=autocast,
                         channels_last=channels_last,
                         dist_=dist_,
+                        workers=workers,
                         desc=f"fold {fold} valid features",
                         progress=progress,
                     )[0],
@@ -777,7 +798,10 @@ def train_fold(
         lr = optimizer.param_groups[0]["lr"]
 
         set_train_mode(model, frozen=stage == 1)
-        total_loss, correct, seen = 0.0, 0, 0
+        # Summed on the device: reading them every step would stall a GPU on each batch.
+        sum_loss = torch.zeros((), dtype=torch.float64, device=device)
+        sum_correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
         if features is not None:
             # Stage 1 from cached features: the head alone, on every process alike (the
             # features are gathered), so no gradient needs synchronising.
@@ -809,8 +833,8 @@ def train_fold(
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                total_loss += loss.item() * len(y)
-                correct += int((logits.argmax(1) == y).sum())
+                sum_loss += loss.detach() * len(y)
+                sum_correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
         else:
             bar = tqdm(
@@ -836,13 +860,15 @@ def train_fold(
                 scaler.scale(grad_loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                total_loss += loss.item() * len(y)
-                correct += int((logits.argmax(1) == y).sum())
+                sum_loss += loss.detach() * len(y)
+                sum_correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}")
-            total_loss, correct, seen = (
-                sum(v) for v in zip(*gather((total_loss, correct, seen), dist_), strict=True)
-            )
+                if progress and step % 20 == 0:
+                    bar.set_postfix(loss=f"{sum_loss.item() / seen:.4f}")
+        total_loss, correct, seen = (
+            sum(v)
+            for v in zip(*gather((sum_loss.item(), int(sum_correct), seen), dist_), strict=True)
+        )
         train_loss, train_acc = total_loss / max(seen, 1), correct / max(seen, 1)
         train_seconds = time.perf_counter() - t0
 
@@ -875,20 +901,9 @@ def train_fold(
         improved = valid_f1 > best_f1
         if improved:
             best_f1, best_epoch, best_probs, stale = valid_f1, epoch + 1, probs, 0
-            if dist_.main:
-                save_checkpoint(
-                    out_dir / "best.pt",
-                    model,
-                    {
-                        "model": cfg.model,
-                        "classes": classes,
-                        "img_size": cfg.img_size,
-                        "fold": fold,
-                        "epoch": epoch + 1,
-                        "valid_macro_f1": valid_f1,
-                        "pretrained": source,
-                    },
-                )
+            # Kept in memory and written with the resume state (below) or at the end:
+            # a fast epoch should not wait for a checkpoint on disk.
+            best_state = cpu_state(model)
         elif stage == 2:
             # Patience counts only in stage 2, so a slow frozen stage never ends training
             # before the backbone has been unfrozen.
@@ -909,8 +924,12 @@ def train_fold(
         )
         if dist_.main:
             io.write_csv(out_dir / "metrics.csv", pd.DataFrame(rows))
+        if dist_.main and time.perf_counter() - saved_at >= cfg.checkpoint_seconds:
             # Everything the next epoch depends on, so `comp train --resume` after a kill
-            # ends exactly where an uninterrupted run would.
+            # ends exactly where an uninterrupted run would; best.pt first, so the two agree.
+            if best_state is not None:
+                save_checkpoint(out_dir / "best.pt", best_state, best_meta(best_epoch, best_f1))
+                best_state = None
             save_last(
                 out_dir / "last.pt",
                 {
@@ -928,6 +947,7 @@ def train_fold(
                     "rows": rows,
                 },
             )
+            saved_at = time.perf_counter()
         echo(
             f"fold {fold} epoch {epoch + 1:>2}/{cfg.epochs} stage {stage} | train loss {train_loss:.4f} acc {train_acc:.3f} "
             f"| valid loss {valid_loss:.4f} acc {valid_acc:.3f} macro-F1 {valid_f1:.4f}{' *' if improved else ''} "
@@ -938,6 +958,8 @@ def train_fold(
         if stale >= cfg.patience:
             echo(f"fold {fold}: early stop, no better macro-F1 for {cfg.patience} epochs")
             break
+    if dist_.main and best_state is not None:
+        save_checkpoint(out_dir / "best.pt", best_state, best_meta(best_epoch, best_f1))
     return FoldResult(fold, best_epoch, best_f1, epoch + 1, best_probs, source)
 
 

@@ -34,7 +34,9 @@ class Interrupt(Exception):
 def test_an_interrupted_fold_resumes_to_the_same_end(
     workspace: Callable[..., Path], after: int
 ) -> None:
-    root, cfg = with_folds(workspace(epochs=4, freeze_epochs=2, aug="light", feature_views=2))
+    root, cfg = with_folds(
+        workspace(epochs=4, freeze_epochs=2, aug="light", feature_views=2, checkpoint_seconds=0)
+    )
     quiet = lambda s: None  # noqa: E731
     train(root, cfg, name="whole", folds=[0], echo=quiet)  # type: ignore[arg-type]
 
@@ -64,6 +66,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
     write_demo(root)
     flags = ["--model", "resnet10t", "--pretrained", "false", "--img-size", "16"]
     flags += ["--epochs", "4", "--freeze-epochs", "1", "--batch-size", "64", "--aug", "light"]
+    flags += ["--set", "checkpoint_seconds=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
 
     def comp(*args: str) -> list[str]:
@@ -83,13 +86,23 @@ def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
         env=env,
     )
+    last = metrics.parent / "last.pt"
+
+    def after_epoch_2() -> bool:
+        # metrics.csv shows epoch 2, and the resume state written after it is in place.
+        return (
+            metrics.exists()
+            and len(pd.read_csv(metrics)) >= 2
+            and last.exists()
+            and last.stat().st_mtime_ns >= metrics.stat().st_mtime_ns
+        )
+
     deadline = time.monotonic() + 300
-    # Killed once epoch 2 (stage 2) has finished, a moment into epoch 3.
-    while not (metrics.exists() and len(pd.read_csv(metrics)) >= 2):
+    while not after_epoch_2():
         assert proc.poll() is None and time.monotonic() < deadline, "training ended early"
-        time.sleep(0.05)
-    whole_epoch = pd.read_csv(root / "runs" / "whole" / "fold0" / "metrics.csv")["seconds"].iloc[2]
-    time.sleep(whole_epoch / 3)
+        time.sleep(0.02)
+    # An epoch here takes seconds, so a moment later the process is inside epoch 3.
+    time.sleep(0.3)
     assert proc.poll() is None, "the kill must land mid-run"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
