@@ -137,12 +137,7 @@ def blend(root: Path, runs: list[Path], *, name: str, weights: str = "fit") -> d
         shutil.copy2(runs[0] / "config.yaml", staging / "config.yaml")
         write_priors(staging, blended, y, classes=classes)
         io.write_json(staging / "cv.json", summary)
-        old = out.parent / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        io.swap_dir(staging, out)
     except OSError as e:
         # A full disk: name the file the blend was writing, not its staging twin.
         if e.errno is None or not e.filename or not Path(e.filename).is_relative_to(staging):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,3 +82,13 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> 
     """Call ``writer(tmp_path)`` (e.g. ``df.to_csv``, ``torch.save``) and publish the result atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def swap_dir(staging: Path, target: Path) -> None:
+    """Put a folder built to one side in place of ``target`` whole: never a half-old, half-new mix."""
+    old = target.parent / f".{target.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -238,12 +238,7 @@ def build_bundles(
                     "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 },
             )
-        old = group_dir.parent / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if group_dir.exists():
-            group_dir.rename(old)
-        building.rename(group_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        io.swap_dir(building, group_dir)
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return [group_dir / (f"fold{'-'.join(map(str, g))}" if fan_out else "") for g, _, _ in plans]

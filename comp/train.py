@@ -17,6 +17,7 @@ images. Writes one run folder, ``runs/<name>/``:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -742,41 +743,30 @@ def train_fold(
             net = model
             if frozen and cfg.cache_features:
                 views = cfg.feature_views if transform.transforms else 1
+                embed = functools.partial(
+                    extract_features,
+                    model,
+                    images,
+                    batch_size=cfg.batch_size * 2,
+                    mean=mean,
+                    std=std,
+                    device=device,
+                    autocast=autocast,
+                    channels_last=channels_last,
+                    dist_=dist_,
+                    workers=workers,
+                    progress=progress,
+                )
                 features = (
-                    extract_features(
-                        model,
-                        images,
+                    embed(
                         train_idx,
                         transform=transform if transform.transforms else None,
                         views=min(views, stage_epochs),
-                        batch_size=cfg.batch_size * 2,
-                        mean=mean,
-                        std=std,
-                        device=device,
-                        autocast=autocast,
-                        channels_last=channels_last,
-                        dist_=dist_,
-                        workers=workers,
                         desc=f"fold {fold} features",
-                        progress=progress,
                     ),
-                    extract_features(
-                        model,
-                        images,
-                        valid_idx,
-                        transform=None,
-                        views=1,
-                        batch_size=cfg.batch_size * 2,
-                        mean=mean,
-                        std=std,
-                        device=device,
-                        autocast=autocast,
-                        channels_last=channels_last,
-                        dist_=dist_,
-                        workers=workers,
-                        desc=f"fold {fold} valid features",
-                        progress=progress,
-                    )[0],
+                    embed(valid_idx, transform=None, views=1, desc=f"fold {fold} valid features")[
+                        0
+                    ],
                 )
             elif dist_.world > 1:
                 # Wrapped per stage: DDP only synchronises the parameters that were
