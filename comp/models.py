@@ -225,7 +225,11 @@ def load_checkpoint(
     except Exception as e:
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
         if "Weights only load failed" in first:
-            first = "a pickled object such as torch.save(model), not comp's weights and metadata"
+            first = (
+                "a pickled object such as torch.save(model), not comp's weights and metadata"
+                if "safe_globals" in str(e)
+                else "not a file torch.save wrote"
+            )
         raise ModelError(
             f"{path}: not a comp checkpoint ({type(e).__name__}: {first[:120]})"
         ) from None

@@ -137,22 +137,41 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> np.ndar
     normalised batch ``x`` (N, 3, H, W); None when the model has no spatial feature map.
 
     The target layer is the output of ``forward_features``: in timm's CNNs (and comp's
-    simple_cnn), the last feature map before global pooling. Its channels are weighted by
-    their mean gradient of the class score, summed, rectified and resized to the image.
+    simple_cnn), the last feature map before global pooling. Where that map is smaller
+    than 4x4 (small images: a 32 px image ends at 1x1 in most CNNs), it is the last layer
+    whose map is at least 4x4 instead. Its channels are weighted by their mean gradient
+    of the class score, summed, rectified and resized to the image.
     """
     import torch
     import torch.nn.functional as F
 
     model.eval()
-    with torch.enable_grad():
-        # An input that needs gradients makes the features need them, even with frozen weights.
-        feats = model.forward_features(x.detach().clone().requires_grad_(True))  # type: ignore[operator]
-        if not isinstance(feats, torch.Tensor) or feats.ndim != 4:
-            return None
-        score = model.forward_head(feats).gather(1, target.view(-1, 1)).sum()  # type: ignore[operator]
-        (grads,) = torch.autograd.grad(score, feats)
-    channels = getattr(model, "num_features", None)
-    if feats.shape[1] != channels and feats.shape[3] == channels:
+    maps: list[torch.Tensor] = []
+
+    def keep(_: nn.Module, __: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[2:]) >= 4:
+            maps.append(out)
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(keep) for m in leaves]
+    try:
+        with torch.enable_grad():
+            # An input that needs gradients makes the features need them, even with frozen weights.
+            feats = model.forward_features(x.detach().clone().requires_grad_(True))  # type: ignore[operator]
+            if not isinstance(feats, torch.Tensor) or feats.ndim != 4:
+                return None
+            score = model.forward_head(feats).gather(1, target.view(-1, 1)).sum()  # type: ignore[operator]
+            channels = getattr(model, "num_features", None)
+            channels_first = feats.shape[1] == channels or feats.shape[3] != channels
+            layer = feats
+            if channels_first and min(feats.shape[2:]) < 4 and maps:
+                layer = maps[-1]
+            (grads,) = torch.autograd.grad(score, layer)
+    finally:
+        for h in hooks:
+            h.remove()
+    feats = layer
+    if not channels_first:
         # Channels last (N, H, W, C), as some timm transformers with a spatial grid give.
         feats, grads = feats.permute(0, 3, 1, 2), grads.permute(0, 3, 1, 2)
     weights = grads.mean(dim=(2, 3), keepdim=True)
