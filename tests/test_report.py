@@ -104,3 +104,20 @@ def test_grad_cam_needs_a_spatial_feature_map(workspace: Callable[..., Path]) ->
             assert path is None and skipped is not None and "not a spatial map" in skipped
     path, skipped = plot_gradcam(oof, classes, comp, root / "runs", root / "x.png")
     assert path is None and skipped is not None and "no fold checkpoints" in skipped
+
+
+def test_grad_cam_of_a_small_image_uses_a_map_with_room() -> None:
+    """At 32 px, resnet10t's last map is 1x1, which would paint every pixel alike."""
+    import timm
+    import torch
+
+    from comp.report import grad_cam
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=3)
+    x = torch.randn(2, 3, 32, 32)
+    assert model.forward_features(x).shape[-1] == 1
+    cam = grad_cam(model, x, torch.tensor([0, 1]))
+    assert cam is not None and cam.shape == (2, 32, 32)
+    # An untrained net: a map may rectify to zero, but none is one flat colour.
+    assert np.isfinite(cam).all() and cam.std(axis=(1, 2)).max() > 0.01
