@@ -58,11 +58,15 @@ def phashes(paths: Sequence[Path], *, progress: bool = True) -> np.ndarray:
     return np.stack(rows) if rows else np.zeros((0, 64), dtype=bool)
 
 
-def thumbnails(paths: Sequence[Path], *, side: int = 16) -> np.ndarray:
+def thumbnails(paths: Sequence[Path], *, side: int = 16, progress: bool = True) -> np.ndarray:
     """Tiny images, centred and L2-normalised: cosine similarity ignores brightness and contrast."""
     from comp.data import load_images
 
-    x = load_images(paths, side, desc="thumbnails").reshape(len(paths), -1).astype(np.float32)
+    x = (
+        load_images(paths, side, desc="thumbnails", progress=progress)
+        .reshape(len(paths), -1)
+        .astype(np.float32)
+    )
     x -= x.mean(axis=1, keepdims=True)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
 
@@ -144,7 +148,7 @@ def find_leaks(
                 (hash_distance + 0.5) / 64,
             )
         elif method == "thumb":
-            x, metric, radius = thumbnails(paths), "cosine", 1 - similarity
+            x, metric, radius = thumbnails(paths, progress=progress), "cosine", 1 - similarity
         else:
             x, metric, radius = embeddings(paths, **(embed or {})), "cosine", 1 - similarity  # type: ignore[arg-type]
         graph = graph + _graph(x[:n], None, metric=metric, radius=radius)

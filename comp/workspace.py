@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
-from sklearn.model_selection import train_test_split
 
 from comp import io
 from comp.config import CONFIG_FILE, make_config, write_workspace_config
@@ -293,18 +292,16 @@ def detect_imagefolder(data: Path, root: Path, *, holdout: float, seed: int) -> 
                 f"{data}: no test set, and a {holdout:.0%} hold-out of {int(can_split.sum())} images cannot "
                 f"hold back every one of {n_classes} classes; add a test/ folder or change --holdout"
             )
-        keep, held = train_test_split(
-            labels[can_split],
-            test_size=n_held,
-            stratify=labels.loc[can_split, "label"],
-            random_state=seed,
+        keep, held = holdout_split(
+            labels[can_split], [seen[i] for i in labels.loc[can_split, "Id"]], holdout, seed
         )
         test = held.sort_values("Id", key=lambda s: s.map(natural_key)).reset_index(drop=True)
         labels = pd.concat([keep, labels[~can_split]]).sort_index()
         values.update(test_dir=_where(train_root, root), solution="solution.csv")
         det.tables["solution.csv"] = _with_usage(test, seed)
         det.notes.append(
-            f"no test set: {len(test)} images ({holdout:.0%}, stratified) held back as a local test set with solution.csv"
+            f"no test set: {len(test)} images ({len(test) / int(can_split.sum()):.0%}, stratified, "
+            "near-duplicates kept on one side) held back as a local test set with solution.csv"
         )
     if "solution.csv" in det.tables:
         sample = det.tables["solution.csv"][["Id"]].copy()
@@ -315,6 +312,33 @@ def detect_imagefolder(data: Path, root: Path, *, holdout: float, seed: int) -> 
     det.labels = list(labels["label"])
     det.test_count = len(det.tables["sample_submission.csv"])
     return det
+
+
+def holdout_split(
+    labels: pd.DataFrame, paths: list[Path], holdout: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A stratified hold-out that keeps every group of near-duplicate images on one side.
+
+    A twin of a held-back image left in train scores the local leaderboard on memory,
+    as a leaky validation split does; one fold of a StratifiedGroupKFold avoids that.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from comp.leaks import find_leaks
+
+    groups = find_leaks(paths, progress=False).groups
+    n_splits = max(2, round(1 / holdout))
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    # Big groups make the folds uneven: hold back the one closest to the asked-for size.
+    keep_idx, held_idx = min(
+        folds.split(labels, labels["label"], groups),
+        key=lambda split: abs(len(split[1]) - holdout * len(labels)),
+    )
+    keep, held = labels.iloc[keep_idx], labels.iloc[held_idx]
+    # A class whose images are all twins of each other may land wholly on the held side;
+    # training needs it more than the local leaderboard does.
+    lost = held["label"].isin(set(held["label"]) - set(keep["label"]))
+    return pd.concat([keep, held[lost]]).sort_index(), held[~lost]
 
 
 def _with_usage(test: pd.DataFrame, seed: int, public: float = 0.3) -> pd.DataFrame:

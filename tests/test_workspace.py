@@ -6,7 +6,7 @@ import pytest
 from comp.config import load_config
 from comp.data import DataError, load_competition
 from comp.workspace import init_workspace
-from tests.conftest import make_imagefolder, make_kaggle
+from tests.conftest import draw, make_imagefolder, make_kaggle
 
 
 def test_kaggle_layout_with_other_column_names(tmp_path: Path) -> None:
@@ -145,3 +145,27 @@ def test_dummy_test_subfolder_is_unlabelled(tmp_path: Path) -> None:
     assert values["solution"] is None and "test images: 4" in text
     comp = load_competition(tmp_path / "ws", load_config(tmp_path / "ws"))
     assert len(comp.test_paths(comp.test_ids())) == 4
+
+
+def test_a_holdout_keeps_near_duplicates_on_one_side(tmp_path: Path) -> None:
+    """An ImageFolder without a test set: no held-back image may have a twin left in train."""
+    import numpy as np
+    import pandas as pd
+
+    from comp.workspace import init_workspace
+
+    data = tmp_path / "folder"
+    rng = np.random.default_rng(0)
+    for c, shape in enumerate(["circle", "square", "triangle"]):
+        (data / shape).mkdir(parents=True)
+        for i in range(12):
+            img = draw(shape, size=32, rng=rng)
+            img.save(data / shape / f"{i}.png")
+            # Every image also in a second size: the icon-theme kind of twin.
+            img.resize((48, 48)).save(data / shape / f"{i}-big.png")
+    init_workspace(tmp_path / "ws", data, overrides={})
+    held = pd.read_csv(tmp_path / "ws" / "solution.csv", dtype=str)["Id"]
+    stems = {i.removesuffix("-big") for i in held}
+    train = pd.read_csv(tmp_path / "ws" / "train_labels.csv", dtype=str)["Id"]
+    assert not stems & {i.removesuffix("-big") for i in train}
+    assert 0.1 <= len(held) / 72 <= 0.35
