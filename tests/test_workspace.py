@@ -156,7 +156,7 @@ def test_a_holdout_keeps_near_duplicates_on_one_side(tmp_path: Path) -> None:
 
     data = tmp_path / "folder"
     rng = np.random.default_rng(0)
-    for c, shape in enumerate(["circle", "square", "triangle"]):
+    for shape in ["circle", "square", "triangle"]:
         (data / shape).mkdir(parents=True)
         for i in range(12):
             img = draw(shape, size=32, rng=rng)
