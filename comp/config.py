@@ -26,6 +26,7 @@ from comp import io
 
 CONFIG_FILE = "comp.yaml"
 AUG_PRESETS = ("none", "shift", "light", "medium", "heavy")
+HEADS = ("linear", "logreg", "extratrees", "rf", "hgb", "xgb")
 
 
 class ConfigError(ValueError):
@@ -245,9 +246,8 @@ def validate(cfg: Config) -> Config:
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.feature_views >= 1, "feature_views must be at least 1"),
         (
-            cfg.head in ("linear", "logreg", "extratrees", "rf", "hgb", "xgb"),
-            f"head '{cfg.head}' must be linear, logreg, extratrees, rf, hgb or xgb"
-            f"{suggest(cfg.head, ['linear', 'logreg', 'extratrees', 'rf', 'hgb', 'xgb'])}",
+            cfg.head in HEADS,
+            f"head '{cfg.head}' must be one of {', '.join(HEADS)}{suggest(cfg.head, list(HEADS))}",
         ),
         (cfg.lr1 > 0 and cfg.lr2 > 0, "lr1 and lr2 must be positive"),
         (cfg.patience >= 1, "patience must be at least 1"),

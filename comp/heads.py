@@ -33,10 +33,9 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from comp import io
-from comp.config import Config, ConfigError
+from comp.config import HEADS, Config, ConfigError
 from comp.models import ModelError, create_model, load_checkpoint, normalisation
-
-HEADS = ("linear", "logreg", "extratrees", "rf", "hgb", "xgb")
+from comp.train import Dist, Echo, extract_features, macro_f1, make_autocast
 
 
 def make_head(name: str, *, seed: int) -> ClassifierMixin:
@@ -86,8 +85,6 @@ def embed(
     progress: bool = True,
 ) -> np.ndarray:
     """Pooled features of every image: the frozen stage's cached-feature path, one view."""
-    from comp.train import extract_features, make_autocast
-
     model = model.to(device).to(memory_format=torch.channels_last)
     mean, std = (t.to(device) for t in normalisation(model))
     feats = extract_features(
@@ -102,17 +99,11 @@ def embed(
         device=device,
         autocast=make_autocast(device, True),
         channels_last=True,
-        dist_=_one_process(),
+        dist_=Dist(),
         desc=desc,
         progress=progress,
     )
     return feats[0].numpy()
-
-
-def _one_process() -> Any:
-    from comp.train import Dist
-
-    return Dist()
 
 
 def train_heads(
@@ -127,7 +118,7 @@ def train_heads(
     table: pd.DataFrame,
     classes: list[str],
     device: torch.device,
-    echo: Any,
+    echo: Echo,
     progress: bool = True,
 ) -> None:
     """Fit the head on each fold's training features and write its OOF probabilities."""
@@ -154,8 +145,6 @@ def train_heads(
         probs = _full_probs(head, feats, n_classes=len(classes))
         pv, yv = probs[valid_idx], targets[valid_idx]
         labels = list(range(len(classes)))
-        from comp.train import macro_f1
-
         row = {
             "epoch": 1,
             "stage": 1,
