@@ -60,14 +60,13 @@ def decode_into(
     """Decode ``paths`` into ``out`` (an array or a memmap), chunk by chunk."""
     # PIL releases the GIL while decoding and resizing, so threads use every core.
     workers = min(8, os.cpu_count() or 1)
-    kwargs = {"centre": True} if centre else {}
     with (
         ThreadPoolExecutor(workers) as pool,
         tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=not progress) as bar,
     ):
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start : start + CHUNK]
-            for i, arr in enumerate(pool.map(lambda p: read_image(p, size, **kwargs), chunk)):
+            for i, arr in enumerate(pool.map(lambda p: read_image(p, size, centre=centre), chunk)):
                 out[start + i] = arr
             bar.update(len(chunk))
 

@@ -207,7 +207,8 @@ def predict_heads(
         model = None
         for v, view in enumerate(views):
             if trained.features_from or v not in shared:
-                model = model or backbone(root, trained, fold=k, classes=classes)
+                if model is None:
+                    model = backbone(root, trained, fold=k, classes=classes)
                 feats = embed(
                     model,
                     images,

@@ -694,6 +694,13 @@ def train_fold(
             "pretrained": source,
         }
 
+    def learn(grad_loss: torch.Tensor) -> None:
+        """One optimizer step (with AMP loss scaling where fp16 needs it)."""
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(grad_loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
     best_state: dict[str, torch.Tensor] | None = None  # best weights not yet on disk
     saved_at = time.perf_counter()
     start = 0
@@ -819,10 +826,7 @@ def train_fold(
                 with autocast():
                     logits = head(x)
                     loss = loss_fn(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                learn(loss)
                 sum_loss += loss.detach() * len(y)
                 sum_correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
@@ -846,19 +850,17 @@ def train_fold(
                     # share of the global batch makes that the global batch's mean.
                     global_n = last_batch if step == n_steps - 1 else cfg.batch_size
                     grad_loss = loss * (len(y) * dist_.world / global_n)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(grad_loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                learn(grad_loss)
                 sum_loss += loss.detach() * len(y)
                 sum_correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
                 if progress and step % 20 == 0:
                     bar.set_postfix(loss=f"{sum_loss.item() / seen:.4f}")
-        total_loss, correct, seen = (
-            sum(v)
-            for v in zip(*gather((sum_loss.item(), int(sum_correct), seen), dist_), strict=True)
-        )
+        totals = (sum_loss.item(), int(sum_correct), seen)
+        if features is None:
+            # Each process saw its slice; the cached stage ran the whole epoch everywhere.
+            totals = tuple(sum(v) for v in zip(*gather(totals, dist_), strict=True))
+        total_loss, correct, seen = totals
         train_loss, train_acc = total_loss / max(seen, 1), correct / max(seen, 1)
         train_seconds = time.perf_counter() - t0
 

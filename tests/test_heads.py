@@ -7,6 +7,7 @@ import pytest
 
 from comp.config import ConfigError, load_config
 from comp.heads import make_head
+from comp.models import ModelError
 from comp.predict import predict
 from comp.train import train
 from tests.test_train import with_folds
@@ -46,7 +47,7 @@ def test_a_head_run_works_like_a_neural_run(workspace: Callable[..., Path]) -> N
 def test_features_from_needs_the_run(workspace: Callable[..., Path]) -> None:
     root, _ = with_folds(workspace(epochs=1, freeze_epochs=1))
     cfg = load_config(root, {"head": "logreg", "features_from": "nope"})
-    with pytest.raises(Exception, match="features_from run nope"):
+    with pytest.raises(ModelError, match="features_from run nope"):
         train(root, cfg, name="x", echo=quiet)
     with pytest.raises(ConfigError, match="did you mean 'extratrees'"):
         load_config(root, {"head": "extratree"})
