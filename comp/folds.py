@@ -9,15 +9,21 @@ n_splits or seed never mixes two splits.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from tqdm.auto import tqdm
 
 from comp import io
 from comp.config import Config
 from comp.data import DataError, read_csv
+
+if TYPE_CHECKING:
+    from comp.leaks import Features
 
 
 def folds_path(root: Path, cfg: Config) -> Path:
@@ -99,3 +105,187 @@ def read_folds(path: Path, *, labels: pd.DataFrame | None = None) -> pd.DataFram
                 f"{path}: folds no longer match the labels table; run `comp folds` again"
             )
     return df
+
+
+# --- distance-matched folds -----------------------------------------------------
+#
+# A validation image should sit as far from its fold's training images as a test
+# image sits from train. Each candidate split (plain folds, or groups of similar
+# images kept in one fold, joined at a ladder of distances) is scored by how far its
+# validation-to-train distances lie from the test-to-train ones: the mean gap between
+# their quantiles (quantile matching), and the closest wins. The report also gives
+# splito's MOOD score, 1 - Jensen-Shannon divergence of the two densities.
+
+# Distances below this (cosine, in the similarity features) are twins: the same image,
+# re-encoded, resized or recoloured.
+TWIN_DISTANCE = 0.01
+# Distance distributions are compared from this many sampled images: enough for a
+# density, and a fixed cost however large the competition.
+SAMPLE = 2000
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+@dataclass
+class Candidate:
+    name: str
+    threshold: float | None  # None: plain stratified folds
+    groups: np.ndarray | None
+    folds: pd.DataFrame | None = None
+    d_val: np.ndarray | None = None
+    match: float = float("nan")
+    shift: float = float("nan")
+    problem: str | None = None  # why it cannot be used
+
+    def summary(self) -> dict[str, Any]:
+        sizes = np.bincount(self.groups) if self.groups is not None else np.ones(1, dtype=int)
+        return {
+            "name": self.name,
+            "threshold": self.threshold,
+            "groups": int(len(sizes)) if self.groups is not None else None,
+            "largest_group": int(sizes.max()),
+            "match": None if np.isnan(self.match) else round(float(self.match), 4),
+            "shift": None if np.isnan(self.shift) else round(float(self.shift), 4),
+            "d_val": quantiles(self.d_val) if self.d_val is not None else None,
+            "problem": self.problem,
+        }
+
+
+@dataclass
+class FoldChoice:
+    chosen: Candidate
+    plain: Candidate
+    candidates: list[Candidate]
+    d_test: np.ndarray | None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def quantiles(d: np.ndarray) -> dict[str, float]:
+    return {f"{round(q * 100)}%": round(float(np.quantile(d, q)), 4) for q in QUANTILES}
+
+
+def _log(d: np.ndarray) -> np.ndarray:
+    # Twins at 0.001 and strangers at 0.3 are worlds apart: compare distances on a log scale.
+    return np.log10(np.asarray(d, dtype=np.float64) + 1e-3)
+
+
+def shift_score(a: np.ndarray, b: np.ndarray) -> float:
+    """How far apart two distance samples are: the mean gap between their quantiles
+    (Wasserstein-1 distance), in log10 units; 0 is the same distribution, 1 a tenfold gap."""
+    from scipy.stats import wasserstein_distance
+
+    return float(wasserstein_distance(_log(a), _log(b)))
+
+
+def match_score(a: np.ndarray, b: np.ndarray) -> float:
+    """1 - Jensen-Shannon divergence (base 2) between the densities of two distance samples,
+    on a log scale (twins at 0.001 and strangers at 0.3 are worlds apart): 1 is the same
+    distribution, 0 two that never overlap."""
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import gaussian_kde
+
+    la, lb = _log(a), _log(b)
+    grid = np.linspace(min(la.min(), lb.min()) - 0.5, max(la.max(), lb.max()) + 0.5, 512)
+
+    def density(x: np.ndarray) -> np.ndarray:
+        # A constant sample (all twins) has no spread to estimate: give it a narrow one.
+        if np.ptp(x) < 1e-9:
+            x = x + np.random.default_rng(0).normal(0, 0.05, len(x))
+        return np.asarray(gaussian_kde(x)(grid)) + 1e-12
+
+    jsd = float(jensenshannon(density(la), density(lb), base=2) ** 2)
+    return 1.0 - jsd
+
+
+def _problem(folds: pd.DataFrame, n_splits: int) -> str | None:
+    """Why a split cannot serve: a class missing from a fold, or folds of uneven size."""
+    present = pd.crosstab(folds["label"], folds["fold"])
+    if present.shape[1] < n_splits or (present == 0).any().any():
+        missing = present.index[(present == 0).any(axis=1)].tolist() or present.index.tolist()
+        return f"class {missing[0]!r} is missing from a fold"
+    sizes = folds["fold"].value_counts()
+    if sizes.max() > 1.5 * sizes.min():
+        return f"uneven folds ({sizes.min()} to {sizes.max()} images)"
+    return None
+
+
+def candidate_thresholds(d_test: np.ndarray | None, *, steps: int = 16) -> list[float]:
+    """A ladder of grouping distances up to beyond where most test images sit."""
+    if d_test is None or not len(d_test):
+        return []
+    top = float(min(1.0, 1.5 * np.quantile(d_test, 0.9)))
+    if top <= 2 * TWIN_DISTANCE:
+        return [TWIN_DISTANCE]
+    return [round(float(t), 4) for t in np.geomspace(TWIN_DISTANCE, top, steps)]
+
+
+def choose_folds(
+    labels: pd.DataFrame,
+    x_train: Features,
+    x_test: Features | None,
+    *,
+    n_splits: int,
+    seed: int,
+    threshold: float | None = None,
+    tolerance: float = 0.01,
+    progress: bool = True,
+) -> FoldChoice:
+    """Folds whose validation-to-train distances best match the test set's distances to train.
+
+    ``x_train``/``x_test``: similarity features (comp.leaks.features) of the images in
+    ``labels`` order and of the test images. Candidates are plain stratified folds and
+    groups joined through neighbours up to a ladder of distances (each group at most
+    N/(2K) images; comp.leaks.Graph); a candidate within ``tolerance`` of the smallest
+    shift (shift_score) that groups less wins, so CV does not turn pessimistic on a random split. With ``threshold``, the
+    groups are cut there instead of chosen. Without test images there is nothing to
+    match: twins (TWIN_DISTANCE) are kept together.
+    """
+    from comp.leaks import neighbour_graph, nearest
+
+    check_class_counts(labels, n_splits=n_splits)
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    d_test = None
+    if x_test is not None and len(x_test):
+        # A fold trains on (K-1)/K of train: measure test images against as many.
+        base = rng.choice(n, max(1, round(n * (n_splits - 1) / n_splits)), replace=False)
+        tests = rng.choice(len(x_test), min(len(x_test), SAMPLE), replace=False)
+        d_test = nearest(x_test.take(tests), x_train.x[base])[0][:, 0]
+    queries = np.sort(rng.choice(n, min(n, SAMPLE), replace=False))
+    graph = neighbour_graph(x_train, progress=progress)
+    cap = max(2, n // (2 * n_splits))
+    if threshold is not None:
+        ladder = [threshold]
+    elif d_test is None:
+        ladder = [TWIN_DISTANCE]
+    else:
+        ladder = candidate_thresholds(d_test)
+    plain = Candidate("plain stratified folds", None, None)
+    candidates = [plain]
+    seen: set[int] = set()
+    for t, groups in zip(ladder, graph.groups(ladder, cap=cap), strict=True):
+        if int(groups.max()) + 1 in seen or int(groups.max()) + 1 == n:
+            continue  # no grouping, or the same as a lower rung
+        seen.add(int(groups.max()) + 1)
+        candidates.append(Candidate(f"groups within distance {t:g}", t, groups))
+    for c in tqdm(candidates, desc="candidate folds", leave=False, disable=not progress):
+        try:
+            c.folds = make_folds(labels, n_splits=n_splits, seed=seed, groups=c.groups)
+        except DataError as e:
+            c.problem = str(e)
+            continue
+        c.problem = _problem(c.folds, n_splits)
+        fold = c.folds["fold"].to_numpy()
+        c.d_val = nearest(
+            x_train.take(queries), x_train.x, query_keys=fold[queries], base_keys=fold
+        )[0][:, 0]
+        if d_test is not None:
+            c.match = match_score(c.d_val, d_test)
+            c.shift = shift_score(c.d_val, d_test)
+    usable = [c for c in candidates if c.problem is None and c.folds is not None]
+    if threshold is not None or d_test is None:
+        # Nothing to match: the one grouping asked for (or twins) when it can serve.
+        chosen = usable[-1] if usable else plain
+    else:
+        best = min(c.shift for c in usable)
+        chosen = next(c for c in usable if c.shift <= best + tolerance)
+    return FoldChoice(chosen=chosen, plain=plain, candidates=candidates, d_test=d_test)

@@ -1,37 +1,113 @@
-"""Near-duplicate images, found so that cross-validation never splits them across folds.
+"""Image similarity for honest folds: features, exact nearest neighbours and groups.
 
-Reads the train (and test) images. Writes nothing: ``comp folds`` turns the
-clusters into a ``group`` column of the folds CSV and reports them.
+Reads the train (and test) images. Writes nothing: comp.folds turns the groups
+into folds and reports them.
 
-Two images are near-duplicates when any chosen method says so:
+Every feature space gives L2-normalised vectors compared by cosine distance
+(1 - cosine similarity, 0 for twins):
 
-- ``phash``: their perceptual hashes differ in at most ``hash_distance`` of 64 bits;
-- ``thumb``: their 16x16 colour thumbnails, centred and scaled, have a cosine
-  similarity of at least ``similarity`` (re-encodes, resizes, brightness and
-  contrast changes, noise);
-- ``embed``: a timm backbone's pooled features have that cosine similarity
-  (crops and other changes that move pixels).
- Clusters are the connected components of
-that neighbour graph: frames of one video chain into one group.
+- ``subject`` (the default): the subject alone, found by its alpha channel or
+  by the border-colour mask of comp.centre, and mirrored to
+  a canonical side: its silhouette and its grey-level pattern (16x16). The
+  background is left out, so a twin on a backdrop of another colour, a mirrored
+  view or a palette swap stays close.
+- ``thumb``: the whole 16x16 colour thumbnail, centred and scaled (re-encodes,
+  resizes, brightness and contrast changes, noise).
+- ``phash``: 64-bit perceptual hashes (as +-1 vectors: cosine distance is twice
+  the share of differing bits).
+- ``embed``: a timm backbone's pooled features (crops and other changes that move pixels).
+
+Several methods are concatenated, so their cosine similarities average. A
+mirror image counts as the same image (for ``subject`` and ``thumb``).
+Groups join images through their nearest neighbours up to a distance (single
+linkage over a k-nearest-neighbour graph), with a cap on their size: frames of
+one video chain into one group, and a chain never swallows the data set.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
-from sklearn.neighbors import NearestNeighbors
 from tqdm.auto import tqdm
 
-from comp.data import read_image
+from comp.data import DataError, read_image
 
-METHODS = ("phash", "thumb", "embed")
+METHODS = ("subject", "thumb", "phash", "embed")
+# Nearest-neighbour search and clustering run on at most this many dimensions (PCA):
+# 100,000 images stay a minute's work, and twins stay twins.
+DIMS = 64
+
+
+def _map(fn: Any, paths: Sequence[Path], desc: str, progress: bool) -> list[Any]:
+    # PIL releases the GIL while decoding and resizing, so threads use every core.
+    with ThreadPoolExecutor(8) as pool:
+        return list(
+            tqdm(
+                pool.map(fn, paths, chunksize=64),
+                total=len(paths),
+                desc=desc,
+                unit="img",
+                leave=False,
+                disable=not progress,
+            )
+        )
+
+
+def subject_vector(path: Path, *, side: int = 16) -> np.ndarray:
+    """One image's subject as its silhouette and grey-level pattern, the background left out:
+    two rows, as seen and as in a mirror."""
+    from PIL import Image
+
+    from comp.centre import alpha_channel, find_subject
+    from comp.data import to_rgb
+
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (128, 128))
+            alpha = alpha_channel(img)
+            rgb = to_rgb(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot read image ({e})") from None
+    # Masks are quick at 96 px and a subject keeps its shape there.
+    if max(rgb.size) > 96:
+        scale = 96 / max(rgb.size)
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+        if alpha is not None:
+            alpha = np.asarray(Image.fromarray(alpha).resize(size, Image.Resampling.BILINEAR))
+    mask, _ = find_subject(np.asarray(rgb), alpha=alpha)
+    if not mask.any():
+        mask = np.ones(mask.shape, dtype=bool)
+    grey = np.asarray(rgb.convert("L").resize((side, side), Image.Resampling.BOX), np.float32)
+    m = np.asarray(
+        Image.fromarray(mask.astype(np.float32)).resize((side, side), Image.Resampling.BOX)
+    )
+    # Grey levels relative to the subject's own mean: a brighter or darker variant matches.
+    grey = (grey - float((grey * m).sum()) / max(float(m.sum()), 1e-6)) * m
+    blocks = np.stack([_unit((m - m.mean()).ravel()), _unit(grey.ravel())])
+    return np.stack([blocks.ravel(), _mirror(blocks, side).ravel()]).astype(np.float32)
+
+
+def _mirror(x: np.ndarray, side: int) -> np.ndarray:
+    """Rows of side x side images (channels last, if any) seen in a mirror."""
+    images = x.reshape(len(x), side, side, -1)
+    return np.ascontiguousarray(images[:, :, ::-1]).reshape(x.shape)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def subject_features(paths: Sequence[Path], *, progress: bool = True) -> np.ndarray:
+    """(2, N, 512): every image's subject vector, as seen and in a mirror."""
+    rows = _map(subject_vector, paths, "subjects", progress)
+    return np.stack(rows, axis=1) if rows else np.zeros((2, 0, 512), dtype=np.float32)
 
 
 def phashes(paths: Sequence[Path], *, progress: bool = True) -> np.ndarray:
@@ -44,17 +120,7 @@ def phashes(paths: Sequence[Path], *, progress: bool = True) -> np.ndarray:
         image = Image.fromarray(read_image(path, 64))
         return np.asarray(imagehash.phash(image, hash_size=8).hash, dtype=bool).ravel()
 
-    with ThreadPoolExecutor(8) as pool:
-        rows = list(
-            tqdm(
-                pool.map(one, paths),
-                total=len(paths),
-                desc="hash",
-                unit="img",
-                leave=False,
-                disable=not progress,
-            )
-        )
+    rows = _map(one, paths, "hash", progress)
     return np.stack(rows) if rows else np.zeros((0, 64), dtype=bool)
 
 
@@ -68,7 +134,7 @@ def thumbnails(paths: Sequence[Path], *, side: int = 16, progress: bool = True) 
         .astype(np.float32)
     )
     x -= x.mean(axis=1, keepdims=True)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
+    return _unit(x)
 
 
 def embeddings(
@@ -101,66 +167,158 @@ def embeddings(
             )
             out.append(feats_batch.float().numpy())
     feats = np.concatenate(out) if out else np.zeros((0, 1))
-    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-
-
-def _graph(a: np.ndarray, b: np.ndarray | None, *, metric: str, radius: float) -> csr_matrix:
-    nn = NearestNeighbors(radius=radius, metric=metric, algorithm="brute", n_jobs=-1).fit(a)
-    return nn.radius_neighbors_graph(a if b is None else b, mode="connectivity")
+    return _unit(feats)
 
 
 @dataclass
-class Leaks:
-    groups: np.ndarray  # one cluster id per train image
-    clusters: list[list[int]]  # clusters of two or more, largest first (indices into train)
-    test_matches: list[tuple[int, int]] = field(default_factory=list)  # (test index, train index)
+class Features:
+    """Similarity features: one L2-normalised row per image, and the same for its mirror
+    image (equal to ``x`` where a method cannot mirror)."""
 
-    @property
-    def duplicated(self) -> int:
-        return sum(len(c) for c in self.clusters)
+    x: np.ndarray
+    mirror: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def take(self, rows: Any) -> Features:
+        return Features(self.x[rows], self.mirror[rows])
 
 
-def find_leaks(
-    train_paths: Sequence[Path],
-    test_paths: Sequence[Path] = (),
+def features(
+    paths: Sequence[Path],
     *,
-    methods: Sequence[str] = ("phash", "thumb"),
-    hash_distance: int = 4,
-    similarity: float = 0.99,
+    methods: Sequence[str] = ("subject",),
     embed: dict[str, object] | None = None,
     progress: bool = True,
-) -> Leaks:
-    """Cluster the train images into near-duplicate groups and find test images with a twin in train."""
+    dims: int = DIMS,
+    seed: int = 0,
+) -> Features:
+    """Rows for cosine distances, at most ``dims`` wide (PCA), as seen and in a mirror."""
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
         raise ValueError(
-            f"near-duplicate methods are {', '.join(METHODS)}, not {', '.join(unknown)}"
+            f"similarity methods are {', '.join(METHODS)}, not {', '.join(unknown) or 'none'}"
         )
-    n = len(train_paths)
-    paths = [*train_paths, *test_paths]
-    graph = csr_matrix((n, n), dtype=bool)
-    cross = csr_matrix((len(test_paths), n), dtype=bool)
-    for method in methods:
-        if method == "phash":
-            x, metric, radius = (
-                phashes(paths, progress=progress),
-                "hamming",
-                (hash_distance + 0.5) / 64,
-            )
+    seen, mirrored = [], []
+    for method in dict.fromkeys(methods):
+        if method == "subject":
+            x, xm = subject_features(paths, progress=progress)
         elif method == "thumb":
-            x, metric, radius = thumbnails(paths, progress=progress), "cosine", 1 - similarity
+            x = thumbnails(paths, progress=progress)
+            xm = _mirror(x, 16)
+        elif method == "phash":
+            x = xm = _unit(np.where(phashes(paths, progress=progress), 1.0, -1.0))
         else:
-            x, metric, radius = embeddings(paths, **(embed or {})), "cosine", 1 - similarity  # type: ignore[arg-type]
-        graph = graph + _graph(x[:n], None, metric=metric, radius=radius)
-        if len(test_paths):
-            cross = cross + _graph(x[:n], x[n:], metric=metric, radius=radius)
-    _, groups = connected_components(graph, directed=False)
-    sizes = np.bincount(groups)
-    clusters = [np.flatnonzero(groups == g).tolist() for g in np.flatnonzero(sizes > 1)]
-    clusters.sort(key=len, reverse=True)
-    coo = cross.tocoo()
-    matches = sorted({(int(t), int(r)) for t, r in zip(coo.row, coo.col, strict=True)})
-    first: dict[int, int] = {}
-    for t, r in matches:
-        first.setdefault(t, r)
-    return Leaks(groups=groups, clusters=clusters, test_matches=sorted(first.items()))
+            x = xm = embeddings(paths, **(embed or {}))  # type: ignore[arg-type]
+        seen.append(x.astype(np.float32))
+        mirrored.append(xm.astype(np.float32))
+    x, xm = _unit(np.concatenate(seen, axis=1)), _unit(np.concatenate(mirrored, axis=1))
+    if x.shape[1] > dims and len(x) > dims:
+        from sklearn.decomposition import PCA
+
+        rng = np.random.default_rng(seed)
+        sample = x[rng.choice(len(x), min(len(x), 20_000), replace=False)]
+        pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit(sample)
+        x, xm = (_unit(pca.transform(v).astype(np.float32)) for v in (x, xm))
+    return Features(*(np.ascontiguousarray(v, dtype=np.float32) for v in (x, xm)))
+
+
+def nearest(
+    queries: Features,
+    base: np.ndarray,
+    *,
+    k: int = 1,
+    query_keys: np.ndarray | None = None,
+    base_keys: np.ndarray | None = None,
+    progress: bool = False,
+    desc: str = "neighbours",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of ``base`` to each query, as cosine distances and indices;
+    a query's distance to a row is the smaller of its own and its mirror image's.
+
+    An exact search in blocks, so no queries x base matrix is held. Where keys are
+    given, a base row whose key equals the query's is skipped (the query itself, or
+    its own fold). Missing neighbours have distance inf and index -1.
+    """
+    import torch
+
+    b = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32))
+    bk = torch.from_numpy(np.array(base_keys)) if base_keys is not None else None
+    k_eff = min(k, len(base))
+    dist = np.full((len(queries), k), np.inf, dtype=np.float32)
+    idx = np.full((len(queries), k), -1, dtype=np.int64)
+    if k_eff == 0:
+        return dist, idx
+    # About 64 MB of similarities at a time.
+    block = max(1, min(4096, 8_000_000 // max(1, len(base))))
+    starts = range(0, len(queries), block)
+    for start in tqdm(starts, desc=desc, unit="block", leave=False, disable=not progress):
+        rows = slice(start, start + block)
+        sim = torch.maximum(
+            torch.from_numpy(queries.x[rows]) @ b.T, torch.from_numpy(queries.mirror[rows]) @ b.T
+        )
+        if bk is not None and query_keys is not None:
+            qk = torch.from_numpy(np.array(query_keys[rows]))
+            sim.masked_fill_(qk[:, None] == bk[None, :], -torch.inf)
+        top, where = torch.topk(sim, k_eff, dim=1)
+        d = (1 - top).clamp_(min=0).numpy()
+        w = where.numpy()
+        missing = ~np.isfinite(d)
+        d[missing], w[missing] = np.inf, -1
+        dist[rows, :k_eff], idx[rows, :k_eff] = d, w
+    return dist, idx
+
+
+@dataclass
+class Graph:
+    """Each image's nearest neighbours as edges (``a[i]``, ``b[i]``) at ``distance[i]``,
+    closest first."""
+
+    n: int
+    a: np.ndarray
+    b: np.ndarray
+    distance: np.ndarray
+
+    def groups(self, thresholds: Sequence[float], *, cap: int) -> list[np.ndarray]:
+        """One group id per image for each threshold: images joined through edges of at most
+        that distance (single linkage), where no join makes a group of more than ``cap``
+        images. The cap stops the chains that single linkage is known for: frames of
+        one video join up, and a run of look-alikes does not swallow the data set."""
+        from scipy.cluster.hierarchy import DisjointSet
+
+        sets = DisjointSet(range(self.n))
+        out = []
+        edge = 0
+        for t in sorted(thresholds):
+            while edge < len(self.distance) and self.distance[edge] <= t:
+                a, b = int(self.a[edge]), int(self.b[edge])
+                if not sets.connected(a, b) and sets.subset_size(a) + sets.subset_size(b) <= cap:
+                    sets.merge(a, b)
+                edge += 1
+            roots = np.fromiter((sets[i] for i in range(self.n)), dtype=np.int64, count=self.n)
+            out.append(np.unique(roots, return_inverse=True)[1].astype(np.int64))
+        order = np.argsort(np.argsort(thresholds))
+        return [out[i] for i in order]
+
+
+def neighbour_graph(feats: Features, *, k: int = 10, progress: bool = False) -> Graph:
+    """Every image joined to its ``k`` nearest others (mirror images included)."""
+    n = len(feats)
+    if n < 2:
+        return Graph(n, *(np.zeros(0, dtype=np.int64) for _ in range(2)), np.zeros(0))
+    keys = np.arange(n)
+    dist, idx = nearest(
+        feats,
+        feats.x,
+        k=min(k, n - 1),
+        query_keys=keys,
+        base_keys=keys,
+        progress=progress,
+        desc="neighbour graph",
+    )
+    a = np.repeat(keys, idx.shape[1])
+    b, d = idx.ravel(), dist.ravel()
+    keep = b >= 0
+    order = np.argsort(d[keep], kind="stable")
+    return Graph(n, a[keep][order], b[keep][order], d[keep][order].astype(np.float64))

@@ -1,0 +1,183 @@
+"""Sprite competitions of the kind the seed team lost on, drawn on the fly.
+
+Each subject (a "creature") is a few coloured ellipses with an eye. It appears as
+several animation frames, a mirrored back view and palette-swapped ("shiny")
+variants, each on a plain background whose colour varies from image to image.
+Its label (a "type") sets the hue of its palette only loosely, so a classifier
+that has not seen the subject scores far below one that memorised it.
+
+``split="subject"``: the test set holds subjects never seen in train (the hard
+case). ``split="random"``: train and test images are drawn at random from one
+pool, so most test images have a sibling frame in train (the easy case).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+BACKGROUNDS = [
+    (255, 255, 255),
+    (240, 240, 240),
+    (30, 30, 30),
+    (200, 225, 255),
+    (210, 255, 210),
+    (255, 245, 200),
+]
+
+
+def _palette(hue: float, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+    return [
+        ((hue + rng.normal(0, 0.05)) % 1, rng.uniform(0.4, 1.0), rng.uniform(0.35, 0.95))
+        for _ in range(3)
+    ]
+
+
+def _rgb(hsv: tuple[float, float, float], shade: float = 1.0) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb(hsv[0], hsv[1], min(1.0, hsv[2] * shade))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _subject(label: int, n_labels: int, rng: np.random.Generator) -> dict:
+    # The label's hue is a loose hint: subjects of one type spread well into the next.
+    hue = (label / n_labels + rng.normal(0, 0.6 / n_labels)) % 1
+    parts = [
+        (rng.uniform(0.3, 0.7), rng.uniform(0.4, 0.7), rng.uniform(0.18, 0.3), rng.uniform(0.15, 0.28))
+    ]
+    for _ in range(int(rng.integers(2, 5))):
+        parts.append(
+            (
+                rng.uniform(0.2, 0.8),
+                rng.uniform(0.2, 0.8),
+                rng.uniform(0.06, 0.16),
+                rng.uniform(0.06, 0.16),
+            )
+        )
+    return {
+        "parts": parts,
+        "colours": [int(rng.integers(0, 3)) for _ in parts],
+        "palette": _palette(hue, rng),
+        "shiny": (hue + rng.uniform(0.25, 0.75)) % 1,
+        "home": int(rng.integers(len(BACKGROUNDS))),
+    }
+
+
+def _draw(
+    s: dict,
+    *,
+    size: int,
+    rng: np.random.Generator,
+    back: bool = False,
+    shiny: bool = False,
+    jitter: float = 0.02,
+) -> Image.Image:
+    home = rng.random() < 0.7
+    bg = BACKGROUNDS[s["home"] if home else int(rng.integers(len(BACKGROUNDS)))]
+    img = Image.new("RGB", (size, size), bg)
+    d = ImageDraw.Draw(img)
+    dx, dy = rng.normal(0, jitter, 2)
+    palette = s["palette"]
+    if shiny:
+        palette = [((h + s["shiny"]) % 1, sat, v) for h, sat, v in palette]
+    for (cx, cy, rx, ry), c in zip(s["parts"], s["colours"], strict=True):
+        cx, cy = cx + dx + rng.normal(0, jitter), cy + dy + rng.normal(0, jitter)
+        if back:
+            cx = 1 - cx
+        box = [(cx - rx) * size, (cy - ry) * size, (cx + rx) * size, (cy + ry) * size]
+        d.ellipse(box, fill=_rgb(palette[c], 0.7 if back else 1.0))
+    if not back:
+        hx, hy, _, _ = s["parts"][1]
+        e = max(1.0, size / 24)
+        d.ellipse([hx * size - e, hy * size - e, hx * size + e, hy * size + e], fill=(0, 0, 0))
+    return img
+
+
+VIEWS = ("frame", "frame", "frame", "back", "shiny", "shiny back")
+
+
+def views(
+    s: dict, *, size: int, rng: np.random.Generator, frames: int = 3, jitter: float = 0.02
+) -> list[Image.Image]:
+    """Every image of one subject: frames, a back view, and shiny variants of both."""
+    out = [_draw(s, size=size, rng=rng, jitter=jitter) for _ in range(frames)]
+    out.append(_draw(s, size=size, rng=rng, back=True, jitter=jitter))
+    out.append(_draw(s, size=size, rng=rng, shiny=True, jitter=jitter))
+    out.append(_draw(s, size=size, rng=rng, shiny=True, back=True, jitter=jitter))
+    return out
+
+
+def write_sprites(
+    root: Path,
+    *,
+    train_subjects: int = 150,
+    test_subjects: int = 60,
+    n_labels: int = 4,
+    size: int = 32,
+    split: str = "subject",
+    jitter: float = 0.02,
+    seed: int = 0,
+) -> Path:
+    """A Kaggle-layout competition: train_labels.csv (Id,label,subject,view), train/, test/,
+    sample_submission.csv and solution.csv (Id,label,Usage)."""
+    rng = np.random.default_rng(seed)
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    images: list[tuple[Image.Image, str, int, str]] = []
+    subjects = train_subjects + test_subjects
+    for k in range(subjects):
+        label = k % n_labels
+        drawn = views(_subject(label, n_labels, rng), size=size, rng=rng, jitter=jitter)
+        for img, view in zip(drawn, VIEWS, strict=True):
+            images.append((img, f"type{label}", k, view))
+    if split == "subject":
+        is_test = [k >= train_subjects for _, _, k, _ in images]
+    else:
+        share = test_subjects / subjects
+        is_test = list(rng.random(len(images)) < share)
+    rows, test_rows = [], []
+    for (img, label, k, view), test in zip(images, is_test, strict=True):
+        ident = str(uuid.UUID(bytes=rng.bytes(16), version=4))
+        img.save(root / ("test" if test else "train") / f"{ident}.png")
+        (test_rows if test else rows).append((ident, label, k, view))
+    order = rng.permutation(len(rows))
+    pd.DataFrame([rows[i] for i in order], columns=["Id", "label", "subject", "view"]).to_csv(
+        root / "train_labels.csv", index=False
+    )
+    pd.DataFrame({"Id": [r[0] for r in test_rows], "label": "type0"}).to_csv(
+        root / "sample_submission.csv", index=False
+    )
+    usage = ["Public" if i % 3 == 0 else "Private" for i in range(len(test_rows))]
+    pd.DataFrame(
+        {"Id": [r[0] for r in test_rows], "label": [r[1] for r in test_rows], "Usage": usage}
+    ).to_csv(root / "solution.csv", index=False)
+    return root
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write a sprite competition (for trying comp by hand).")
+    p.add_argument("root", type=Path)
+    p.add_argument("--train-subjects", type=int, default=150)
+    p.add_argument("--test-subjects", type=int, default=60)
+    p.add_argument("--labels", type=int, default=4)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--split", choices=["subject", "random"], default="subject")
+    p.add_argument("--jitter", type=float, default=0.02)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    write_sprites(
+        a.root,
+        train_subjects=a.train_subjects,
+        test_subjects=a.test_subjects,
+        n_labels=a.labels,
+        size=a.size,
+        split=a.split,
+        jitter=a.jitter,
+        seed=a.seed,
+    )
