@@ -272,29 +272,23 @@ def demo(directory: Path, size: int, force: bool) -> None:
     "--groups",
     default="auto",
     show_default=True,
-    help="auto: keep near-duplicate images in one fold; none: plain stratified folds; "
-    "or a column of the labels CSV holding your own groups.",
+    help="auto: the grouping of similar images under which validation images sit as far "
+    "from their training images as test images do from train; none: plain stratified "
+    "folds; or a column of the labels CSV holding your own groups.",
 )
 @click.option(
     "--method",
-    default="phash,thumb",
+    default="subject",
     show_default=True,
-    help="How --groups auto finds near-duplicates, any of: phash (perceptual hash), "
-    "thumb (tiny-image similarity), embed (the model's backbone features).",
+    help="The features that similarity is measured on, one or more of: subject (the subject "
+    "without its background; mirror images count as one), thumb (tiny whole image), "
+    "phash (perceptual hash), embed (the model's backbone features).",
 )
 @click.option(
-    "--hash-distance",
-    type=click.IntRange(0, 32),
-    default=4,
-    show_default=True,
-    help="Near-duplicates differ in at most this many of 64 hash bits.",
-)
-@click.option(
-    "--similarity",
-    type=click.FloatRange(0, 1),
-    default=0.99,
-    show_default=True,
-    help="Near-duplicates have at least this cosine similarity (thumb and embed).",
+    "--threshold",
+    type=click.FloatRange(0, 2),
+    default=None,
+    help="Group images within this cosine distance instead of matching the test set.",
 )
 @click.pass_context
 @friendly_errors
@@ -302,34 +296,40 @@ def folds(
     ctx: click.Context,
     groups: str,
     method: str,
-    hash_distance: int,
-    similarity: float,
+    threshold: float | None,
     **kwargs: Any,
 ) -> None:
     """Write stratified K-fold assignments to folds/ (Id,label,fold[,group]).
 
-    First it looks for near-duplicate images (crops, resizes, frames of one
-    subject) in train and test. When there are any, they are kept in one fold
-    (StratifiedGroupKFold), because a duplicate on both sides of a split makes
-    CV promise a score the leaderboard will not give.
+    CV tells the truth only when a validation image is as new to its fold's
+    model as a test image is to the final one. So comp measures how far each
+    test image sits from its nearest train image, on features that ignore the
+    background, and tries plain folds and groups of similar images (frames,
+    views, recolours of one subject) kept in one fold, at a ladder of
+    distances. The split whose validation distances match the test distances
+    wins: grouped folds when the test set holds unseen subjects, plain folds
+    when the host split at random.
+
+    Beside the folds CSV it writes a report (.json) and a picture (.png): the
+    distances, every candidate, and an adversarial-validation AUC.
 
     \b
     Examples:
         comp folds
-        comp folds --groups none                 # plain stratified, duplicates or not
+        comp folds --groups none                 # plain stratified folds
         comp folds --groups patient_id           # your own groups
-        comp folds --method phash,embed --similarity 0.95
+        comp folds --method subject,embed        # add the backbone's view
+        comp folds --threshold 0.05              # group within a fixed distance
     """
     from comp.data import DataError, load_competition, read_csv, resolve
     from comp.folds import check_class_counts, fold_counts, folds_path, make_folds, write_folds
 
     root, cfg = workspace_config(ctx, kwargs)
     comp = load_competition(root, cfg)
-    # Before the near-duplicate search, which reads every image.
+    # Before the similarity search, which reads every image.
     check_class_counts(comp.train, n_splits=cfg.n_splits)
     ids = list(comp.train["Id"])
-    group_ids = None
-    how = "stratified"
+    path = folds_path(root, cfg)
     if groups not in ("auto", "none"):
         table = read_csv(resolve(root, cfg.train_csv))  # type: ignore[arg-type]
         if groups not in table.columns:
@@ -338,65 +338,133 @@ def folds(
             )
         by_id = dict(zip(table[cfg.id_column], table[groups], strict=False))
         group_ids = pd_codes([by_id.get(i) for i in ids])
+        folds_table = make_folds(comp.train, n_splits=cfg.n_splits, seed=cfg.seed, groups=group_ids)
         how = f"stratified, grouped by column {groups}"
     else:
-        from comp.leaks import find_leaks
+        folds_table, how = _matched_folds(root, cfg, comp, groups, method, threshold, path)
+    write_folds(path, folds_table)
+    click.echo(fold_counts(folds_table).to_string())
+    click.echo(
+        f"\n{cfg.n_splits} folds ({how}) of {len(folds_table)} images -> {path.relative_to(root)}"
+    )
 
-        leaks = find_leaks(
-            comp.train_paths(ids),
-            comp.test_paths(comp.test_ids()) if comp.test_dir is not None else [],
-            methods=[m.strip() for m in method.split(",") if m.strip()],
-            hash_distance=hash_distance,
-            similarity=similarity,
+
+def _matched_folds(
+    root: Path,
+    cfg: Config,
+    comp: Any,
+    groups: str,
+    method: str,
+    threshold: float | None,
+    path: Path,
+) -> tuple[Any, str]:
+    """Distance-matched folds (or plain ones, reported alike), with the report and picture."""
+    from comp import io
+    from comp.folds import choose_folds, fold_report
+    from comp.leaks import features
+    from comp.plots import plot_fold_distances
+
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    test_ids = comp.test_ids() if comp.test_dir is not None else []
+    ids = list(comp.train["Id"])
+    try:
+        feats = features(
+            [*comp.train_paths(ids), *(comp.test_paths(test_ids) if test_ids else [])],
+            methods=methods,
             embed={
                 "model": cfg.model,
                 "pretrained": cfg.pretrained,
                 "pretrained_file": cfg.pretrained_file,
                 "img_size": cfg.img_size,
             },
+            seed=cfg.seed,
         )
-        click.echo(_leak_report(leaks, ids, comp.test_ids() if comp.test_dir is not None else []))
-        if leaks.clusters and groups == "auto":
-            group_ids = leaks.groups
-            how = "stratified, near-duplicates kept together"
-        elif leaks.clusters:
-            click.secho(
-                f"WARNING: {leaks.duplicated} near-duplicate images are split across folds "
-                "(--groups none): expect CV above the leaderboard",
-                fg="red",
-                bold=True,
-                err=True,
-            )
-    table = make_folds(comp.train, n_splits=cfg.n_splits, seed=cfg.seed, groups=group_ids)
-    path = folds_path(root, cfg)
-    write_folds(path, table)
-    click.echo(fold_counts(table).to_string())
-    click.echo(f"\n{cfg.n_splits} folds ({how}) of {len(table)} images -> {path.relative_to(root)}")
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--method") from None
+    x_train = feats.take(slice(0, len(ids)))
+    x_test = feats.take(slice(len(ids), None)) if test_ids else None
+    choice = choose_folds(
+        comp.train, x_train, x_test, n_splits=cfg.n_splits, seed=cfg.seed, threshold=threshold
+    )
+    report = fold_report(
+        choice,
+        x_train=x_train,
+        x_test=x_test,
+        methods=methods,
+        n_splits=cfg.n_splits,
+        seed=cfg.seed,
+    )
+    used = choice.plain if groups == "none" else choice.chosen
+    report["used"] = used.name
+    if groups == "none" and choice.chosen is not choice.plain:
+        report["warnings"].append(
+            f"--groups none: plain folds, although {choice.chosen.name} match the test set "
+            "better; expect CV above the leaderboard"
+        )
+    distances = {
+        "test -> train": choice.d_test,
+        "plain folds: validation -> train": choice.plain.d_val,
+    }
+    if used is not choice.plain:
+        distances["chosen: validation -> train"] = used.d_val
+    io.write_json(path.with_suffix(".json"), report)
+    plot_fold_distances(
+        report, {k: v for k, v in distances.items() if v is not None}, path.with_suffix(".png")
+    )
+    click.echo(_fold_report_text(report, distances, path))
+    for warning in report["warnings"]:
+        click.secho(f"WARNING: {warning}", fg="red", bold=True, err=True)
+    assert used.folds is not None
+    table = used.folds
+    if used.groups is None:
+        return table, "stratified"
+    return table, f"stratified, {used.name} kept together"
+
+
+def _fold_report_text(report: dict[str, Any], distances: dict[str, Any], path: Path) -> str:
+    import numpy as np
+
+    from comp.folds import QUANTILES
+
+    lines = [
+        f"similarity on {'+'.join(report['features'])} features: {report['train_images']} train, "
+        f"{report['test_images']} test images",
+        f"train images with a twin in train (distance <= {report['twin_distance']:g}): "
+        f"{report['train_with_twin']} of {report['train_images']}",
+    ]
+    if report["test_images"]:
+        lines.append(
+            f"test images with a twin in train: {report['test_with_twin']} of {report['test_images']}"
+        )
+    head = " ".join(f"{round(q * 100):>5}%" for q in QUANTILES)
+    lines.append(f"\ndistance to the nearest training image   {head}")
+    for name, d in distances.items():
+        if d is not None:
+            row = " ".join(f"{np.quantile(d, q):6.3f}" for q in QUANTILES)
+            lines.append(f"  {name:<38} {row}")
+    lines.append("\ncandidate                              groups  largest   shift  match")
+    for c in report["candidates"]:
+        mark = "*" if c["name"] == report["used"] else " "
+        groups = "-" if c["groups"] is None else str(c["groups"])
+        shift = "-" if c["shift"] is None else f"{c['shift']:.3f}"
+        match = "-" if c["match"] is None else f"{c['match']:.3f}"
+        note = f"  ({c['problem']})" if c["problem"] else ""
+        lines.append(
+            f"{mark} {c['name']:<36} {groups:>6} {c['largest_group']:>8} {shift:>7} {match:>6}{note}"
+        )
+    lines.append("  (shift: gap to the test distances, lower is better; match: 1 - Jensen-Shannon)")
+    if report.get("adversarial_auc") is not None:
+        lines.append(
+            f"\nadversarial validation AUC {report['adversarial_auc']:.2f}: {report['adversarial_meaning']}"
+        )
+    lines.append(f"report: {path.with_suffix('.json').name}, {path.with_suffix('.png').name}\n")
+    return "\n".join(lines)
 
 
 def pd_codes(values: list[Any]) -> Any:
     import pandas as pd
 
     return pd.factorize(pd.Series(values, dtype=object).fillna("__none__"))[0]
-
-
-def _leak_report(leaks: Any, ids: list[str], test_ids: list[str]) -> str:
-    if not leaks.clusters:
-        lines = ["near-duplicates: none found in train"]
-    else:
-        lines = [
-            f"near-duplicates: {len(leaks.clusters)} clusters holding {leaks.duplicated} of {len(ids)} train images"
-        ]
-        for cluster in leaks.clusters[:5]:
-            shown = ", ".join(ids[i] for i in cluster[:4])
-            lines.append(f"  {len(cluster)} images: {shown}{' ...' if len(cluster) > 4 else ''}")
-    if test_ids:
-        lines.append(
-            f"test images with a near-duplicate in train: {len(leaks.test_matches)} of {len(test_ids)}"
-        )
-        for t, r in leaks.test_matches[:3]:
-            lines.append(f"  test {test_ids[t]} ~ train {ids[r]}")
-    return "\n".join(lines)
 
 
 @cli.command()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,9 +21,7 @@ from tqdm.auto import tqdm
 from comp import io
 from comp.config import Config
 from comp.data import DataError, read_csv
-
-if TYPE_CHECKING:
-    from comp.leaks import Features
+from comp.leaks import Features
 
 
 def folds_path(root: Path, cfg: Config) -> Path:
@@ -119,6 +117,9 @@ def read_folds(path: Path, *, labels: pd.DataFrame | None = None) -> pd.DataFram
 # Distances below this (cosine, in the similarity features) are twins: the same image,
 # re-encoded, resized or recoloured.
 TWIN_DISTANCE = 0.01
+# Near-duplicates: frames of one clip, a subject on another backdrop. With no test set
+# to match (a hold-out cut from train), these are kept on one side.
+NEAR_DUPLICATE = 0.05
 # Distance distributions are compared from this many sampled images: enough for a
 # density, and a fixed cost however large the competition.
 SAMPLE = 2000
@@ -141,7 +142,7 @@ class Candidate:
         return {
             "name": self.name,
             "threshold": self.threshold,
-            "groups": int(len(sizes)) if self.groups is not None else None,
+            "groups": len(sizes) if self.groups is not None else None,
             "largest_group": int(sizes.max()),
             "match": None if np.isnan(self.match) else round(float(self.match), 4),
             "shift": None if np.isnan(self.shift) else round(float(self.shift), 4),
@@ -239,7 +240,7 @@ def choose_folds(
     groups are cut there instead of chosen. Without test images there is nothing to
     match: twins (TWIN_DISTANCE) are kept together.
     """
-    from comp.leaks import neighbour_graph, nearest
+    from comp.leaks import nearest, neighbour_graph
 
     check_class_counts(labels, n_splits=n_splits)
     rng = np.random.default_rng(seed)
@@ -289,3 +290,98 @@ def choose_folds(
         best = min(c.shift for c in usable)
         chosen = next(c for c in usable if c.shift <= best + tolerance)
     return FoldChoice(chosen=chosen, plain=plain, candidates=candidates, d_test=d_test)
+
+
+def adversarial_auc(x_train: Features, x_test: Features, *, threshold: float, seed: int) -> float:
+    """Cross-validated ROC AUC of a classifier told to tell test images from train ones
+    on the similarity features: 0.5 when it cannot, 1.0 when test is another world.
+
+    Images within ``threshold`` of each other share a fold of this CV too; otherwise
+    the classifier tells test from train by recognising test subjects it saw in training.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
+
+    from comp.leaks import neighbour_graph
+
+    rng = np.random.default_rng(seed)
+    a = rng.choice(len(x_train), min(len(x_train), SAMPLE), replace=False)
+    b = rng.choice(len(x_test), min(len(x_test), SAMPLE), replace=False)
+    if min(len(a), len(b)) < 5:
+        return float("nan")
+    both = Features(
+        np.concatenate([x_train.x[a], x_test.x[b]]),
+        np.concatenate([x_train.mirror[a], x_test.mirror[b]]),
+    )
+    y = np.r_[np.zeros(len(a)), np.ones(len(b))]
+    groups = neighbour_graph(both).groups([threshold], cap=max(2, len(y) // 10))[0]
+    model = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
+    cv = StratifiedGroupKFold(5, shuffle=True, random_state=seed)
+    return float(cross_val_score(model, both.x, y, groups=groups, cv=cv, scoring="roc_auc").mean())
+
+
+def auc_meaning(auc: float) -> str:
+    if np.isnan(auc):
+        return "too few images to tell"
+    if auc < 0.6:
+        return "a classifier cannot tell test images from train ones: same kind of images"
+    if auc < 0.75:
+        return "a classifier tells test from train a little: some shift between them"
+    return (
+        "a classifier tells test from train easily: the test set differs from train "
+        "(other sources, styles or conditions), so CV will be optimistic"
+    )
+
+
+def fold_report(
+    choice: FoldChoice,
+    *,
+    x_train: Features,
+    x_test: Features | None,
+    methods: list[str],
+    n_splits: int,
+    seed: int,
+) -> dict[str, Any]:
+    """What `comp folds` found and chose, as written to folds_k{n}_seed{s}.json."""
+    from comp.leaks import nearest
+
+    report: dict[str, Any] = {
+        "features": methods,
+        "n_splits": n_splits,
+        "seed": seed,
+        "train_images": len(x_train),
+        "test_images": len(x_test) if x_test is not None else 0,
+        "chosen": choice.chosen.summary(),
+        "candidates": [c.summary() for c in choice.candidates],
+        "d_test": quantiles(choice.d_test) if choice.d_test is not None else None,
+        "twin_distance": TWIN_DISTANCE,
+        "warnings": [],
+    }
+    keys = np.arange(len(x_train))
+    d_train = nearest(x_train, x_train.x, query_keys=keys, base_keys=keys)[0][:, 0]
+    report["train_with_twin"] = int((d_train <= TWIN_DISTANCE).sum())
+    if x_test is not None and len(x_test):
+        d_full = nearest(x_test, x_train.x)[0][:, 0]
+        report["test_with_twin"] = int((d_full <= TWIN_DISTANCE).sum())
+        auc = adversarial_auc(
+            x_train, x_test, threshold=choice.chosen.threshold or TWIN_DISTANCE, seed=seed
+        )
+        report["adversarial_auc"] = None if np.isnan(auc) else round(auc, 3)
+        report["adversarial_meaning"] = auc_meaning(auc)
+        if auc >= 0.75:
+            report["warnings"].append(f"adversarial validation AUC {auc:.2f}: {auc_meaning(auc)}")
+        if choice.chosen.shift > 0.15 and choice.chosen.d_val is not None:
+            val, test = float(np.median(choice.chosen.d_val)), float(np.median(d_full))
+            report["warnings"].append(
+                "no split imitates the test set: validation images sit "
+                f"{'nearer to' if val < test else 'further from'} their training images than "
+                f"test images do from train (median distance {val:.3g} against {test:.3g}). "
+                "The test set differs from train in a way folds cannot copy (domain shift): "
+                "expect CV to miss the leaderboard"
+            )
+    else:
+        report["warnings"].append(
+            "no test images to match: only twins are kept together, so CV can only be as "
+            "honest as the test set is like train"
+        )
+    return report

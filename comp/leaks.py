@@ -306,7 +306,7 @@ def neighbour_graph(feats: Features, *, k: int = 10, progress: bool = False) -> 
     """Every image joined to its ``k`` nearest others (mirror images included)."""
     n = len(feats)
     if n < 2:
-        return Graph(n, *(np.zeros(0, dtype=np.int64) for _ in range(2)), np.zeros(0))
+        return Graph(n, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))
     keys = np.arange(n)
     dist, idx = nearest(
         feats,
@@ -322,3 +322,12 @@ def neighbour_graph(feats: Features, *, k: int = 10, progress: bool = False) -> 
     keep = b >= 0
     order = np.argsort(d[keep], kind="stable")
     return Graph(n, a[keep][order], b[keep][order], d[keep][order].astype(np.float64))
+
+
+def near_duplicate_groups(
+    paths: Sequence[Path], *, distance: float, cap: int, progress: bool = False
+) -> np.ndarray:
+    """One group id per image: images within ``distance`` of each other on the subject
+    features, joined as comp.folds joins them (groups of at most ``cap``)."""
+    graph = neighbour_graph(features(paths, progress=progress), progress=progress)
+    return graph.groups([distance], cap=cap)[0]

@@ -101,3 +101,44 @@ def plot_leaderboard(rows: list[dict[str, Any]], out: Path) -> Path | None:
     io.write_with(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return out
+
+
+def plot_fold_distances(report: dict[str, Any], distances: dict[str, Any], out: Path) -> Path:
+    """How far validation images sit from their training images, against test images from
+    train (one histogram each), and each candidate split's shift from the test set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), constrained_layout=True)
+    logs = {k: np.log10(np.asarray(v, dtype=float) + 1e-3) for k, v in distances.items()}
+    every = np.concatenate(list(logs.values()))
+    bins = np.linspace(every.min(), every.max() + 1e-9, 40)
+    for (name, x), colour in zip(logs.items(), ("black", "C3", "C0"), strict=False):
+        left.hist(
+            x, bins=bins, histtype="step", linewidth=2, color=colour, density=True, label=name
+        )
+    ticks = np.array([0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
+    left.set_xticks(np.log10(ticks + 1e-3), [f"{t:g}" for t in ticks])
+    left.set_xlabel("cosine distance to the nearest training image")
+    left.set_ylabel("density")
+    left.set_title("validation should sit as far from train as test does")
+    left.legend(fontsize=8)
+    rows = [c for c in report["candidates"] if c["shift"] is not None]
+    if rows:
+        labels = ["plain" if c["threshold"] is None else f"{c['threshold']:g}" for c in rows]
+        colours = ["C2" if c["name"] == report["chosen"]["name"] else "grey" for c in rows]
+        right.bar(range(len(rows)), [c["shift"] for c in rows], color=colours)
+        right.set_xticks(range(len(rows)), labels, rotation=60, fontsize=7)
+        right.set_xlabel("candidate split (plain, or grouped within this distance)")
+        right.set_ylabel("shift from the test set (log10 quantile gap)")
+        right.set_title(f"chosen (green): {report['chosen']['name']}")
+    else:
+        right.axis("off")
+        right.text(0.5, 0.5, "no test images to match", ha="center", va="center")
+    fig.suptitle("comp folds: distance-matched cross-validation")
+    io.write_with(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return out

@@ -317,17 +317,21 @@ def detect_imagefolder(data: Path, root: Path, *, holdout: float, seed: int) -> 
 def holdout_split(
     labels: pd.DataFrame, paths: list[Path], holdout: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A stratified hold-out that keeps every group of near-duplicate images on one side.
+    """A stratified hold-out that keeps every group of near-duplicate images on one side
+    (on the background-invariant subject features of comp.leaks).
 
     A twin of a held-back image left in train scores the local leaderboard on memory,
     as a leaky validation split does; one fold of a StratifiedGroupKFold avoids that.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from comp.leaks import find_leaks
+    from comp.folds import NEAR_DUPLICATE
+    from comp.leaks import near_duplicate_groups
 
-    groups = find_leaks(paths, progress=False).groups
     n_splits = max(2, round(1 / holdout))
+    groups = near_duplicate_groups(
+        paths, distance=NEAR_DUPLICATE, cap=max(2, len(paths) // (2 * n_splits))
+    )
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     # Big groups make the folds uneven: hold back the one closest to the asked-for size.
     keep_idx, held_idx = min(

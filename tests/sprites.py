@@ -47,7 +47,12 @@ def _subject(label: int, n_labels: int, rng: np.random.Generator) -> dict:
     # The label's hue is a loose hint: subjects of one type spread well into the next.
     hue = (label / n_labels + rng.normal(0, 0.6 / n_labels)) % 1
     parts = [
-        (rng.uniform(0.3, 0.7), rng.uniform(0.4, 0.7), rng.uniform(0.18, 0.3), rng.uniform(0.15, 0.28))
+        (
+            rng.uniform(0.3, 0.7),
+            rng.uniform(0.4, 0.7),
+            rng.uniform(0.18, 0.3),
+            rng.uniform(0.15, 0.28),
+        )
     ]
     for _ in range(int(rng.integers(2, 5))):
         parts.append(
