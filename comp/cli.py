@@ -340,9 +340,14 @@ def folds(
         group_ids = pd_codes([by_id.get(i) for i in ids])
         folds_table = make_folds(comp.train, n_splits=cfg.n_splits, seed=cfg.seed, groups=group_ids)
         how = f"stratified, grouped by column {groups}"
+        write_folds(path, folds_table)
     else:
-        folds_table, how = _matched_folds(root, cfg, comp, groups, method, threshold, path)
-    write_folds(path, folds_table)
+        folds_table, how, write_report = _matched_folds(
+            root, cfg, comp, groups, method, threshold, path
+        )
+        # The folds first: a report never stands beside folds that were not written.
+        write_folds(path, folds_table)
+        write_report()
     click.echo(fold_counts(folds_table).to_string())
     click.echo(
         f"\n{cfg.n_splits} folds ({how}) of {len(folds_table)} images -> {path.relative_to(root)}"
@@ -357,30 +362,34 @@ def _matched_folds(
     method: str,
     threshold: float | None,
     path: Path,
-) -> tuple[Any, str]:
-    """Distance-matched folds (or plain ones, reported alike), with the report and picture."""
+) -> tuple[Any, str, Callable[[], None]]:
+    """Distance-matched folds (or plain ones, reported alike), how they were made, and a
+    function that writes the report and picture beside them."""
     from comp import io
     from comp.folds import choose_folds, fold_report
-    from comp.leaks import features
+    from comp.leaks import METHODS, features
     from comp.plots import plot_fold_distances
 
     methods = [m.strip() for m in method.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise click.BadParameter(
+            f"similarity methods are {', '.join(METHODS)}, not {', '.join(unknown) or 'none'}",
+            param_hint="--method",
+        )
     test_ids = comp.test_ids() if comp.test_dir is not None else []
     ids = list(comp.train["Id"])
-    try:
-        feats = features(
-            [*comp.train_paths(ids), *(comp.test_paths(test_ids) if test_ids else [])],
-            methods=methods,
-            embed={
-                "model": cfg.model,
-                "pretrained": cfg.pretrained,
-                "pretrained_file": cfg.pretrained_file,
-                "img_size": cfg.img_size,
-            },
-            seed=cfg.seed,
-        )
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--method") from None
+    feats = features(
+        [*comp.train_paths(ids), *(comp.test_paths(test_ids) if test_ids else [])],
+        methods=methods,
+        embed={
+            "model": cfg.model,
+            "pretrained": cfg.pretrained,
+            "pretrained_file": cfg.pretrained_file,
+            "img_size": cfg.img_size,
+        },
+        seed=cfg.seed,
+    )
     x_train = feats.take(slice(0, len(ids)))
     x_test = feats.take(slice(len(ids), None)) if test_ids else None
     choice = choose_folds(
@@ -407,18 +416,20 @@ def _matched_folds(
     }
     if used is not choice.plain:
         distances["chosen: validation -> train"] = used.d_val
-    io.write_json(path.with_suffix(".json"), report)
-    plot_fold_distances(
-        report, {k: v for k, v in distances.items() if v is not None}, path.with_suffix(".png")
-    )
     click.echo(_fold_report_text(report, distances, path))
     for warning in report["warnings"]:
         click.secho(f"WARNING: {warning}", fg="red", bold=True, err=True)
+
+    def write_report() -> None:
+        io.write_json(path.with_suffix(".json"), report)
+        plot_fold_distances(
+            report, {k: v for k, v in distances.items() if v is not None}, path.with_suffix(".png")
+        )
+
     assert used.folds is not None
-    table = used.folds
     if used.groups is None:
-        return table, "stratified"
-    return table, f"stratified, {used.name} kept together"
+        return used.folds, "stratified", write_report
+    return used.folds, f"stratified, {used.name} kept together", write_report
 
 
 def _fold_report_text(report: dict[str, Any], distances: dict[str, Any], path: Path) -> str:

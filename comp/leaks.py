@@ -88,6 +88,8 @@ def subject_vector(path: Path, *, side: int = 16) -> np.ndarray:
         Image.fromarray(mask.astype(np.float32)).resize((side, side), Image.Resampling.BOX)
     )
     # Grey levels relative to the subject's own mean: a brighter or darker variant matches.
+    # (Edge pixels keep a little of the backdrop: measured on sprite data, that groups
+    # frames of one subject better than filling the backdrop with the subject's grey.)
     grey = (grey - float((grey * m).sum()) / max(float(m.sum()), 1e-6)) * m
     blocks = np.stack([_unit((m - m.mean()).ravel()), _unit(grey.ravel())])
     return np.stack([blocks.ravel(), _mirror(blocks, side).ravel()]).astype(np.float32)
@@ -328,6 +330,17 @@ def near_duplicate_groups(
     paths: Sequence[Path], *, distance: float, cap: int, progress: bool = False
 ) -> np.ndarray:
     """One group id per image: images within ``distance`` of each other on the subject
-    features, joined as comp.folds joins them (groups of at most ``cap``)."""
-    graph = neighbour_graph(features(paths, progress=progress), progress=progress)
-    return graph.groups([distance], cap=cap)[0]
+    features, or twins of each other as whole thumbnails (re-encodes, resizes; cosine
+    distance 0.01), joined as comp.folds joins them (groups of at most ``cap``)."""
+    subject = neighbour_graph(features(paths, progress=progress), progress=progress)
+    # Full thumbnails, not a PCA of them: a resized twin of a small image stays a twin.
+    thumb = neighbour_graph(features(paths, methods=["thumb"], dims=10**6, progress=progress))
+    twins = thumb.distance <= 0.01
+    order = np.argsort(np.r_[subject.distance, np.zeros(int(twins.sum()))], kind="stable")
+    joined = Graph(
+        len(paths),
+        np.r_[subject.a, thumb.a[twins]][order],
+        np.r_[subject.b, thumb.b[twins]][order],
+        np.r_[subject.distance, np.zeros(int(twins.sum()))][order],
+    )
+    return joined.groups([distance], cap=cap)[0]

@@ -1,10 +1,20 @@
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
+from PIL import Image
+from sklearn.metrics import f1_score
+from sklearn.neighbors import KNeighborsClassifier
 
+from comp.cli import cli
 from comp.data import DataError
-from comp.folds import fold_counts, make_folds, read_folds, write_folds
+from comp.folds import fold_counts, make_folds, match_score, read_folds, shift_score, write_folds
+from comp.workspace import init_workspace
+from tests.conftest import TINY
+from tests.sprites import write_sprites
 
 
 def labels(counts: dict[str, int]) -> pd.DataFrame:
@@ -43,3 +53,90 @@ def test_folds_file_round_trip_and_staleness(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("Id,label,fold\na,a,0\nb,b,x\n")
     with pytest.raises(DataError, match="row 3 has a fold that is not a whole number"):
         read_folds(tmp_path / "bad.csv")
+
+
+# --- distance-matched folds on sprite competitions (tests/sprites.py) -------------
+
+
+def _pixels(folder: Path, ids: pd.Series) -> np.ndarray:
+    return np.stack(
+        [np.asarray(Image.open(folder / f"{i}.png"), dtype=np.float32).ravel() / 255 for i in ids]
+    )
+
+
+def _nn_gap(root: Path, folds: pd.DataFrame) -> tuple[float, float]:
+    """A 1-nearest-neighbour's out-of-fold macro-F1 under ``folds``, and on the held-out test."""
+    labels = pd.read_csv(root / "train_labels.csv", dtype=str).merge(folds[["Id", "fold"]])
+    solution = pd.read_csv(root / "solution.csv", dtype=str)
+    x, y = _pixels(root / "train", labels["Id"]), labels["label"].to_numpy()
+    fold = labels["fold"].to_numpy()
+    oof = np.empty_like(y)
+    for k in np.unique(fold):
+        oof[fold == k] = (
+            KNeighborsClassifier(1).fit(x[fold != k], y[fold != k]).predict(x[fold == k])
+        )
+    test = KNeighborsClassifier(1).fit(x, y).predict(_pixels(root / "test", solution["Id"]))
+    return (
+        float(f1_score(y, oof, average="macro")),
+        float(f1_score(solution["label"], test, average="macro")),
+    )
+
+
+@pytest.fixture(scope="module")
+def unseen_subjects(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Frames, back views and palette swaps of 250 creatures; the test set holds 150 others."""
+    return write_sprites(
+        tmp_path_factory.mktemp("sprites"), train_subjects=250, test_subjects=150, jitter=0.01
+    )
+
+
+def _comp_folds(root: Path, ws: Path, *args: str) -> pd.DataFrame:
+    init_workspace(ws, root, overrides={**TINY, "n_splits": 5, "img_size": 32})
+    result = CliRunner().invoke(cli, ["-w", str(ws), "folds", *args])
+    assert result.exit_code == 0, result.output
+    return pd.read_csv(ws / "folds" / "folds_k5_seed42.csv", dtype=str)
+
+
+def test_default_folds_predict_the_held_out_score_on_unseen_subjects(
+    unseen_subjects: Path, tmp_path: Path
+) -> None:
+    default = _comp_folds(unseen_subjects, tmp_path / "ws")
+    cv, held = _nn_gap(unseen_subjects, default)
+    assert abs(cv - held) <= 0.05, (cv, held)
+    plain_cv, _ = _nn_gap(
+        unseen_subjects, _comp_folds(unseen_subjects, tmp_path / "plain", "--groups", "none")
+    )
+    assert plain_cv >= held + 0.3, (plain_cv, held)
+    # Every class in every fold, folds of even size, and a report that says why.
+    counts = fold_counts(default.astype({"fold": int}))
+    assert (counts.drop(index="total", columns="total") > 0).all().all()
+    sizes = default["fold"].value_counts()
+    assert sizes.max() <= 1.5 * sizes.min()
+    report = json.loads((tmp_path / "ws" / "folds" / "folds_k5_seed42.json").read_text())
+    plain = report["candidates"][0]
+    assert plain["name"] == "plain stratified folds"
+    assert report["chosen"]["shift"] < plain["shift"] / 3
+    assert plain["d_val"]["50%"] < report["d_test"]["50%"] / 2 < report["chosen"]["d_val"]["50%"]
+
+
+def test_a_random_split_keeps_plain_folds(tmp_path: Path) -> None:
+    root = write_sprites(
+        tmp_path / "random", train_subjects=200, test_subjects=100, jitter=0.01, split="random"
+    )
+    default = _comp_folds(root, tmp_path / "ws")
+    plain = _comp_folds(root, tmp_path / "plain", "--groups", "none")
+    assert abs(_nn_gap(root, default)[0] - _nn_gap(root, plain)[0]) <= 0.03
+    report = json.loads((tmp_path / "ws" / "folds" / "folds_k5_seed42.json").read_text())
+    assert report["test_with_twin"] > 0
+    assert report["adversarial_auc"] < 0.65
+
+
+def test_matching_prefers_the_candidate_whose_distances_look_like_the_test_set() -> None:
+    rng = np.random.default_rng(0)
+    test = rng.lognormal(np.log(0.3), 0.3, 500)
+    assert shift_score(rng.lognormal(np.log(0.3), 0.3, 500), test) < 0.05
+    assert shift_score(rng.lognormal(np.log(0.01), 0.3, 500), test) > 1.0
+    assert match_score(rng.lognormal(np.log(0.3), 0.3, 500), test) > 0.95
+    assert match_score(rng.lognormal(np.log(0.01), 0.3, 500), test) < 0.1
+    # All-twin samples have no spread; the score still comes out.
+    assert 0 <= match_score(np.zeros(50), test) < 0.1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -9,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from PIL import Image, ImageDraw
 from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from comp.cli import cli
-from comp.folds import make_folds
-from comp.leaks import find_leaks
+from comp.folds import NEAR_DUPLICATE, make_folds
+from comp.leaks import Features, features, nearest, neighbour_graph
 from comp.workspace import init_workspace
 from tests.conftest import TINY
 
@@ -86,17 +87,13 @@ def comp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return planted(tmp_path_factory.mktemp("planted"))
 
 
-def test_clusters_are_the_planted_copies(comp_dir: Path) -> None:
+def test_groups_are_the_planted_copies(comp_dir: Path) -> None:
     labels = pd.read_csv(comp_dir / "train_labels.csv", dtype=str)
-    train = [comp_dir / "train" / f"{i}.png" for i in labels["Id"]]
-    test = sorted((comp_dir / "test").glob("*.png"))
-    leaks = find_leaks(train, test, progress=False)
-    assert len(leaks.clusters) == 90 and all(len(c) == 4 for c in leaks.clusters)
+    feats = features([comp_dir / "train" / f"{i}.png" for i in labels["Id"]], progress=False)
+    groups = neighbour_graph(feats).groups([NEAR_DUPLICATE], cap=100)[0]
     # Copies of one subject are consecutive rows of the labels table.
-    assert all(
-        sorted(c) == list(range(c[0], c[0] + 4)) for c in (sorted(c) for c in leaks.clusters)
-    )
-    assert len(leaks.test_matches) == 5
+    assert len(set(groups)) == 90
+    assert all(len(set(groups[s * 4 : s * 4 + 4])) == 1 for s in range(90))
 
 
 def test_grouped_folds_predict_the_held_out_score_and_plain_folds_do_not(comp_dir: Path) -> None:
@@ -114,9 +111,8 @@ def test_grouped_folds_predict_the_held_out_score_and_plain_folds_do_not(comp_di
         )
     )
     plain = make_folds(labels, n_splits=5, seed=0)
-    groups = find_leaks(
-        [comp_dir / "train" / f"{i}.png" for i in labels["Id"]], progress=False
-    ).groups
+    feats = features([comp_dir / "train" / f"{i}.png" for i in labels["Id"]], progress=False)
+    groups = neighbour_graph(feats).groups([NEAR_DUPLICATE], cap=100)[0]
     grouped = make_folds(labels, n_splits=5, seed=0, groups=groups)
     assert grouped.groupby("group")["fold"].nunique().max() == 1
     plain_cv = nn_cv(x, y, plain["fold"].to_numpy())
@@ -130,13 +126,24 @@ def test_comp_folds_reports_and_groups(comp_dir: Path, tmp_path: Path) -> None:
     init_workspace(ws, comp_dir, overrides=TINY)
     result = CliRunner().invoke(cli, ["-w", str(ws), "folds"])
     assert result.exit_code == 0, result.output
-    assert "near-duplicates: 90 clusters holding 360 of 360 train images" in result.output
-    assert "test images with a near-duplicate in train: 5 of 150" in result.output
+    assert "train images with a twin in train (distance <= 0.01): 360 of 360" in result.output
+    assert "test images with a twin in train: 5 of 150" in result.output
     table = pd.read_csv(ws / "folds" / "folds_k2_seed42.csv", dtype=str)
+    # Test images are strangers to train: the copies are kept together.
+    assert "group" in table.columns
     assert table.groupby("group")["fold"].nunique().max() == 1
+    assert table.groupby("group").size().min() >= 4
+    report = json.loads((ws / "folds" / "folds_k2_seed42.json").read_text())
+    assert report["used"] == report["chosen"]["name"] != "plain stratified folds"
+    assert report["test_with_twin"] == 5 and report["d_test"]["50%"] > 0.1
+    assert 0.3 <= report["adversarial_auc"] <= 0.75
+    assert (ws / "folds" / "folds_k2_seed42.png").stat().st_size > 10_000
     result = CliRunner().invoke(cli, ["-w", str(ws), "folds", "--groups", "none"])
-    assert result.exit_code == 0 and "WARNING: 360 near-duplicate images are split" in result.output
+    assert result.exit_code == 0
+    assert "WARNING: --groups none: plain folds, although groups within" in result.output
     assert "group" not in pd.read_csv(ws / "folds" / "folds_k2_seed42.csv").columns
+    result = CliRunner().invoke(cli, ["-w", str(ws), "folds", "--method", "subject,nope"])
+    assert result.exit_code == 2 and "similarity methods are" in result.output
 
 
 def test_user_groups_from_a_column(kaggle_comp: Path, tmp_path: Path) -> None:
@@ -160,10 +167,9 @@ def test_embedding_method_runs_on_a_timm_backbone(comp_dir: Path) -> None:
     train = sorted((comp_dir / "train").glob("*.png"))[:12]
     twin = comp_dir.parent / "twin.png"
     shutil.copy(train[0], twin)
-    leaks = find_leaks(
+    feats = features(
         [*train, twin],
         methods=["embed"],
-        similarity=0.999,
         embed={
             "model": "resnet10t",
             "pretrained": "false",
@@ -172,5 +178,64 @@ def test_embedding_method_runs_on_a_timm_backbone(comp_dir: Path) -> None:
         },
         progress=False,
     )
-    assert len(leaks.groups) == 13
-    assert any(0 in c and 12 in c for c in leaks.clusters)
+    dist, idx = nearest(feats.take([12]), feats.x[:12])
+    assert idx[0, 0] == 0 and dist[0, 0] < 1e-4
+
+
+def sprite(bg: tuple[int, int, int], *, mirror: bool = False, mode: str = "RGB") -> Image.Image:
+    img = Image.new("RGBA", (32, 32), (*bg, 0 if mode == "RGBA" else 255))
+    d = ImageDraw.Draw(img)
+    d.ellipse([4, 10, 20, 26], fill=(200, 60, 40, 255))
+    d.ellipse([14, 4, 24, 14], fill=(240, 200, 40, 255))
+    d.rectangle([16, 7, 17, 8], fill=(0, 0, 0, 255))
+    img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else img
+    return img if mode == "RGBA" else img.convert("RGB")
+
+
+def test_subject_features_ignore_the_background_and_mirrors(tmp_path: Path) -> None:
+    images = {
+        "white": sprite((255, 255, 255)),
+        "navy": sprite((20, 20, 90)),
+        "mirrored": sprite((120, 220, 120), mirror=True),
+        "alpha": sprite((0, 0, 0), mode="RGBA"),
+        "other": Image.new("RGB", (32, 32), (255, 255, 255)),
+    }
+    ImageDraw.Draw(images["other"]).rectangle([6, 6, 26, 20], fill=(200, 60, 40))
+    paths = []
+    for name, img in images.items():
+        paths.append(tmp_path / f"{name}.png")
+        img.save(paths[-1])
+    feats = features(paths, progress=False)
+    dist, _ = nearest(feats.take(slice(1, None)), feats.x[:1])
+    near = dict(zip(list(images)[1:], dist[:, 0], strict=True))
+    assert near["alpha"] < 0.01 and near["mirrored"] < 0.02, near
+    assert near["navy"] < near["other"] / 5, near
+    # The thumbnail of the whole image sees the backdrop: twins on other backdrops drift apart.
+    thumbs = features(paths, methods=["thumb"], progress=False)
+    assert nearest(thumbs.take([1]), thumbs.x[:1])[0][0, 0] > 3 * near["navy"]
+
+
+def test_nearest_is_exact_and_skips_its_own_key() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    feats = Features(x, x)
+    keys = np.arange(300) % 3
+    dist, idx = nearest(feats, x, k=2, query_keys=keys, base_keys=keys)
+    full = 1 - x @ x.T
+    full[keys[:, None] == keys[None, :]] = np.inf
+    assert np.array_equal(idx[:, 0], full.argmin(axis=1))
+    assert np.allclose(dist[:, 0], full.min(axis=1), atol=1e-5)
+    assert (keys[idx] != keys[:, None]).all()
+
+
+def test_groups_chain_through_neighbours_but_never_past_the_cap() -> None:
+    # Twenty points on an arc, each close to the next: single linkage chains them all.
+    angles = np.linspace(0, 1.0, 20)
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    graph = neighbour_graph(Features(x, x), k=3)
+    chained = graph.groups([0.01], cap=20)[0]
+    capped, none = graph.groups([0.01, 1e-9], cap=5)
+    assert len(set(chained)) == 1
+    assert np.bincount(capped).max() <= 5 and len(set(capped)) >= 4
+    assert len(set(none)) == 20
