@@ -32,18 +32,19 @@ def alpha_channel(img: Image.Image) -> np.ndarray | None:
     return alpha if alpha.min() < 255 else None
 
 
+def _edge(height: int, width: int, border: int) -> np.ndarray:
+    """The outer ``border`` pixels of a height x width image, as a boolean mask."""
+    b = max(1, min(border, height // 2, width // 2))
+    edge = np.zeros((height, width), dtype=bool)
+    edge[:b], edge[-b:], edge[:, :b], edge[:, -b:] = True, True, True, True
+    return edge
+
+
 def background_colour(img: np.ndarray, *, border: int = 2) -> np.ndarray:
-    """The median colour of the outer ``border`` pixels, as float (3,)."""
-    b = max(1, min(border, img.shape[0] // 2, img.shape[1] // 2))
-    ring = np.concatenate(
-        [
-            img[:b].reshape(-1, img.shape[2]),
-            img[-b:].reshape(-1, img.shape[2]),
-            img[b:-b, :b].reshape(-1, img.shape[2]),
-            img[b:-b, -b:].reshape(-1, img.shape[2]),
-        ]
-    ).astype(np.float64)
-    return np.asarray(np.median(ring, axis=0))
+    """The median colour of the outer ``border`` pixels: float (3,) for an HxWx3 image,
+    (..., 3) for a stack of them (..., H, W, 3)."""
+    ring = img[..., _edge(img.shape[-3], img.shape[-2], border), :].astype(np.float64)
+    return np.asarray(np.median(ring, axis=-2))
 
 
 def subject_mask(
@@ -60,25 +61,34 @@ def subject_mask(
     border pixels' own distances, and at least ``floor`` (in 0..255 units). The median of
     those distances measures the background's noise even where the subject touches the
     border; three times it lies beyond nearly all of a Gaussian noise's distances.
+    ``img`` may be a stack of images (..., H, W, 3); each gets its own colour and threshold.
     """
     bg = background_colour(img, border=border)
-    dist = np.sqrt(((img.astype(np.float32) - bg.astype(np.float32)) ** 2).sum(axis=2))
-    b = max(1, min(border, img.shape[0] // 2, img.shape[1] // 2))
-    edge = np.zeros(dist.shape, dtype=bool)
-    edge[:b], edge[-b:], edge[:, :b], edge[:, -b:] = True, True, True, True
-    threshold = max(floor, factor * float(np.percentile(dist[edge], percentile)))
-    return dist > threshold, bg
+    diff = img.astype(np.float32) - bg.astype(np.float32)[..., None, None, :]
+    dist = np.sqrt((diff**2).sum(axis=-1))
+    edge = _edge(img.shape[-3], img.shape[-2], border)
+    threshold = np.maximum(floor, factor * np.percentile(dist[..., edge], percentile, axis=-1))
+    return dist > threshold[..., None, None], bg
 
 
 def drop_specks(mask: np.ndarray, *, min_pixels: int = 3, min_fraction: float = 0.05) -> np.ndarray:
     """The mask without connected groups smaller than ``min_pixels`` or than ``min_fraction``
-    of the largest group (isolated noise); parts of a subject that are apart are kept."""
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    of the largest group (isolated noise); parts of a subject that are apart are kept.
+    ``mask`` may be a stack of masks (..., H, W), each cleaned on its own."""
+    stack = mask.reshape(-1, *mask.shape[-2:])
+    # Neighbours within one image only: a 3x3 block in the middle of the stack axis.
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True
+    labels, n = ndimage.label(stack, structure=structure)
     if n == 0:
         return mask
     sizes = np.bincount(labels.ravel())[1:]
-    keep = sizes >= max(min_pixels, min_fraction * sizes.max())
-    return np.asarray(keep[labels - 1] & (labels > 0))
+    owner = np.zeros(n + 1, dtype=np.int64)
+    owner[labels.ravel()] = np.repeat(np.arange(len(stack)), stack[0].size)
+    largest = np.zeros(len(stack))
+    np.maximum.at(largest, owner[1:], sizes)
+    keep = sizes >= np.maximum(min_pixels, min_fraction * largest[owner[1:]])
+    return np.asarray(keep[labels - 1] & (labels > 0)).reshape(mask.shape)
 
 
 def find_subject(

@@ -310,8 +310,8 @@ def adversarial_auc(x_train: Features, x_test: Features, *, threshold: float, se
     rng = np.random.default_rng(seed)
     a = rng.choice(len(x_train), min(len(x_train), SAMPLE), replace=False)
     b = rng.choice(len(x_test), min(len(x_test), SAMPLE), replace=False)
-    if min(len(a), len(b)) < 5:
-        return float("nan")
+    if min(len(a), len(b)) < 20:
+        return float("nan")  # a fold of the CV would hold only one side
     both = Features(
         np.concatenate([x_train.x[a], x_test.x[b]]),
         np.concatenate([x_train.mirror[a], x_test.mirror[b]]),

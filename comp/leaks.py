@@ -58,41 +58,82 @@ def _map(fn: Any, paths: Sequence[Path], desc: str, progress: bool) -> list[Any]
         )
 
 
-def subject_vector(path: Path, *, side: int = 16) -> np.ndarray:
-    """One image's subject as its silhouette and grey-level pattern, the background left out:
-    two rows, as seen and as in a mirror."""
+# Subjects are found at this size: quick, and a subject keeps its shape there.
+WORK = 64
+
+
+def _decode(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image at WORK x WORK as comp reads it (RGB, transparency on white), and its
+    alpha channel where it has transparency."""
     from PIL import Image
 
-    from comp.centre import alpha_channel, find_subject
+    from comp.centre import alpha_channel
     from comp.data import to_rgb
 
     try:
         with Image.open(path) as img:
-            img.draft("RGB", (128, 128))
+            img.draft("RGB", (WORK, WORK))
             alpha = alpha_channel(img)
             rgb = to_rgb(img)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from None
-    # Masks are quick at 96 px and a subject keeps its shape there.
-    if max(rgb.size) > 96:
-        scale = 96 / max(rgb.size)
-        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+    size = (WORK, WORK)
+    if rgb.size != size:
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
         if alpha is not None:
             alpha = np.asarray(Image.fromarray(alpha).resize(size, Image.Resampling.BILINEAR))
-    mask, _ = find_subject(np.asarray(rgb), alpha=alpha)
-    if not mask.any():
-        mask = np.ones(mask.shape, dtype=bool)
-    grey = np.asarray(rgb.convert("L").resize((side, side), Image.Resampling.BOX), np.float32)
-    m = np.asarray(
-        Image.fromarray(mask.astype(np.float32)).resize((side, side), Image.Resampling.BOX)
-    )
+    return np.asarray(rgb), alpha
+
+
+def subject_rows(
+    rgb: np.ndarray, alpha: np.ndarray, has_alpha: np.ndarray, *, side: int = 16
+) -> np.ndarray:
+    """(2, B, 2 * side**2): the subject vectors of a stack of WORK x WORK images (B, W, W, 3),
+    as seen and in a mirror. ``alpha`` (B, W, W) counts where ``has_alpha``."""
+    from comp.centre import drop_specks, subject_mask
+
+    mask, _ = subject_mask(rgb)
+    opaque = alpha > 0.1 * 255
+    # The alpha channel marks the subject, unless it is opaque everywhere.
+    by_alpha = has_alpha & ~opaque.all(axis=(1, 2))
+    mask = drop_specks(np.where(by_alpha[:, None, None], opaque, mask))
+    mask[~mask.any(axis=(1, 2))] = True  # no subject found: the whole image is one
+    n, f = len(rgb), rgb.shape[1] // side
+
+    def box(x: np.ndarray) -> np.ndarray:
+        return x.reshape(n, side, f, side, f).mean(axis=(2, 4))
+
+    grey = box(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+    m = box(mask.astype(np.float32))
     # Grey levels relative to the subject's own mean: a brighter or darker variant matches.
-    # (Edge pixels keep a little of the backdrop: measured on sprite data, that groups
-    # frames of one subject better than filling the backdrop with the subject's grey.)
-    grey = (grey - float((grey * m).sum()) / max(float(m.sum()), 1e-6)) * m
-    blocks = np.stack([_unit((m - m.mean()).ravel()), _unit(grey.ravel())])
-    return np.stack([blocks.ravel(), _mirror(blocks, side).ravel()]).astype(np.float32)
+    mean = (grey * m).sum(axis=(1, 2)) / np.maximum(m.sum(axis=(1, 2)), 1e-6)
+    grey = (grey - mean[:, None, None]) * m
+    shape = m - m.mean(axis=(1, 2), keepdims=True)
+    blocks = np.stack([shape, grey], axis=1)  # (B, 2, side, side)
+    blocks /= np.maximum(np.linalg.norm(blocks.reshape(n, 2, -1), axis=2), 1e-12)[..., None, None]
+    return np.stack([blocks.reshape(n, -1), blocks[..., ::-1].reshape(n, -1)]).astype(np.float32)
+
+
+def subject_features(paths: Sequence[Path], *, progress: bool = True) -> np.ndarray:
+    """(2, N, 512): every image's subject, found by its alpha channel or by the border-colour
+    mask (comp.centre), as its silhouette and grey pattern at 16x16; as seen and in a mirror."""
+    out = np.zeros((2, len(paths), 512), dtype=np.float32)
+    bar = tqdm(total=len(paths), desc="subjects", unit="img", leave=False, disable=not progress)
+    # PIL releases the GIL while decoding, and the masks are numpy over a whole chunk.
+    with ThreadPoolExecutor(8) as pool, bar:
+        for start in range(0, len(paths), 1024):
+            decoded = list(pool.map(_decode, paths[start : start + 1024]))
+            rgb = np.stack([d[0] for d in decoded])
+            has_alpha = np.array([d[1] is not None for d in decoded])
+            alpha = np.stack(
+                [
+                    d[1] if d[1] is not None else np.full((WORK, WORK), 255, np.uint8)
+                    for d in decoded
+                ]
+            )
+            out[:, start : start + len(decoded)] = subject_rows(rgb, alpha, has_alpha)
+            bar.update(len(decoded))
+    return out
 
 
 def _mirror(x: np.ndarray, side: int) -> np.ndarray:
@@ -104,12 +145,6 @@ def _mirror(x: np.ndarray, side: int) -> np.ndarray:
 def _unit(x: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norm, 1e-12)
-
-
-def subject_features(paths: Sequence[Path], *, progress: bool = True) -> np.ndarray:
-    """(2, N, 512): every image's subject vector, as seen and in a mirror."""
-    rows = _map(subject_vector, paths, "subjects", progress)
-    return np.stack(rows, axis=1) if rows else np.zeros((2, 0, 512), dtype=np.float32)
 
 
 def phashes(paths: Sequence[Path], *, progress: bool = True) -> np.ndarray:
