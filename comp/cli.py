@@ -278,11 +278,12 @@ def demo(directory: Path, size: int, force: bool) -> None:
 )
 @click.option(
     "--method",
-    default="subject",
+    default="subject,colour",
     show_default=True,
-    help="The features that similarity is measured on, one or more of: subject (the subject "
-    "without its background; mirror images count as one), thumb (tiny whole image), "
-    "phash (perceptual hash), embed (the model's backbone features).",
+    help="The features that similarity is measured on, one or more of: subject (the subject's "
+    "shape and grey pattern, without its background; mirror images count as one), colour "
+    "(the subject's palette), thumb (tiny whole image), phash (perceptual hash), embed (the "
+    "model's backbone features). Images are as near as in the feature where they are nearest.",
 )
 @click.option(
     "--threshold",
@@ -397,8 +398,6 @@ def _matched_folds(
     )
     report = fold_report(
         choice,
-        x_train=x_train,
-        x_test=x_test,
         methods=methods,
         n_splits=cfg.n_splits,
         seed=cfg.seed,

@@ -9,7 +9,8 @@ n_splits or seed never mixes two splits.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from comp import io
 from comp.config import Config
 from comp.data import DataError, read_csv
-from comp.leaks import Features
+from comp.leaks import Features, Space
 
 
 def folds_path(root: Path, cfg: Config) -> Path:
@@ -46,25 +47,41 @@ def make_folds(
     """Stratified K folds: every class spread evenly over the folds, reproducibly.
 
     With ``groups``, no group is split across folds (sklearn's StratifiedGroupKFold),
-    so near-duplicates never sit on both sides of a validation split.
+    so near-duplicates never sit on both sides of a validation split. The table then
+    has a ``group`` column.
     """
     check_class_counts(labels, n_splits=n_splits)
     fold = np.full(len(labels), -1, dtype=np.int64)
+    y = labels["label"].to_numpy()
+    skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     if groups is None:
-        skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        splits = skf.split(labels["Id"], labels["label"])
+        for k, (_, valid) in enumerate(skf.split(y, y)):
+            fold[valid] = k
+        return labels[["Id", "label"]].assign(fold=fold)
+    groups = np.asarray(groups)
+    _, codes, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    if len(sizes) < n_splits:
+        raise DataError(
+            f"only {len(sizes)} groups of images for {n_splits} folds; lower --n-splits"
+        )
+    sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    together = sizes[codes] > 1
+    alone_per_class = pd.Series(y[~together]).value_counts()
+    if together.all() or alone_per_class.max() < n_splits or len(set(codes[together])) < n_splits:
+        for k, (_, valid) in enumerate(sgkf.split(y, y, groups)):
+            fold[valid] = k
     else:
-        n_groups = len(set(groups.tolist()))
-        if n_groups < n_splits:
-            raise DataError(
-                f"only {n_groups} groups of images for {n_splits} folds; lower --n-splits"
-            )
-        sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        splits = sgkf.split(labels["Id"], labels["label"], groups)
-    for k, (_, valid) in enumerate(splits):
-        fold[valid] = k
-    table = labels[["Id", "label"]].assign(fold=fold)
-    return table if groups is None else table.assign(group=groups)
+        # Images alone in their group are split as plain stratified folds, the groups of
+        # several as StratifiedGroupKFold: the same folds, and 100,000 singletons need not
+        # pass one by one through the group search.
+        for part, splitter in ((~together, skf), (together, sgkf)):
+            rows = np.flatnonzero(part)
+            with warnings.catch_warnings():
+                # A class with fewer lone images than folds: the groups part spreads it.
+                warnings.simplefilter("ignore", UserWarning)
+                for k, (_, valid) in enumerate(splitter.split(rows, y[rows], groups[rows])):
+                    fold[rows[valid]] = k
+    return labels[["Id", "label"]].assign(fold=fold, group=groups)
 
 
 def fold_counts(folds: pd.DataFrame) -> pd.DataFrame:
@@ -124,6 +141,9 @@ NEAR_DUPLICATE = 0.05
 # density, and a fixed cost however large the competition.
 SAMPLE = 2000
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+# A best shift above this (quantiles some 3x apart on average) means no split imitates
+# the test set. Seen here: 0.03-0.04 on random splits, 0.2-0.4 on unseen subjects.
+MISMATCH = 0.5
 
 
 @dataclass
@@ -157,7 +177,9 @@ class FoldChoice:
     plain: Candidate
     candidates: list[Candidate]
     d_test: np.ndarray | None
-    report: dict[str, Any] = field(default_factory=dict)
+    x_train: Features  # the features, each method scaled as the choice measured them
+    x_test: Features | None
+    d_train: np.ndarray  # each train image's distance to its nearest other train image
 
 
 def quantiles(d: np.ndarray) -> dict[str, float]:
@@ -212,7 +234,7 @@ def _problem(folds: pd.DataFrame, n_splits: int) -> str | None:
     return None
 
 
-def candidate_thresholds(d_test: np.ndarray | None, *, steps: int = 16) -> list[float]:
+def candidate_thresholds(d_test: np.ndarray | None, *, steps: int = 12) -> list[float]:
     """A ladder of grouping distances up to beyond where most test images sit."""
     if d_test is None or not len(d_test):
         return []
@@ -249,13 +271,26 @@ def choose_folds(
     rng = np.random.default_rng(seed)
     n = len(labels)
     d_test = None
+    d_tests: list[np.ndarray] = []
     if x_test is not None and len(x_test):
         # A fold trains on (K-1)/K of train: measure test images against as many.
         base = rng.choice(n, max(1, round(n * (n_splits - 1) / n_splits)), replace=False)
         tests = rng.choice(len(x_test), min(len(x_test), SAMPLE), replace=False)
-        d_test = nearest(x_test.take(tests), x_train.x[base])[0][:, 0]
+        d_tests = [
+            nearest(Features([t]).take(tests), Features([s]).take(base))[0][:, 0]
+            for s, t in zip(x_train.spaces, x_test.spaces, strict=True)
+        ]
+        # Each method's distances in the first one's units: a test image's typical distance
+        # to train is the same in all.
+        typical = [max(1e-4, float(np.median(d))) for d in d_tests]
+        scales = [t / typical[0] for t in typical]
+        x_train, x_test = x_train.scaled(scales), x_test.scaled(scales)
+        d_tests = [d / k for d, k in zip(d_tests, scales, strict=True)]
+        d_test = np.minimum.reduce(d_tests)
     queries = np.sort(rng.choice(n, min(n, SAMPLE), replace=False))
     graph = neighbour_graph(x_train, progress=progress)
+    d_train = np.full(n, np.inf)
+    np.minimum.at(d_train, graph.a, graph.distance)
     cap = max(2, n // (2 * n_splits))
     if threshold is not None:
         ladder = [threshold]
@@ -279,12 +314,24 @@ def choose_folds(
             continue
         c.problem = _problem(c.folds, n_splits)
         fold = c.folds["fold"].to_numpy()
-        c.d_val = nearest(
-            x_train.take(queries), x_train.x, query_keys=fold[queries], base_keys=fold
-        )[0][:, 0]
+        # Each method on its own: folds should copy the test set in every way of looking.
+        d_vals = [
+            nearest(
+                Features([space]).take(queries),
+                Features([space]),
+                query_keys=fold[queries],
+                base_keys=fold,
+            )[0][:, 0]
+            for space in x_train.spaces
+        ]
+        c.d_val = np.minimum.reduce(d_vals)
         if d_test is not None:
-            c.match = match_score(c.d_val, d_test)
-            c.shift = shift_score(c.d_val, d_test)
+            c.match = float(
+                np.mean([match_score(v, t) for v, t in zip(d_vals, d_tests, strict=True)])
+            )
+            c.shift = float(
+                np.mean([shift_score(v, t) for v, t in zip(d_vals, d_tests, strict=True)])
+            )
     usable = [c for c in candidates if c.problem is None and c.folds is not None]
     if threshold is not None or d_test is None:
         # Nothing to match: the one grouping asked for (or twins) when it can serve.
@@ -292,7 +339,15 @@ def choose_folds(
     else:
         best = min(c.shift for c in usable)
         chosen = next(c for c in usable if c.shift <= best + tolerance)
-    return FoldChoice(chosen=chosen, plain=plain, candidates=candidates, d_test=d_test)
+    return FoldChoice(
+        chosen=chosen,
+        plain=plain,
+        candidates=candidates,
+        d_test=d_test,
+        x_train=x_train,
+        x_test=x_test,
+        d_train=d_train,
+    )
 
 
 def adversarial_auc(x_train: Features, x_test: Features, *, threshold: float, seed: int) -> float:
@@ -313,12 +368,20 @@ def adversarial_auc(x_train: Features, x_test: Features, *, threshold: float, se
     if min(len(a), len(b)) < 20:
         return float("nan")  # a fold of the CV would hold only one side
     both = Features(
-        np.concatenate([x_train.x[a], x_test.x[b]]),
-        np.concatenate([x_train.mirror[a], x_test.mirror[b]]),
+        [
+            Space(
+                np.concatenate([s.x[a], t.x[b]]),
+                None
+                if s.mirror is None or t.mirror is None
+                else np.concatenate([s.mirror[a], t.mirror[b]]),
+                s.scale,
+            )
+            for s, t in zip(x_train.spaces, x_test.spaces, strict=True)
+        ]
     )
     y = np.r_[np.zeros(len(a)), np.ones(len(b))]
     groups = neighbour_graph(both).groups([threshold], cap=max(2, len(y) // 10))[0]
-    model = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
+    model = HistGradientBoostingClassifier(max_iter=50, random_state=seed)
     cv = StratifiedGroupKFold(5, shuffle=True, random_state=seed)
     return float(cross_val_score(model, both.x, y, groups=groups, cv=cv, scoring="roc_auc").mean())
 
@@ -339,8 +402,6 @@ def auc_meaning(auc: float) -> str:
 def fold_report(
     choice: FoldChoice,
     *,
-    x_train: Features,
-    x_test: Features | None,
     methods: list[str],
     n_splits: int,
     seed: int,
@@ -348,8 +409,10 @@ def fold_report(
     """What `comp folds` found and chose, as written to folds_k{n}_seed{s}.json."""
     from comp.leaks import nearest
 
+    x_train, x_test = choice.x_train, choice.x_test
     report: dict[str, Any] = {
         "features": methods,
+        "scales": [s.scale for s in x_train.spaces],
         "n_splits": n_splits,
         "seed": seed,
         "train_images": len(x_train),
@@ -360,11 +423,9 @@ def fold_report(
         "twin_distance": TWIN_DISTANCE,
         "warnings": [],
     }
-    keys = np.arange(len(x_train))
-    d_train = nearest(x_train, x_train.x, query_keys=keys, base_keys=keys)[0][:, 0]
-    report["train_with_twin"] = int((d_train <= TWIN_DISTANCE).sum())
+    report["train_with_twin"] = int((choice.d_train <= TWIN_DISTANCE).sum())
     if x_test is not None and len(x_test):
-        d_full = nearest(x_test, x_train.x)[0][:, 0]
+        d_full = nearest(x_test, x_train)[0][:, 0]
         report["test_with_twin"] = int((d_full <= TWIN_DISTANCE).sum())
         auc = adversarial_auc(
             x_train, x_test, threshold=choice.chosen.threshold or TWIN_DISTANCE, seed=seed
@@ -373,7 +434,7 @@ def fold_report(
         report["adversarial_meaning"] = auc_meaning(auc)
         if auc >= 0.75:
             report["warnings"].append(f"adversarial validation AUC {auc:.2f}: {auc_meaning(auc)}")
-        if choice.chosen.shift > 0.15 and choice.chosen.d_val is not None:
+        if choice.chosen.shift > MISMATCH and choice.chosen.d_val is not None:
             val, test = float(np.median(choice.chosen.d_val)), float(np.median(d_full))
             report["warnings"].append(
                 "no split imitates the test set: validation images sit "

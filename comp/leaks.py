@@ -11,14 +11,18 @@ Every feature space gives L2-normalised vectors compared by cosine distance
   a canonical side: its silhouette and its grey-level pattern (16x16). The
   background is left out, so a twin on a backdrop of another colour, a mirrored
   view or a palette swap stays close.
+- ``colour``: the subject's colours (hue, saturation, value), wherever they sit:
+  a back view shares its front's palette.
 - ``thumb``: the whole 16x16 colour thumbnail, centred and scaled (re-encodes,
   resizes, brightness and contrast changes, noise).
 - ``phash``: 64-bit perceptual hashes (as +-1 vectors: cosine distance is twice
   the share of differing bits).
 - ``embed``: a timm backbone's pooled features (crops and other changes that move pixels).
 
-Several methods are concatenated, so their cosine similarities average. A
-mirror image counts as the same image (for ``subject`` and ``thumb``).
+With several methods, two images are as near as they are in the method where
+they are nearest (each method's distances scaled, comp.folds scales them by the
+test set's): a twin in any way is a twin. A mirror image counts as the same
+image (for ``subject`` and ``thumb``). The default is ``subject`` and ``colour``.
 Groups join images through their nearest neighbours up to a distance (single
 linkage over a k-nearest-neighbour graph), with a cap on their size: frames of
 one video chain into one group, and a chain never swallows the data set.
@@ -37,7 +41,8 @@ from tqdm.auto import tqdm
 
 from comp.data import DataError, read_image
 
-METHODS = ("subject", "thumb", "phash", "embed")
+METHODS = ("subject", "colour", "thumb", "phash", "embed")
+DEFAULT_METHODS = ("subject", "colour")
 # Nearest-neighbour search and clustering run on at most this many dimensions (PCA):
 # 100,000 images stay a minute's work, and twins stay twins.
 DIMS = 64
@@ -62,9 +67,9 @@ def _map(fn: Any, paths: Sequence[Path], desc: str, progress: bool) -> list[Any]
 WORK = 64
 
 
-def _decode(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """One image at WORK x WORK as comp reads it (RGB, transparency on white), and its
-    alpha channel where it has transparency."""
+def _decode(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One image at WORK x WORK as comp reads it (RGB, transparency on white), the same in
+    HSV, and its alpha channel where it has transparency."""
     from PIL import Image
 
     from comp.centre import alpha_channel
@@ -82,14 +87,12 @@ def _decode(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
         if alpha is not None:
             alpha = np.asarray(Image.fromarray(alpha).resize(size, Image.Resampling.BILINEAR))
-    return np.asarray(rgb), alpha
+    return np.asarray(rgb), np.asarray(rgb.convert("HSV")), alpha
 
 
-def subject_rows(
-    rgb: np.ndarray, alpha: np.ndarray, has_alpha: np.ndarray, *, side: int = 16
-) -> np.ndarray:
-    """(2, B, 2 * side**2): the subject vectors of a stack of WORK x WORK images (B, W, W, 3),
-    as seen and in a mirror. ``alpha`` (B, W, W) counts where ``has_alpha``."""
+def subject_masks(rgb: np.ndarray, alpha: np.ndarray, has_alpha: np.ndarray) -> np.ndarray:
+    """(B, W, W): the subject of each of a stack of images (B, W, W, 3), by the alpha channel
+    (B, W, W) where ``has_alpha``, else by the border colour (comp.centre)."""
     from comp.centre import drop_specks, subject_mask
 
     mask, _ = subject_mask(rgb)
@@ -98,6 +101,12 @@ def subject_rows(
     by_alpha = has_alpha & ~opaque.all(axis=(1, 2))
     mask = drop_specks(np.where(by_alpha[:, None, None], opaque, mask))
     mask[~mask.any(axis=(1, 2))] = True  # no subject found: the whole image is one
+    return mask
+
+
+def subject_rows(rgb: np.ndarray, mask: np.ndarray, *, side: int = 16) -> np.ndarray:
+    """(2, B, 2 * side**2): the subject vectors of a stack of WORK x WORK images (B, W, W, 3)
+    with their subject masks, as seen and in a mirror."""
     n, f = len(rgb), rgb.shape[1] // side
 
     def box(x: np.ndarray) -> np.ndarray:
@@ -114,26 +123,52 @@ def subject_rows(
     return np.stack([blocks.reshape(n, -1), blocks[..., ::-1].reshape(n, -1)]).astype(np.float32)
 
 
-def subject_features(paths: Sequence[Path], *, progress: bool = True) -> np.ndarray:
-    """(2, N, 512): every image's subject, found by its alpha channel or by the border-colour
-    mask (comp.centre), as its silhouette and grey pattern at 16x16; as seen and in a mirror."""
+def palette_rows(hsv: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(B, 108): the subject's colours (a stack of HSV images, 0..255, and their subject
+    masks) as a histogram of hue (12), saturation (3) and value (3), square-rooted and
+    L2-normalised (cosine is then the Hellinger affinity)."""
+    h, sat, val = (hsv[..., i].astype(np.int64) * n // 256 for i, n in enumerate((12, 3, 3)))
+    bins = (np.arange(len(hsv))[:, None, None] * 108 + h * 9 + sat * 3 + val).ravel()
+    hist = np.bincount(bins, weights=mask.ravel().astype(np.float64), minlength=len(hsv) * 108)
+    return _unit(np.sqrt(hist.reshape(len(hsv), 108))).astype(np.float32)
+
+
+def subject_features(
+    paths: Sequence[Path], *, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every image's subject, found by its alpha channel or by the border-colour mask
+    (comp.centre): its silhouette and grey pattern at 16x16 (N, 512), the same in a mirror,
+    and its colours (N, 108; palette_rows)."""
+    paths = list(paths)
     out = np.zeros((2, len(paths), 512), dtype=np.float32)
+    colours = np.zeros((len(paths), 108), dtype=np.float32)
     bar = tqdm(total=len(paths), desc="subjects", unit="img", leave=False, disable=not progress)
-    # PIL releases the GIL while decoding, and the masks are numpy over a whole chunk.
-    with ThreadPoolExecutor(8) as pool, bar:
-        for start in range(0, len(paths), 1024):
-            decoded = list(pool.map(_decode, paths[start : start + 1024]))
-            rgb = np.stack([d[0] for d in decoded])
-            has_alpha = np.array([d[1] is not None for d in decoded])
-            alpha = np.stack(
-                [
-                    d[1] if d[1] is not None else np.full((WORK, WORK), 255, np.uint8)
-                    for d in decoded
-                ]
-            )
-            out[:, start : start + len(decoded)] = subject_rows(rgb, alpha, has_alpha)
+    chunks = [paths[i : i + 1024] for i in range(0, len(paths), 1024)]
+
+    def decode(chunk: Sequence[Path]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        return [_decode(p) for p in chunk]
+
+    # One thread decodes the next chunk while this one works out the last one's masks
+    # (more decoding threads only fight over the GIL).
+    with ThreadPoolExecutor(1) as pool, bar:
+        pending = pool.submit(decode, chunks[0]) if chunks else None
+        start = 0
+        for i in range(len(chunks)):
+            assert pending is not None
+            decoded = pending.result()
+            if i + 1 < len(chunks):
+                pending = pool.submit(decode, chunks[i + 1])
+            rgb, hsv = np.stack([d[0] for d in decoded]), np.stack([d[1] for d in decoded])
+            has_alpha = np.array([d[2] is not None for d in decoded])
+            opaque = np.full((WORK, WORK), 255, np.uint8)
+            alpha = np.stack([opaque if d[2] is None else d[2] for d in decoded])
+            mask = subject_masks(rgb, alpha, has_alpha)
+            rows = slice(start, start + len(decoded))
+            out[:, rows] = subject_rows(rgb, mask)
+            colours[rows] = palette_rows(hsv, mask)
+            start += len(decoded)
             bar.update(len(decoded))
-    return out
+    return out[0], out[1], colours
 
 
 def _mirror(x: np.ndarray, side: int) -> np.ndarray:
@@ -208,62 +243,98 @@ def embeddings(
 
 
 @dataclass
-class Features:
-    """Similarity features: one L2-normalised row per image, and the same for its mirror
-    image (equal to ``x`` where a method cannot mirror)."""
+class Space:
+    """One method's rows (L2-normalised), those of the images' mirror images where the
+    method can mirror (None: it cannot, or need not), and how far counts as near: a cosine
+    distance d here counts as d / scale."""
 
     x: np.ndarray
-    mirror: np.ndarray
+    mirror: np.ndarray | None = None
+    scale: float = 1.0
+
+    def take(self, rows: Any) -> Space:
+        return Space(self.x[rows], None if self.mirror is None else self.mirror[rows], self.scale)
+
+
+@dataclass
+class Features:
+    """Similarity features of some images in one or more spaces. Two images are as near as
+    they are in the space where they are nearest (scaled): a twin in any way is a twin."""
+
+    spaces: list[Space]
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.spaces[0].x)
 
     def take(self, rows: Any) -> Features:
-        return Features(self.x[rows], self.mirror[rows])
+        return Features([s.take(rows) for s in self.spaces])
+
+    def scaled(self, scales: Sequence[float]) -> Features:
+        return Features(
+            [Space(s.x, s.mirror, float(k)) for s, k in zip(self.spaces, scales, strict=True)]
+        )
+
+    @property
+    def x(self) -> np.ndarray:
+        """Every space side by side, for a classifier."""
+        return np.concatenate([s.x for s in self.spaces], axis=1)
 
 
 def features(
     paths: Sequence[Path],
     *,
-    methods: Sequence[str] = ("subject",),
+    methods: Sequence[str] = DEFAULT_METHODS,
     embed: dict[str, object] | None = None,
     progress: bool = True,
     dims: int = DIMS,
     seed: int = 0,
 ) -> Features:
-    """Rows for cosine distances, at most ``dims`` wide (PCA), as seen and in a mirror."""
+    """One space per method, each at most ``dims`` wide (PCA)."""
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
         raise ValueError(
             f"similarity methods are {', '.join(METHODS)}, not {', '.join(unknown) or 'none'}"
         )
-    seen, mirrored = [], []
+    spaces = []
+    subject = None
+    if {"subject", "colour"} & set(methods):
+        subject = subject_features(paths, progress=progress)  # one decode serves both
     for method in dict.fromkeys(methods):
         if method == "subject":
-            x, xm = subject_features(paths, progress=progress)
+            assert subject is not None
+            space = Space(subject[0], subject[1])
+        elif method == "colour":
+            assert subject is not None
+            space = Space(subject[2])
         elif method == "thumb":
             x = thumbnails(paths, progress=progress)
-            xm = _mirror(x, 16)
+            space = Space(x, _mirror(x, 16))
         elif method == "phash":
-            x = xm = _unit(np.where(phashes(paths, progress=progress), 1.0, -1.0))
+            space = Space(_unit(np.where(phashes(paths, progress=progress), 1.0, -1.0)))
         else:
-            x = xm = embeddings(paths, **(embed or {}))  # type: ignore[arg-type]
-        seen.append(x.astype(np.float32))
-        mirrored.append(xm.astype(np.float32))
-    x, xm = _unit(np.concatenate(seen, axis=1)), _unit(np.concatenate(mirrored, axis=1))
-    if x.shape[1] > dims and len(x) > dims:
+            space = Space(embeddings(paths, **(embed or {})))  # type: ignore[arg-type]
+        spaces.append(_reduce(space, dims=dims, seed=seed))
+    return Features(spaces)
+
+
+def _reduce(space: Space, *, dims: int, seed: int) -> Space:
+    """The space in at most ``dims`` dimensions (PCA), as contiguous float32 unit rows."""
+    rows = [space.x, space.mirror]
+    if space.x.shape[1] > dims and len(space.x) > dims:
         from sklearn.decomposition import PCA
 
         rng = np.random.default_rng(seed)
-        sample = x[rng.choice(len(x), min(len(x), 20_000), replace=False)]
+        sample = space.x[rng.choice(len(space.x), min(len(space.x), 20_000), replace=False)]
         pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit(sample)
-        x, xm = (_unit(pca.transform(v).astype(np.float32)) for v in (x, xm))
-    return Features(*(np.ascontiguousarray(v, dtype=np.float32) for v in (x, xm)))
+        rows = [None if r is None else _unit(pca.transform(r)) for r in rows]
+    x, mirror = (None if r is None else np.ascontiguousarray(r, dtype=np.float32) for r in rows)
+    assert x is not None
+    return Space(x, mirror, space.scale)
 
 
 def nearest(
     queries: Features,
-    base: np.ndarray,
+    base: Features,
     *,
     k: int = 1,
     query_keys: np.ndarray | None = None,
@@ -271,8 +342,9 @@ def nearest(
     progress: bool = False,
     desc: str = "neighbours",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest rows of ``base`` to each query, as cosine distances and indices;
-    a query's distance to a row is the smaller of its own and its mirror image's.
+    """The ``k`` nearest images of ``base`` to each query, as distances and indices. The
+    distance is the smallest over the spaces of the scaled cosine distance, a query's
+    mirror image counting as the query.
 
     An exact search in blocks, so no queries x base matrix is held. Where keys are
     given, a base row whose key equals the query's is skipped (the query itself, or
@@ -280,30 +352,35 @@ def nearest(
     """
     import torch
 
-    b = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32))
+    n_base = len(base)
+    bases = [torch.from_numpy(s.x) for s in base.spaces]
     bk = torch.from_numpy(np.array(base_keys)) if base_keys is not None else None
-    k_eff = min(k, len(base))
+    k_eff = min(k, n_base)
     dist = np.full((len(queries), k), np.inf, dtype=np.float32)
     idx = np.full((len(queries), k), -1, dtype=np.int64)
     if k_eff == 0:
         return dist, idx
-    # About 64 MB of similarities at a time.
-    block = max(1, min(4096, 8_000_000 // max(1, len(base))))
+    # About 32 MB of distances at a time.
+    block = max(1, min(4096, 8_000_000 // max(1, n_base)))
     starts = range(0, len(queries), block)
     for start in tqdm(starts, desc=desc, unit="block", leave=False, disable=not progress):
         rows = slice(start, start + block)
-        sim = torch.maximum(
-            torch.from_numpy(queries.x[rows]) @ b.T, torch.from_numpy(queries.mirror[rows]) @ b.T
-        )
+        d: torch.Tensor | None = None
+        for space, b in zip(queries.spaces, bases, strict=True):
+            sim = torch.from_numpy(space.x[rows]) @ b.T
+            if space.mirror is not None:
+                sim = torch.maximum(sim, torch.from_numpy(space.mirror[rows]) @ b.T)
+            here = (1 - sim).clamp_(min=0) / space.scale
+            d = here if d is None else torch.minimum(d, here)
+        assert d is not None
         if bk is not None and query_keys is not None:
             qk = torch.from_numpy(np.array(query_keys[rows]))
-            sim.masked_fill_(qk[:, None] == bk[None, :], -torch.inf)
-        top, where = torch.topk(sim, k_eff, dim=1)
-        d = (1 - top).clamp_(min=0).numpy()
-        w = where.numpy()
-        missing = ~np.isfinite(d)
-        d[missing], w[missing] = np.inf, -1
-        dist[rows, :k_eff], idx[rows, :k_eff] = d, w
+            d.masked_fill_(qk[:, None] == bk[None, :], torch.inf)
+        top, where = torch.topk(d, k_eff, dim=1, largest=False)
+        dd, w = top.numpy(), where.numpy()
+        missing = ~np.isfinite(dd)
+        dd[missing], w[missing] = np.inf, -1
+        dist[rows, :k_eff], idx[rows, :k_eff] = dd, w
     return dist, idx
 
 
@@ -347,7 +424,7 @@ def neighbour_graph(feats: Features, *, k: int = 10, progress: bool = False) -> 
     keys = np.arange(n)
     dist, idx = nearest(
         feats,
-        feats.x,
+        feats,
         k=min(k, n - 1),
         query_keys=keys,
         base_keys=keys,
@@ -367,7 +444,9 @@ def near_duplicate_groups(
     """One group id per image: images within ``distance`` of each other on the subject
     features, or twins of each other as whole thumbnails (re-encodes, resizes; cosine
     distance 0.01), joined as comp.folds joins them (groups of at most ``cap``)."""
-    subject = neighbour_graph(features(paths, progress=progress), progress=progress)
+    subject = neighbour_graph(
+        features(paths, methods=["subject"], progress=progress), progress=progress
+    )
     # Full thumbnails, not a PCA of them: a resized twin of a small image stays a twin.
     thumb = neighbour_graph(features(paths, methods=["thumb"], dims=10**6, progress=progress))
     twins = thumb.distance <= 0.01

@@ -16,7 +16,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from comp.cli import cli
 from comp.folds import NEAR_DUPLICATE, make_folds
-from comp.leaks import Features, features, nearest, neighbour_graph
+from comp.leaks import Features, Space, features, nearest, neighbour_graph
 from comp.workspace import init_workspace
 from tests.conftest import TINY
 
@@ -178,7 +178,7 @@ def test_embedding_method_runs_on_a_timm_backbone(comp_dir: Path) -> None:
         },
         progress=False,
     )
-    dist, idx = nearest(feats.take([12]), feats.x[:12])
+    dist, idx = nearest(feats.take([12]), feats.take(slice(0, 12)))
     assert idx[0, 0] == 0 and dist[0, 0] < 1e-4
 
 
@@ -205,23 +205,27 @@ def test_subject_features_ignore_the_background_and_mirrors(tmp_path: Path) -> N
     for name, img in images.items():
         paths.append(tmp_path / f"{name}.png")
         img.save(paths[-1])
-    feats = features(paths, progress=False)
-    dist, _ = nearest(feats.take(slice(1, None)), feats.x[:1])
+    feats = features(paths, methods=["subject"], progress=False)
+    dist, _ = nearest(feats.take(slice(1, None)), feats.take([0]))
     near = dict(zip(list(images)[1:], dist[:, 0], strict=True))
     assert near["alpha"] < 0.01 and near["mirrored"] < 0.02, near
     assert near["navy"] < near["other"] / 5, near
     # The thumbnail of the whole image sees the backdrop: twins on other backdrops drift apart.
     thumbs = features(paths, methods=["thumb"], progress=False)
-    assert nearest(thumbs.take([1]), thumbs.x[:1])[0][0, 0] > 3 * near["navy"]
+    assert nearest(thumbs.take([1]), thumbs.take([0]))[0][0, 0] > 3 * near["navy"]
+    # The subject's colours: the rectangle of the same red is near in that space alone,
+    # and near in the default (subject, colour), where images are as near as in either.
+    both = features(paths, progress=False)
+    assert nearest(both.take([4]), both.take([0]))[0][0, 0] < near["other"] / 2
 
 
 def test_nearest_is_exact_and_skips_its_own_key() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 8)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    feats = Features(x, x)
+    feats = Features([Space(x)])
     keys = np.arange(300) % 3
-    dist, idx = nearest(feats, x, k=2, query_keys=keys, base_keys=keys)
+    dist, idx = nearest(feats, feats, k=2, query_keys=keys, base_keys=keys)
     full = 1 - x @ x.T
     full[keys[:, None] == keys[None, :]] = np.inf
     assert np.array_equal(idx[:, 0], full.argmin(axis=1))
@@ -233,9 +237,21 @@ def test_groups_chain_through_neighbours_but_never_past_the_cap() -> None:
     # Twenty points on an arc, each close to the next: single linkage chains them all.
     angles = np.linspace(0, 1.0, 20)
     x = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
-    graph = neighbour_graph(Features(x, x), k=3)
+    graph = neighbour_graph(Features([Space(x)]), k=3)
     chained = graph.groups([0.01], cap=20)[0]
     capped, none = graph.groups([0.01, 1e-9], cap=5)
     assert len(set(chained)) == 1
     assert np.bincount(capped).max() <= 5 and len(set(capped)) >= 4
     assert len(set(none)) == 20
+
+
+def test_an_image_is_as_near_as_in_its_nearest_space() -> None:
+    rng = np.random.default_rng(1)
+    a, b = (rng.normal(size=(50, 6)).astype(np.float32) for _ in range(2))
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    both = Features([Space(a), Space(b, scale=2.0)])
+    dist, _ = nearest(both.take([0]), both.take(slice(1, None)))
+    alone_a = nearest(Features([Space(a)]).take([0]), Features([Space(a)]).take(slice(1, None)))
+    alone_b = nearest(Features([Space(b)]).take([0]), Features([Space(b)]).take(slice(1, None)))
+    assert np.isclose(dist[0, 0], min(alone_a[0][0, 0], alone_b[0][0, 0] / 2), atol=1e-6)
