@@ -140,3 +140,25 @@ def test_matching_prefers_the_candidate_whose_distances_look_like_the_test_set()
     assert match_score(rng.lognormal(np.log(0.01), 0.3, 500), test) < 0.1
     # All-twin samples have no spread; the score still comes out.
     assert 0 <= match_score(np.zeros(50), test) < 0.1
+
+
+@pytest.mark.slow
+def test_a_trained_model_has_a_cv_that_predicts_its_held_out_score(tmp_path: Path) -> None:
+    """comp folds, then comp train (a tiny CNN from scratch) and predict, on unseen subjects."""
+    root = write_sprites(tmp_path / "data", train_subjects=150, test_subjects=100, jitter=0.01)
+    ws = tmp_path / "ws"
+    init_workspace(ws, root, overrides={**TINY, "n_splits": 3, "img_size": 32})
+    for args in (
+        ["folds"],
+        ["train", "--name", "t", "--epochs", "5", "--freeze-epochs", "0", "--lr2", "3e-3"],
+        ["predict", "t"],
+    ):
+        result = CliRunner().invoke(cli, ["-w", str(ws), *args])
+        assert result.exit_code == 0, result.output
+    cv = json.loads((ws / "runs" / "t" / "cv.json").read_text())["cv_macro_f1"]
+    solution = pd.read_csv(root / "solution.csv", dtype=str)
+    predicted = pd.read_csv(ws / "submissions" / "t.csv", dtype=str)
+    held = f1_score(solution["label"], solution[["Id"]].merge(predicted)["label"], average="macro")
+    print(f"CV {cv:.3f}, held-out {held:.3f}")
+    assert held > 0.3  # it learned something (4 types: chance is 0.25)
+    assert abs(cv - held) <= 0.05, (cv, held)

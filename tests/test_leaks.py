@@ -255,3 +255,20 @@ def test_an_image_is_as_near_as_in_its_nearest_space() -> None:
     alone_a = nearest(Features([Space(a)]).take([0]), Features([Space(a)]).take(slice(1, None)))
     alone_b = nearest(Features([Space(b)]).take([0]), Features([Space(b)]).take(slice(1, None)))
     assert np.isclose(dist[0, 0], min(alone_a[0][0, 0], alone_b[0][0, 0] / 2), atol=1e-6)
+
+
+def test_the_search_over_several_spaces_and_mirrors_is_exact() -> None:
+    rng = np.random.default_rng(2)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    a, am, b = (unit(rng.normal(size=(120, 5))) for _ in range(3))
+    feats = Features([Space(a, am), Space(b, scale=0.7)])
+    keys = np.arange(120)
+    dist, idx = nearest(feats, feats, k=3, query_keys=keys, base_keys=keys)
+    full = np.minimum(1 - np.maximum(a @ a.T, am @ a.T), (1 - b @ b.T) / 0.7)
+    np.fill_diagonal(full, np.inf)
+    order = np.argsort(full, axis=1)[:, :3]
+    assert np.allclose(dist, np.take_along_axis(full, order, axis=1), atol=1e-5)
+    assert (np.sort(idx, axis=1) == np.sort(order, axis=1)).mean() > 0.99  # ties aside
