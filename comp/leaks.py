@@ -114,11 +114,13 @@ def subject_rows(rgb: np.ndarray, mask: np.ndarray, *, side: int = 16) -> np.nda
     def box(x: np.ndarray) -> np.ndarray:
         return x.reshape(n, side, f, side, f).mean(axis=(2, 4))
 
-    grey = box(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    # Grey levels relative to the subject's own mean (a brighter or darker variant
+    # matches), the backdrop set to that mean so none of its colour bleeds into the edges.
+    mean = (grey * mask).sum(axis=(1, 2)) / np.maximum(mask.sum(axis=(1, 2)), 1)
+    grey = box(np.where(mask, grey - mean[:, None, None], 0))
     m = box(mask.astype(np.float32))
-    # Grey levels relative to the subject's own mean: a brighter or darker variant matches.
-    mean = (grey * m).sum(axis=(1, 2)) / np.maximum(m.sum(axis=(1, 2)), 1e-6)
-    grey = (grey - mean[:, None, None]) * m
+    grey *= m
     shape = m - m.mean(axis=(1, 2), keepdims=True)
     blocks = np.stack([shape, grey], axis=1)  # (B, 2, side, side)
     blocks /= np.maximum(np.linalg.norm(blocks.reshape(n, 2, -1), axis=2), 1e-12)[..., None, None]
@@ -329,7 +331,9 @@ def _reduce(space: Space, *, dims: int, seed: int) -> Space:
         sample = space.x[rng.choice(len(space.x), min(len(space.x), 20_000), replace=False)]
         pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit(sample)
         rows = [None if r is None else _unit(pca.transform(r)) for r in rows]
-    x, mirror = (None if r is None else np.ascontiguousarray(r, dtype=np.float32) for r in rows)
+    x, mirror = (
+        None if r is None else np.ascontiguousarray(_unit(r), dtype=np.float32) for r in rows
+    )
     assert x is not None
     return Space(x, mirror, space.scale)
 
