@@ -91,6 +91,13 @@ def drop_specks(mask: np.ndarray, *, min_pixels: int = 3, min_fraction: float = 
     return np.asarray(keep[labels - 1] & (labels > 0)).reshape(mask.shape)
 
 
+def opaque_subject(alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels of more than 10 % opacity of an alpha channel (..., H, W), and whether it
+    marks a subject at all: one opaque everywhere gives no transparency to go by."""
+    opaque = np.asarray(alpha, dtype=np.float32) > 0.1 * 255
+    return opaque, np.asarray(~opaque.all(axis=(-2, -1)))
+
+
 def find_subject(
     img: np.ndarray,
     *,
@@ -112,8 +119,8 @@ def find_subject(
     if alpha is not None:
         if alpha.shape != img.shape[:2]:
             raise ValueError(f"alpha of shape {alpha.shape} does not fit image {img.shape}")
-        opaque = np.asarray(alpha, dtype=np.float32) > 0.1 * 255
-        if not opaque.all():  # all opaque: no transparency to go by, use the border
+        opaque, marks = opaque_subject(alpha)
+        if marks:
             bg = np.median(img[~opaque].reshape(-1, 3).astype(np.float64), axis=0)
             return drop_specks(opaque, min_pixels=min_pixels), bg
     mask, bg = subject_mask(img, border=border, percentile=percentile, factor=factor, floor=floor)

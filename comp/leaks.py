@@ -92,16 +92,15 @@ def _decode(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     return np.asarray(rgb), np.asarray(rgb.convert("HSV")), alpha
 
 
-def subject_masks(rgb: np.ndarray, alpha: np.ndarray, has_alpha: np.ndarray) -> np.ndarray:
-    """(B, W, W): the subject of each of a stack of images (B, W, W, 3), by the alpha channel
-    (B, W, W) where ``has_alpha``, else by the border colour (comp.centre)."""
-    from comp.centre import drop_specks, subject_mask
+def subject_masks(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(B, W, W): the subject of each of a stack of images (B, W, W, 3), by its alpha channel
+    (B, W, W; 255 where an image has none) where that marks one, else by the border colour
+    (comp.centre)."""
+    from comp.centre import drop_specks, opaque_subject, subject_mask
 
     mask, _ = subject_mask(rgb)
-    opaque = alpha > 0.1 * 255
-    # The alpha channel marks the subject, unless it is opaque everywhere.
-    by_alpha = has_alpha & ~opaque.all(axis=(1, 2))
-    mask = drop_specks(np.where(by_alpha[:, None, None], opaque, mask))
+    opaque, marks = opaque_subject(alpha)
+    mask = drop_specks(np.where(marks[:, None, None], opaque, mask))
     mask[~mask.any(axis=(1, 2))] = True  # no subject found: the whole image is one
     return mask
 
@@ -163,10 +162,9 @@ def subject_features(
             if i + 1 < len(chunks):
                 pending = pool.submit(decode, chunks[i + 1])
             rgb, hsv = np.stack([d[0] for d in decoded]), np.stack([d[1] for d in decoded])
-            has_alpha = np.array([d[2] is not None for d in decoded])
             opaque = np.full((WORK, WORK), 255, np.uint8)
             alpha = np.stack([opaque if d[2] is None else d[2] for d in decoded])
-            mask = subject_masks(rgb, alpha, has_alpha)
+            mask = subject_masks(rgb, alpha)
             rows = slice(start, start + len(decoded))
             out[:, rows] = subject_rows(rgb, mask)
             colours[rows] = palette_rows(hsv, mask)
