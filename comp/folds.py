@@ -1,9 +1,11 @@
 """Cross-validation folds.
 
-Reads the labels table (``train_csv``). Writes ``folds/folds_k{n}_seed{s}.csv``
-with columns Id,label,fold (and group, when near-duplicate groups kept
-together); ``comp train`` reads the file that matches its config, so changing
-n_splits or seed never mixes two splits.
+Reads the labels table (``train_csv``) and, for the distance-matched folds, the
+similarity features of the train and test images (comp.leaks). Writes
+``folds/folds_k{n}_seed{s}.csv`` with columns Id,label,fold (and group, when
+groups of similar images are kept together), and beside it (comp folds) a
+report as ``.json`` and ``.png``; ``comp train`` reads the file that matches its
+config, so changing n_splits or seed never mixes two splits.
 """
 
 from __future__ import annotations
@@ -260,10 +262,12 @@ def choose_folds(
     ``x_train``/``x_test``: similarity features (comp.leaks.features) of the images in
     ``labels`` order and of the test images. Candidates are plain stratified folds and
     groups joined through neighbours up to a ladder of distances (each group at most
-    N/(2K) images; comp.leaks.Graph); a candidate within ``tolerance`` of the smallest
-    shift (shift_score) that groups less wins, so CV does not turn pessimistic on a random split. With ``threshold``, the
-    groups are cut there instead of chosen. Without test images there is nothing to
-    match: twins (TWIN_DISTANCE) are kept together.
+    N/(2K) images; comp.leaks.Graph). Each feature's distances are scaled by the test
+    set's typical distance in it, and each is matched on its own (shift_score, averaged);
+    a candidate within ``tolerance`` of the smallest shift that groups less wins, so CV
+    does not turn pessimistic on a random split. With ``threshold``, the groups are cut
+    there instead of chosen. Without test images there is nothing to match: twins
+    (TWIN_DISTANCE) are kept together.
     """
     from comp.leaks import nearest, neighbour_graph
 
