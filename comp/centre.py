@@ -98,55 +98,6 @@ def opaque_subject(alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return opaque, np.asarray(~opaque.all(axis=(-2, -1)))
 
 
-def find_subject(
-    img: np.ndarray,
-    *,
-    alpha: np.ndarray | None = None,
-    border: int = 2,
-    percentile: float = 50.0,
-    factor: float = 3.0,
-    floor: float = 24.0,
-    min_pixels: int = 3,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The subject's pixels of ``img`` (HxWx3) without specks, and the background colour.
-
-    ``alpha`` (HxW, 0..255), where given, marks the subject by its opaque pixels (more
-    than 10 % opacity); otherwise the subject is what stands out from the border's median
-    colour (see subject_mask). The mask is empty for a blank or fully transparent image.
-    """
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 image, got shape {img.shape}")
-    if alpha is not None:
-        if alpha.shape != img.shape[:2]:
-            raise ValueError(f"alpha of shape {alpha.shape} does not fit image {img.shape}")
-        opaque, marks = opaque_subject(alpha)
-        if marks:
-            bg = np.median(img[~opaque].reshape(-1, 3).astype(np.float64), axis=0)
-            return drop_specks(opaque, min_pixels=min_pixels), bg
-    mask, bg = subject_mask(img, border=border, percentile=percentile, factor=factor, floor=floor)
-    return drop_specks(mask, min_pixels=min_pixels), bg
-
-
-def subject_box(mask: np.ndarray, *, margin: float) -> tuple[int, int, int]:
-    """The square around a non-empty mask's bounding box, ``margin`` of its longer side
-    on each side: (top, left, side), possibly reaching outside the image."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    side = max(1, math.ceil(max(y1 - y0, x1 - x0) * (1 + 2 * margin)))
-    # The square's top-left corner, so the subject's box sits in its middle.
-    return round((y0 + y1 - side) / 2), round((x0 + x1 - side) / 2), side
-
-
-def paste_square(img: np.ndarray, top: int, left: int, side: int, fill: np.ndarray) -> np.ndarray:
-    """The ``side`` square of ``img`` (HxW or HxWxC) at (top, left); outside the image, ``fill``."""
-    out = np.empty((side, side, *img.shape[2:]), dtype=img.dtype)
-    out[...] = fill.astype(img.dtype)
-    sy0, sy1 = max(top, 0), min(top + side, img.shape[0])
-    sx0, sx1 = max(left, 0), min(left + side, img.shape[1])
-    out[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = img[sy0:sy1, sx0:sx1]
-    return out
-
-
 def centre_object(
     img: np.ndarray,
     *,
@@ -167,22 +118,40 @@ def centre_object(
     with the background colour. Same dtype as ``img``. An image without a subject (blank,
     or fully transparent) is returned unchanged.
     """
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 image, got shape {img.shape}")
     if margin < 0:
         raise ValueError(f"margin must be at least 0, got {margin}")
-    mask, bg = find_subject(
-        img,
-        alpha=alpha,
-        border=border,
-        percentile=percentile,
-        factor=factor,
-        floor=floor,
-        min_pixels=min_pixels,
-    )
+    mask = None
+    bg = None
+    if alpha is not None:
+        if alpha.shape != img.shape[:2]:
+            raise ValueError(f"alpha of shape {alpha.shape} does not fit image {img.shape}")
+        opaque, marks = opaque_subject(alpha)
+        if marks:
+            mask = opaque
+            bg = np.median(img[~opaque].reshape(-1, 3).astype(np.float64), axis=0)
+    if mask is None:
+        mask, bg = subject_mask(
+            img, border=border, percentile=percentile, factor=factor, floor=floor
+        )
+    assert bg is not None
+    mask = drop_specks(mask, min_pixels=min_pixels)
     if not mask.any():
         return img
-    top, left, side = subject_box(mask, margin=margin)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    side = max(1, math.ceil(max(y1 - y0, x1 - x0) * (1 + 2 * margin)))
+    # The square's top-left corner, so the subject's box sits in its middle.
+    top = round((y0 + y1 - side) / 2)
+    left = round((x0 + x1 - side) / 2)
     fill = bg
     if img.dtype.kind in "ui":
         info = np.iinfo(img.dtype)
         fill = np.clip(np.round(bg), info.min, info.max)
-    return paste_square(img, top, left, side, fill)
+    out = np.empty((side, side, 3), dtype=img.dtype)
+    out[...] = fill.astype(img.dtype)
+    sy0, sy1 = max(top, 0), min(top + side, img.shape[0])
+    sx0, sx1 = max(left, 0), min(left + side, img.shape[1])
+    out[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = img[sy0:sy1, sx0:sx1]
+    return out

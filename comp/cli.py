@@ -343,9 +343,7 @@ def folds(
         how = f"stratified, grouped by column {groups}"
         write_folds(path, folds_table)
     else:
-        folds_table, how, write_report = _matched_folds(
-            root, cfg, comp, groups, method, threshold, path
-        )
+        folds_table, how, write_report = _matched_folds(cfg, comp, groups, method, threshold, path)
         # The folds first: a report never stands beside folds that were not written.
         write_folds(path, folds_table)
         write_report()
@@ -356,7 +354,6 @@ def folds(
 
 
 def _matched_folds(
-    root: Path,
     cfg: Config,
     comp: Any,
     groups: str,

@@ -50,21 +50,6 @@ DEFAULT_METHODS = ("subject", "colour")
 DIMS = 64
 
 
-def _map(fn: Any, paths: Sequence[Path], desc: str, progress: bool) -> list[Any]:
-    # PIL releases the GIL while decoding and resizing, so threads use every core.
-    with ThreadPoolExecutor(8) as pool:
-        return list(
-            tqdm(
-                pool.map(fn, paths, chunksize=64),
-                total=len(paths),
-                desc=desc,
-                unit="img",
-                leave=False,
-                disable=not progress,
-            )
-        )
-
-
 # Subjects are found at this size: quick, and a subject keeps its shape there.
 WORK = 64
 
@@ -194,7 +179,17 @@ def phashes(paths: Sequence[Path], *, progress: bool = True) -> np.ndarray:
         image = Image.fromarray(read_image(path, 64))
         return np.asarray(imagehash.phash(image, hash_size=8).hash, dtype=bool).ravel()
 
-    rows = _map(one, paths, "hash", progress)
+    with ThreadPoolExecutor(8) as pool:
+        rows = list(
+            tqdm(
+                pool.map(one, paths),
+                total=len(paths),
+                desc="hash",
+                unit="img",
+                leave=False,
+                disable=not progress,
+            )
+        )
     return np.stack(rows) if rows else np.zeros((0, 64), dtype=bool)
 
 
