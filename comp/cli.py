@@ -24,6 +24,7 @@ import click
 
 from comp import __version__
 from comp.config import (
+    AUTO_KEYS,
     KEYS,
     Config,
     ConfigError,
@@ -38,13 +39,17 @@ ERRORS: tuple[type[Exception], ...] = (ConfigError, FileExistsError)
 TRAINING_FLAGS = (
     "model",
     "pretrained",
+    "recipe",
     "img_size",
     "centre",
     "aug",
     "epochs",
+    "time_limit",
     "freeze_epochs",
     "lr1",
     "lr2",
+    "warmup_epochs",
+    "layer_decay",
     "weight_decay",
     "optimizer",
     "scheduler",
@@ -53,6 +58,10 @@ TRAINING_FLAGS = (
     "loss",
     "focal_gamma",
     "label_smoothing",
+    "mixup",
+    "cutmix",
+    "ema",
+    "drop_path_rate",
     "class_weights",
     "sampler",
     "amp",
@@ -114,6 +123,8 @@ def _os_error(e: OSError) -> str:
 
 
 def _click_type(key: str) -> Any:
+    if key in AUTO_KEYS:
+        return click.STRING  # a number, or "auto"
     typ = typing.get_type_hints(Config)[key]
     base = next((t for t in typing.get_args(typ) if t is not type(None)), typ)
     return {bool: click.BOOL, int: click.INT, float: click.FLOAT}.get(base, click.STRING)
@@ -384,7 +395,8 @@ def _matched_folds(
             "model": cfg.model,
             "pretrained": cfg.pretrained,
             "pretrained_file": cfg.pretrained_file,
-            "img_size": cfg.img_size,
+            # The backbone's own preferred size is unknown here; 64 px keeps it quick.
+            "img_size": cfg.img_size if cfg.img_size > 0 else 64,
         },
         seed=cfg.seed,
     )

@@ -25,6 +25,20 @@ import yaml
 from comp import io
 
 CONFIG_FILE = "comp.yaml"
+# "auto" in comp.yaml: the training recipe (comp/recipe.py) picks the value, from whether
+# the model starts from pretrained weights, the device and the data. Stored as AUTO.
+AUTO = -1
+AUTO_KEYS = (
+    "img_size",
+    "epochs",
+    "freeze_epochs",
+    "lr2",
+    "warmup_epochs",
+    "label_smoothing",
+    "layer_decay",
+    "mixup_off_epoch",
+)
+RECIPES = ("auto", "scratch", "finetune")
 AUG_PRESETS = ("none", "shift", "light", "medium", "heavy")
 HEADS = ("linear", "logreg", "extratrees", "rf", "hgb", "xgb")
 
@@ -73,7 +87,16 @@ class Config:
     pretrained_file: str | None = _key(
         None, "local weights file (.pth/.safetensors), e.g. from a Kaggle dataset", "model"
     )
-    img_size: int = _key(64, "images are resized to img_size x img_size", "model")
+    recipe: str = _key(
+        "auto",
+        "auto: finetune when pretrained weights are found, else scratch; the recipe fills every key set to auto",
+        "model",
+    )
+    img_size: int = _key(
+        AUTO,
+        "images are resized to img_size x img_size (auto: from the images, at most 64 when training from scratch on a CPU)",
+        "model",
+    )
     head: str = _key(
         "linear",
         "linear: the model's own classifier, fine-tuned; logreg, extratrees, rf, hgb (or xgb): "
@@ -89,10 +112,37 @@ class Config:
     aug: str = _key(
         "light", "augmentation preset: none, shift (no flips), light, medium, heavy", "train"
     )
-    epochs: int = _key(15, "total epochs per fold (stage 1 + stage 2)", "train")
-    freeze_epochs: int = _key(3, "stage 1: epochs with the backbone frozen, head only", "train")
+    epochs: int = _key(
+        AUTO,
+        "total epochs per fold, stage 1 + stage 2 (auto: 15 to fine-tune, 12 from scratch)",
+        "train",
+    )
+    time_limit: str | None = _key(
+        None,
+        "fit the whole run (every fold) into this time, e.g. 20m or 1h30m: epochs are sized from a measured step",
+        "train",
+    )
+    freeze_epochs: int = _key(
+        AUTO,
+        "stage 1: epochs with the backbone frozen, head only (auto: 3 to fine-tune, 0 from scratch)",
+        "train",
+    )
     lr1: float = _key(1e-3, "learning rate of stage 1 (head only)", "train")
-    lr2: float = _key(1e-4, "learning rate of stage 2 (all layers)", "train")
+    lr2: float = _key(
+        AUTO,
+        "learning rate of stage 2, all layers (auto: 2e-4 to fine-tune, 2e-3 from scratch)",
+        "train",
+    )
+    warmup_epochs: int = _key(
+        AUTO,
+        "stage 2: epochs of linear warmup before the cosine decay (auto: 0 / 1 from scratch)",
+        "train",
+    )
+    layer_decay: float = _key(
+        AUTO,
+        "stage 2: each layer group below the head learns at this times the lr above it, 0 = off (auto: 0.75 to fine-tune, 0 from scratch)",
+        "train",
+    )
     weight_decay: float = _key(0.01, "AdamW weight decay", "train")
     optimizer: str = _key("adamw", "any timm optimizer name (adamw, sgd, lamb, ...)", "train")
     scheduler: str = _key("cosine", "learning-rate schedule per stage: cosine or plateau", "train")
@@ -104,7 +154,23 @@ class Config:
     focal_gamma: float = _key(
         2.0, "focal loss: how strongly easy examples are down-weighted", "train"
     )
-    label_smoothing: float = _key(0.0, "label smoothing, e.g. 0.1", "train")
+    label_smoothing: float = _key(AUTO, "label smoothing, e.g. 0.1 (auto: 0.1)", "train")
+    mixup: float = _key(0.0, "mixup alpha (timm Mixup), e.g. 0.2; 0 = off", "train")
+    cutmix: float = _key(0.0, "cutmix alpha (timm Mixup), e.g. 1.0; 0 = off", "train")
+    mixup_off_epoch: int = _key(
+        AUTO,
+        "mixup and cutmix stop after this epoch, so the last epochs see clean images (auto: 80%)",
+        "train",
+    )
+    ema: bool = _key(
+        False,
+        "keep an exponential moving average of the weights (timm ModelEmaV3); it is validated, kept and predicted with",
+        "train",
+    )
+    ema_decay: float = _key(0.999, "EMA decay per step (warmed up over the first steps)", "train")
+    drop_path_rate: float = _key(
+        0.0, "stochastic depth: the chance of dropping a residual block, e.g. 0.1", "train"
+    )
     class_weights: str = _key(
         "none", "none or balanced: weight the loss by inverse class frequency", "train"
     )
@@ -113,7 +179,11 @@ class Config:
     )
     num_workers: int = _key(-1, "DataLoader workers; -1 picks from the cores and device", "train")
     device: str = _key("auto", "auto, cpu, cuda or cuda:N", "train")
-    amp: bool = _key(True, "mixed precision on CUDA (ignored on CPU)", "train")
+    amp: bool = _key(
+        True,
+        "mixed precision: bf16 (or fp16) on CUDA, bf16 on CPUs with AMX or AVX512-BF16 from 48 px",
+        "train",
+    )
     checkpoint_seconds: float = _key(
         60.0,
         "write the resume state (fold{k}/last.pt) and best.pt at most this often; 0: every epoch",
@@ -163,6 +233,13 @@ class Config:
     tune_aug: str | None = _key(None, "tune: augmentation presets, e.g. light,medium,heavy", "tune")
     tune_model: str | None = _key(None, "tune: models, e.g. resnet18,efficientnet_b0", "tune")
     tune_img_size: str | None = _key(None, "tune: image sizes, e.g. 64,96,128", "tune")
+    tune_label_smoothing: str | None = _key(None, "tune: label smoothing, e.g. 0..0.2", "tune")
+    tune_mixup: str | None = _key(None, "tune: mixup alpha, e.g. 0..0.4", "tune")
+    tune_cutmix: str | None = _key(None, "tune: cutmix alpha, e.g. 0,1.0", "tune")
+    tune_ema: str | None = _key(None, "tune: EMA of the weights or not, e.g. false,true", "tune")
+    tune_ema_decay: str | None = _key(None, "tune: EMA decay, e.g. 0.99..0.9999", "tune")
+    tune_drop_path_rate: str | None = _key(None, "tune: stochastic depth, e.g. 0..0.2", "tune")
+    tune_layer_decay: str | None = _key(None, "tune: layer-wise lr decay, e.g. 0.6..0.9", "tune")
     tune_folds: str = _key(
         "0", "tune: folds whose mean macro-F1 is the objective, e.g. 0 or 0,1,2", "tune"
     )
@@ -191,6 +268,8 @@ def coerce(name: str, value: Any) -> Any:
     """Turn ``value`` (from YAML or a command line string) into the type of key ``name``."""
     if name not in KEYS:
         raise ConfigError(f"unknown config key '{name}'{suggest(name, KEYS)}")
+    if name in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == "auto":
+        return AUTO
     typ = _field_type(name)
     optional = isinstance(typ, types.UnionType) and type(None) in typing.get_args(typ)
     base = next(t for t in typing.get_args(typ) if t is not type(None)) if optional else typ
@@ -225,13 +304,22 @@ def coerce(name: str, value: Any) -> Any:
     raise ConfigError(f"config key '{name}' has an unsupported type")
 
 
+def is_auto(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == AUTO
+
+
 def validate(cfg: Config) -> Config:
+    for key in AUTO_KEYS:
+        value = getattr(cfg, key)
+        if value < 0 and not is_auto(value):
+            raise ConfigError(f"{key} must be auto or at least 0, got {value}")
+    auto = {key for key in AUTO_KEYS if is_auto(getattr(cfg, key))}
     checks = [
         (cfg.n_splits >= 2, "n_splits must be at least 2"),
-        (cfg.img_size >= 8, "img_size must be at least 8"),
-        (cfg.epochs >= 1, "epochs must be at least 1"),
+        ("img_size" in auto or cfg.img_size >= 8, "img_size must be at least 8"),
+        ("epochs" in auto or cfg.epochs >= 1, "epochs must be at least 1"),
         (
-            0 <= cfg.freeze_epochs <= cfg.epochs,
+            bool(auto & {"epochs", "freeze_epochs"}) or 0 <= cfg.freeze_epochs <= cfg.epochs,
             f"freeze_epochs ({cfg.freeze_epochs}) must be between 0 and epochs ({cfg.epochs}); "
             "e.g. --freeze-epochs 0",
         ),
@@ -249,12 +337,24 @@ def validate(cfg: Config) -> Config:
             cfg.head in HEADS,
             f"head '{cfg.head}' must be one of {', '.join(HEADS)}{suggest(cfg.head, list(HEADS))}",
         ),
-        (cfg.lr1 > 0 and cfg.lr2 > 0, "lr1 and lr2 must be positive"),
+        (cfg.lr1 > 0 and ("lr2" in auto or cfg.lr2 > 0), "lr1 and lr2 must be positive"),
+        (cfg.recipe in RECIPES, f"recipe '{cfg.recipe}' must be one of {', '.join(RECIPES)}"),
+        (cfg.mixup >= 0 and cfg.cutmix >= 0, "mixup and cutmix must be at least 0"),
+        (0 < cfg.ema_decay < 1, "ema_decay must be between 0 and 1, e.g. 0.999"),
+        (0 <= cfg.drop_path_rate < 1, "drop_path_rate must be in [0, 1)"),
+        ("layer_decay" in auto or cfg.layer_decay <= 1, "layer_decay must be in [0, 1], 0 = off"),
+        (
+            not (
+                (cfg.mixup or cfg.cutmix) and (cfg.loss == "focal" or cfg.class_weights != "none")
+            ),
+            "mixup and cutmix train on soft targets with plain cross-entropy; drop loss: focal and "
+            "class_weights (sampler: balanced evens classes out instead)",
+        ),
         (cfg.patience >= 1, "patience must be at least 1"),
         (cfg.pretrained in ("auto", "true", "false"), "pretrained must be auto, true or false"),
         (cfg.scheduler in ("cosine", "plateau"), "scheduler must be cosine or plateau"),
         (cfg.loss in ("ce", "focal"), f"loss '{cfg.loss}' must be ce or focal"),
-        (0 <= cfg.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        ("label_smoothing" in auto or cfg.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (cfg.focal_gamma >= 0, "focal_gamma must be at least 0"),
         (cfg.class_weights in ("none", "balanced"), "class_weights must be none or balanced"),
         (cfg.sampler in ("random", "balanced"), "sampler must be random or balanced"),
@@ -262,7 +362,23 @@ def validate(cfg: Config) -> Config:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    if cfg.time_limit is not None:
+        parse_duration(cfg.time_limit)
     return cfg
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as 90s, 20m, 1h30m or 1.5h (a bare number is minutes)."""
+    spec = text.strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", spec):
+        return float(spec) * 60
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", spec)
+    if not parts or "".join(n + u for n, u in parts) != spec:
+        raise ConfigError(f"time_limit '{text}' is not a duration such as 20m, 1h30m or 900s")
+    seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if seconds <= 0:
+        raise ConfigError(f"time_limit '{text}' must be longer than zero")
+    return seconds
 
 
 def make_config(values: dict[str, Any] | None = None) -> Config:
@@ -319,7 +435,8 @@ def render(values: dict[str, Any], header: str = "") -> str:
     for section in SECTIONS:
         lines.append(f"\n# --- {section} ---")
         for f in by_section[section]:
-            value = yaml.safe_dump({f.name: values[f.name]}, default_flow_style=True).strip()
+            shown = "auto" if f.name in AUTO_KEYS and is_auto(values[f.name]) else values[f.name]
+            value = yaml.safe_dump({f.name: shown}, default_flow_style=True).strip()
             lines.append(f"# {f.metadata['help']}")
             lines.append(value[1:-1] if value.startswith("{") else value)
     return "\n".join(lines).lstrip("\n") + "\n"

@@ -23,7 +23,7 @@ from sklearn.metrics import accuracy_score, log_loss
 
 from comp import io
 from comp.data import DataError, read_csv
-from comp.train import macro_f1, write_priors
+from comp.metrics import macro_f1, write_priors
 
 BLEND_FILE = "blend.json"
 

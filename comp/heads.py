@@ -34,8 +34,12 @@ from torch import nn
 
 from comp import io
 from comp.config import HEADS, Config, ConfigError
+from comp.distributed import Dist
+from comp.hardware import make_autocast
+from comp.inference import extract_features
+from comp.io import Echo
+from comp.metrics import macro_f1
 from comp.models import ModelError, create_model, load_checkpoint, normalisation
-from comp.train import Dist, Echo, extract_features, macro_f1, make_autocast
 
 
 def make_head(name: str, *, seed: int) -> ClassifierMixin:

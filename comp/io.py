@@ -21,6 +21,9 @@ from typing import IO, Any
 import pandas as pd
 import yaml
 
+# Where a stage prints its progress lines (click.echo, tqdm.write, or a list in tests).
+Echo = Callable[[str], None]
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:

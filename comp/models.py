@@ -35,6 +35,7 @@ def create_model(
     num_classes: int,
     pretrained: str = "auto",
     pretrained_file: str | Path | None = None,
+    drop_path_rate: float = 0.0,
 ) -> tuple[nn.Module, str]:
     """A timm model with a fresh ``num_classes`` head, and where its weights came from.
 
@@ -51,6 +52,8 @@ def create_model(
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise ModelError(f"unknown timm model '{name}'{hint}")
+    # Only when asked for: not every timm model takes it.
+    extra: dict[str, Any] = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
     if pretrained_file is not None:
         path = Path(pretrained_file).expanduser()
         if not path.is_file():
@@ -61,6 +64,7 @@ def create_model(
                 pretrained=True,
                 num_classes=num_classes,
                 pretrained_cfg_overlay={"file": str(path)},
+                **extra,
             )
         except (RuntimeError, KeyError, ValueError) as e:
             raise ModelError(
@@ -68,7 +72,7 @@ def create_model(
             ) from None
         return model, f"file:{path}"
     if pretrained == "false":
-        return timm.create_model(name, pretrained=False, num_classes=num_classes), "random"
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **extra), "random"
     try:
         if not _hub_reachable():
             # Offline (a Kaggle notebook without internet): the local caches or nothing,
@@ -78,10 +82,10 @@ def create_model(
                 raise OSError(
                     "the model hub cannot be reached and the weights are not in the local cache"
                 )
-            return create_model(name, num_classes=num_classes, pretrained_file=cached)[
-                0
-            ], f"cache:{cached}"
-        return timm.create_model(name, pretrained=True, num_classes=num_classes), "timm"
+            return create_model(
+                name, num_classes=num_classes, pretrained_file=cached, drop_path_rate=drop_path_rate
+            )[0], f"cache:{cached}"
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, **extra), "timm"
     except Exception as e:  # the hub raises many kinds of network and lookup errors
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if pretrained == "true":
@@ -94,7 +98,24 @@ def create_model(
             "Pass --pretrained-file to use a local weights file.",
             stacklevel=2,
         )
-        return timm.create_model(name, pretrained=False, num_classes=num_classes), "random"
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **extra), "random"
+
+
+def weights_source(name: str, *, pretrained: str, pretrained_file: str | Path | None) -> str:
+    """Where ``create_model`` would find weights ("random" for none), without building the model.
+
+    For ``comp init``, which prints the recipe before anything is downloaded.
+    """
+    if pretrained_file is not None:
+        return f"file:{pretrained_file}"
+    if pretrained == "false" or name in nets.NAMES or not timm.is_model(name):
+        return "random"
+    if timm.models.get_pretrained_cfg(name) is None:
+        return "random"
+    if _hub_reachable():
+        return "timm"
+    cached = cached_weights(name)
+    return f"cache:{cached}" if cached else "random"
 
 
 def _create_baseline(

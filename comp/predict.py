@@ -25,10 +25,14 @@ from comp import io
 from comp.cache import cache_dir, cached_images
 from comp.config import Config, make_config
 from comp.data import DataError, load_competition, read_csv
+from comp.distributed import pick_device
 from comp.ensemble import blend_members
+from comp.hardware import auto_workers, make_autocast
+from comp.inference import predict_probs
+from comp.io import Echo
+from comp.metrics import load_priors
 from comp.models import load_checkpoint, normalisation
 from comp.submission import build_submission, validate_submission, write_submission
-from comp.train import Echo, auto_workers, load_priors, make_autocast, pick_device, predict_probs
 from comp.transforms import ImageDataset, tta_views
 
 

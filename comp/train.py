@@ -1,31 +1,32 @@
-"""Training: two-stage fine-tuning of a timm model on every fold, with early stopping on macro-F1.
+"""Training: a timm model on every fold, in the stages its recipe sets, with early stopping on macro-F1.
 
 Reads the workspace config, the folds file (``comp folds``) and the training
 images. Writes one run folder, ``runs/<name>/``:
 
-- ``config.yaml``      the resolved config, enough to reproduce the run
+- ``config.yaml``      the resolved config (recipe included), enough to reproduce the run
 - ``classes.json``     the label space, in model-output order
 - ``transforms.json``  the training augmentation, serialised by albumentations
-- ``fold{k}/best.pt``  the best checkpoint of fold k (by validation macro-F1)
+- ``fold{k}/best.pt``  the best checkpoint of fold k (by validation macro-F1; the EMA weights with ``ema``)
 - ``fold{k}/last.pt``  while fold k trains: everything ``--resume`` needs after a kill
 - ``fold{k}/metrics.csv``  one row per epoch: loss, accuracy, macro-F1, lr, seconds
 - ``fold{k}/oof.csv``  fold k's validation probabilities at its best epoch
 - ``oof.csv``, ``cv.json``  all folds' out-of-fold probabilities and the CV score
 - ``curves.png``       loss, accuracy and macro-F1 per epoch and fold
+
+Read top to bottom: ``train`` resolves the recipe and loops over folds;
+``train_fold`` loops over stages and epochs; ``begin_stage`` builds a stage's
+optimizer and schedule; ``train_epoch`` and ``step`` train; ``evaluate`` scores.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import os
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,19 +36,12 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from sklearn.metrics import accuracy_score, f1_score
-from sklearn.utils.class_weight import compute_class_weight
+from sklearn.metrics import accuracy_score
 from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
 from torch import nn
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    RandomSampler,
-    Sampler,
-    WeightedRandomSampler,
-)
+from torch.utils.data import DataLoader, Dataset
 
 # Not tqdm.auto: its asyncio variant calls iter() on a loader when the bar is made, which
 # starts a second pass over the data (and draws from the loader's seeded generator).
@@ -55,9 +49,23 @@ from tqdm import tqdm
 
 from comp import io
 from comp.cache import cache_dir, cached_images
-from comp.config import Config, ConfigError, suggest, to_dict
-from comp.data import DataError, load_competition, read_csv, resolve
+from comp.config import AUTO_KEYS, Config, ConfigError, is_auto, parse_duration, suggest, to_dict
+from comp.data import Competition, DataError, load_competition, read_csv, resolve
+from comp.distributed import (
+    Dist,
+    ShardedBatches,
+    barrier,
+    gather,
+    init_distributed,
+    make_batches,
+    wrap,
+)
 from comp.folds import folds_path, read_folds
+from comp.hardware import amp_dtype, auto_workers, make_autocast, precision_name
+from comp.inference import extract_features, head_probs, predict_probs
+from comp.io import Echo
+from comp.losses import Mixing, make_loss, mixing_enabled
+from comp.metrics import fit_priors, macro_f1, write_priors
 from comp.models import (
     cpu_state,
     create_model,
@@ -67,89 +75,12 @@ from comp.models import (
     set_train_mode,
 )
 from comp.plots import plot_curves
+from comp.recipe import Recipe, with_epochs
+from comp.recipe import resolve as resolve_recipe
 from comp.transforms import ImageDataset, create_transform, to_input
 
-Echo = Callable[[str], None]
+ALONE = Dist()
 EpochHook = Callable[[int, int, float], None]
-
-
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{spec}' asked for, but CUDA is not available here")
-    return torch.device(spec)
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a torchrun launch: rank r of world processes (0 of 1 alone)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(spec: str) -> tuple[Dist, torch.device]:
-    """Join the process group that torchrun describes in the environment, if there is one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = pick_device(spec)
-    if world <= 1:
-        return Dist(), device
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size()), device
-
-
-def gather(obj: Any, dist_: Dist) -> list[Any]:
-    """Every process's ``obj``, in rank order (just ``[obj]`` alone)."""
-    if dist_.world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * dist_.world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def barrier(dist_: Dist) -> None:
-    if dist_.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def auto_workers(requested: int, device: torch.device) -> int:
-    if requested >= 0:
-        return requested
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    )
-    # On CPU the model needs every core and augmenting in-memory arrays is cheap, so
-    # workers would only compete with it; on a GPU they keep the device fed.
-    return min(8, cores - 1) if device.type == "cuda" else 0
-
-
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def make_autocast(device: torch.device, enabled: bool) -> Callable[[], Any]:
-    """A context factory for mixed precision on CUDA (bf16 where supported), a no-op elsewhere."""
-    dtype = amp_dtype(device, enabled)
-    if dtype is None:
-        return nullcontext
-    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def seed_everything(seed: int) -> None:
@@ -165,88 +96,6 @@ def _reseed_worker(_: int) -> None:
         info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)  # type: ignore[attr-defined]
 
 
-class FocalLoss(nn.Module):
-    """Softmax focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true) ** gamma.
-
-    timm and torchvision only ship the sigmoid (multi-label) form.
-    """
-
-    def __init__(self, *, gamma: float, weight: torch.Tensor | None, label_smoothing: float):
-        super().__init__()
-        self.gamma = gamma
-        self.ce = nn.CrossEntropyLoss(
-            weight=weight, label_smoothing=label_smoothing, reduction="none"
-        )
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p_true = logits.float().softmax(1).gather(1, target[:, None]).squeeze(1)
-        return ((1 - p_true) ** self.gamma * self.ce(logits.float(), target)).mean()
-
-
-def make_loss(cfg: Config, train_targets: np.ndarray, *, n_classes: int) -> nn.Module:
-    """Cross-entropy or focal loss, optionally class-weighted and label-smoothed."""
-    weight = None
-    if cfg.class_weights == "balanced":
-        present = np.unique(train_targets)
-        balanced = compute_class_weight("balanced", classes=present, y=train_targets)
-        full = np.ones(n_classes)
-        full[present] = balanced
-        weight = torch.as_tensor(full, dtype=torch.float32)
-    if cfg.loss == "focal":
-        return FocalLoss(gamma=cfg.focal_gamma, weight=weight, label_smoothing=cfg.label_smoothing)
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-
-
-def _fast_macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    tp = np.bincount(y[y == pred], minlength=n_classes)
-    support = np.bincount(y, minlength=n_classes)
-    predicted = np.bincount(pred, minlength=n_classes)
-    denom = support + predicted
-    present = denom > 0
-    return float((2 * tp[present] / denom[present]).mean()) if present.any() else 0.0
-
-
-def fit_priors(probs: np.ndarray, y: np.ndarray, *, n_classes: int, passes: int = 3) -> np.ndarray:
-    """Per-class probability multipliers that maximise macro-F1 (coordinate ascent in log space).
-
-    Imbalanced data make the argmax favour big classes; macro-F1 rewards the small ones.
-    """
-    grid = np.exp(np.linspace(-2.0, 2.0, 21))
-    w = np.ones(n_classes)
-    best = _fast_macro_f1(y, probs.argmax(1), n_classes)
-    for _ in range(passes):
-        improved = False
-        for c in range(n_classes):
-            keep = w[c]
-            for g in grid:
-                w[c] = g
-                score = _fast_macro_f1(y, (probs * w).argmax(1), n_classes)
-                if score > best + 1e-9:
-                    best, keep, improved = score, g, True
-            w[c] = keep
-        if not improved:
-            break
-    return w
-
-
-def write_priors(run_dir: Path, probs: np.ndarray, y: np.ndarray, *, classes: list[str]) -> None:
-    """Fit class priors on all of a run's OOF and keep them as adjust.json, for predict --adjust."""
-    fitted = fit_priors(probs, y, n_classes=len(classes)).round(6).tolist()
-    io.write_json(run_dir / "adjust.json", dict(zip(classes, fitted, strict=True)))
-
-
-def load_priors(run_dir: Path, classes: list[str]) -> np.ndarray:
-    path = run_dir / "adjust.json"
-    if not path.exists():
-        raise DataError(f"{run_dir}: no adjust.json (it needs two or more trained folds)")
-    fitted = json.loads(path.read_text())
-    return np.array([fitted[c] for c in classes])
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return float(f1_score(y_true, y_pred, average="macro"))
-
-
 @dataclass
 class FoldResult:
     fold: int
@@ -259,6 +108,9 @@ class FoldResult:
 
 def run_name(cfg: Config) -> str:
     return f"{cfg.model.replace('/', '_')}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+# --- the run: recipe, images, then one fold after another --------------------------------
 
 
 def train(
@@ -280,6 +132,7 @@ def train(
     ``on_epoch(fold, epoch, valid_macro_f1)`` is called after every epoch; tuning
     reports to Optuna through it, and may stop the run by raising.
     """
+    t_start = time.perf_counter()
     comp = load_competition(root, cfg)
     table = read_folds(folds_path(root, cfg), labels=comp.train)
     classes = comp.classes
@@ -297,28 +150,18 @@ def train(
         raise ConfigError(
             f"optimizer '{cfg.optimizer}' is not a timm optimizer{suggest(cfg.optimizer, optimizers)}"
         )
-
     # Every process must write to (and the first one name) the same run.
     run_dir = root / "runs" / gather(name or run_name(cfg), dist_)[0]
-    resolved = to_dict(cfg)
     saved = run_dir / "config.yaml"
     if resume and not saved.exists():
         raise ConfigError(f"--resume: {run_dir} is not a run to resume (no config.yaml)")
-    if saved.exists() and yaml.safe_load(saved.read_text()) != resolved:
-        raise ConfigError(f"{run_dir}: this run was trained with another config; pick a new --name")
-    transform = create_transform(cfg.aug, img_size=cfg.img_size)
-    if cfg.pretrained_file is not None:
-        # Like every path in comp.yaml, relative to the workspace, not to where comp runs.
-        cfg = dataclasses.replace(cfg, pretrained_file=str(resolve(root, cfg.pretrained_file)))
-    elif cfg.pretrained == "auto":
-        # Find out once, not once per fold, whether pretrained weights can be had.
-        _, source = create_model(cfg.model, num_classes=len(classes), pretrained="auto")
-        if source == "random":
-            cfg = dataclasses.replace(cfg, pretrained="false")
-        echo(f"weights: {source}")
+
+    # The recipe is resolved once, here, so every fold (and every process) trains alike.
+    cfg, recipe = resolve_run_config(root, cfg, comp=comp, device=device, echo=echo)
     processes = f", {dist_.world} processes" if dist_.world > 1 else ""
     echo(
-        f"run {run_dir.name}: {cfg.model}, {len(classes)} classes, {len(table)} images, folds {folds}, device {device}{processes}"
+        f"run {run_dir.name}: {cfg.model}, {len(classes)} classes, {len(table)} images, folds {folds}, "
+        f"device {device}{processes}, {precision_name(amp_dtype(device, cfg.amp, img_size=cfg.img_size))}"
     )
 
     # Decode every image once (and, with the cache, once across runs); each fold and
@@ -335,25 +178,49 @@ def train(
     )
     if dist_.main:
         barrier(dist_)
+    targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    fold_of = table["fold"].to_numpy()
+    todo = [k for k in folds if not (resume and (run_dir / f"fold{k}" / "oof.csv").exists())]
+
+    if cfg.time_limit is not None and cfg.head == "linear":
+        if resume and saved.exists():
+            # The run was sized when it began; its epochs stand.
+            cfg = dataclasses.replace(cfg, **_sizing(yaml.safe_load(saved.read_text())))
+        elif todo:
+            cfg = fit_time_limit(
+                cfg,
+                recipe,
+                images=images,
+                targets=targets,
+                fold_of=fold_of,
+                folds=todo,
+                spent=time.perf_counter() - t_start,
+                device=device,
+                dist_=dist_,
+                echo=echo,
+            )
+    resolved = to_dict(cfg)
+    if saved.exists() and yaml.safe_load(saved.read_text()) != resolved:
+        raise ConfigError(f"{run_dir}: this run was trained with another config; pick a new --name")
+    transform = create_transform(cfg.aug, img_size=cfg.img_size)
+    if dist_.main:
         # Only now that every image has been read: bad data leaves no run folder behind.
         io.write_yaml(run_dir / "config.yaml", resolved)
         io.write_json(run_dir / "classes.json", classes)
         io.write_json(run_dir / "transforms.json", A.to_dict(transform))
-    targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
 
     if cfg.head != "linear":
         if dist_.world > 1:
             raise ConfigError(f"head '{cfg.head}' is fitted in one process; drop --devices")
         from comp.heads import train_heads
 
-        todo = [k for k in folds if not (resume and (run_dir / f"fold{k}" / "oof.csv").exists())]
         train_heads(
             root,
             cfg,
             run_dir=run_dir,
             images=images,
             targets=targets,
-            fold_of=table["fold"].to_numpy(),
+            fold_of=fold_of,
             folds=todo,
             table=table,
             classes=classes,
@@ -364,19 +231,18 @@ def train(
         return summarise(run_dir, classes=classes, n_folds=len(all_folds))
 
     for k in folds:
-        if resume and (run_dir / f"fold{k}" / "oof.csv").exists():
+        if k not in todo:
             echo(f"fold {k}: already trained")
             continue
         if not resume and (run_dir / f"fold{k}" / "last.pt").exists():
             echo(f"fold {k}: was interrupted; training it again (--resume would go on from it)")
-        valid_idx = np.flatnonzero(table["fold"].to_numpy() == k)
-        train_idx = np.flatnonzero(table["fold"].to_numpy() != k)
+        valid_idx = np.flatnonzero(fold_of == k)
         result = train_fold(
             cfg,
             fold=k,
             images=images,
             targets=targets,
-            train_idx=train_idx,
+            train_idx=np.flatnonzero(fold_of != k),
             valid_idx=valid_idx,
             n_classes=len(classes),
             classes=classes,
@@ -401,6 +267,733 @@ def train(
     summary = summarise(run_dir, classes=classes, n_folds=len(all_folds)) if dist_.main else {}
     barrier(dist_)
     return summary
+
+
+def resolve_run_config(
+    root: Path, cfg: Config, *, comp: Competition, device: torch.device, echo: Echo
+) -> tuple[Config, Recipe]:
+    """The config with its recipe resolved: where the weights come from, then every auto key."""
+    if cfg.pretrained_file is not None:
+        # Like every path in comp.yaml, relative to the workspace, not to where comp runs.
+        cfg = dataclasses.replace(cfg, pretrained_file=str(resolve(root, cfg.pretrained_file)))
+        weights = f"file:{cfg.pretrained_file}"
+    elif cfg.pretrained == "false":
+        weights = "random"
+    else:
+        # Find out once, not once per fold, whether pretrained weights can be had.
+        _, weights = create_model(
+            cfg.model, num_classes=len(comp.classes), pretrained=cfg.pretrained
+        )
+        if weights == "random":
+            cfg = dataclasses.replace(cfg, pretrained="false")
+        echo(f"weights: {weights}")
+    sizes = None
+    if is_auto(cfg.img_size):
+        from comp.workspace import image_stats
+
+        sizes = image_stats(comp.train_paths(list(comp.train["Id"])), sample=200)["sizes"]
+    cfg, recipe = resolve_recipe(cfg, weights=weights, device=device.type, sizes=sizes)
+    echo(recipe.describe())
+    return cfg, recipe
+
+
+def _sizing(saved: dict[str, Any]) -> dict[str, Any]:
+    return {k: saved[k] for k in ("epochs", "freeze_epochs", "warmup_epochs", "mixup_off_epoch")}
+
+
+# --- a time budget: measure a step, then size the epochs -------------------------------------
+
+
+def fit_time_limit(
+    cfg: Config,
+    recipe: Recipe,
+    *,
+    images: np.ndarray,
+    targets: np.ndarray,
+    fold_of: np.ndarray,
+    folds: list[int],
+    spent: float,
+    device: torch.device,
+    dist_: Dist,
+    echo: Echo,
+) -> Config:
+    """``cfg`` with as many epochs as let every fold in ``folds`` end within ``cfg.time_limit``.
+
+    A fold's first epoch is timed on a throwaway copy of its model (a full epoch where
+    that is quick, a few dozen steps otherwise), so the schedule is fixed before any
+    fold starts and no fold is cut short. A user's own ``epochs`` is an upper bound.
+    """
+    budget = parse_duration(cfg.time_limit or "0") - spent
+    k = folds[0]
+    train_idx, valid_idx = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+    epoch_s, frozen_s = measure_epoch(
+        cfg,
+        images=images,
+        targets=targets,
+        train_idx=train_idx,
+        valid_idx=valid_idx,
+        device=device,
+        dist_=dist_,
+    )
+    # Each fold also builds its model and, with a frozen stage, embeds its images once.
+    per_fold = budget / len(folds) - frozen_s - 2.0
+    fits = int(per_fold // epoch_s)
+    cap = None if "epochs" in recipe.filled else cfg.epochs
+    epochs = min(fits, cap) if cap is not None else fits
+    least = cfg.freeze_epochs + 1 if "freeze_epochs" not in recipe.filled else 1
+    if epochs < least:
+        raise ConfigError(
+            f"time_limit {cfg.time_limit}: an epoch takes about {epoch_s:.0f}s, so {len(folds)} folds "
+            f"need at least {len(folds) * (least * epoch_s + frozen_s) + spent:.0f}s; "
+            "raise the limit, train fewer folds (--fold) or use a smaller img_size or model"
+        )
+    sized = with_epochs(cfg, epochs, auto=set(recipe.filled) & set(AUTO_KEYS))
+    echo(
+        f"time limit {cfg.time_limit}: an epoch takes about {epoch_s:.1f}s, so {sized.epochs} epochs per fold "
+        f"({sized.freeze_epochs} frozen, warmup {sized.warmup_epochs}) fit {len(folds)} folds"
+    )
+    return sized
+
+
+def measure_epoch(
+    cfg: Config,
+    *,
+    images: np.ndarray,
+    targets: np.ndarray,
+    train_idx: np.ndarray,
+    valid_idx: np.ndarray,
+    device: torch.device,
+    dist_: Dist,
+    steps: int = 24,
+) -> tuple[float, float]:
+    """Seconds of one all-layers epoch (train + validate), and of a fold's frozen-stage set-up."""
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    model, _ = create_model(
+        cfg.model,
+        num_classes=int(targets.max()) + 1,
+        pretrained="false",
+        drop_path_rate=cfg.drop_path_rate,
+    )
+    model = model.to(device).to(memory_format=torch.channels_last)
+    mean, std = (t.to(device) for t in normalisation(model))
+    autocast = make_autocast(device, cfg.amp, img_size=cfg.img_size)
+    transform = create_transform(cfg.aug, img_size=cfg.img_size)
+    optimizer = create_optimizer_v2(
+        model, opt=cfg.optimizer, lr=1e-4, weight_decay=cfg.weight_decay
+    )
+    n_batches = -(-len(train_idx) // cfg.batch_size)
+    loader = DataLoader(
+        ImageDataset(images, targets, transform, index=train_idx),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+    )
+    timed, seconds = 0, 0.0
+    model.train()
+    for i, (xb, yb) in enumerate(loader):
+        if i >= min(steps, n_batches) + 2:
+            break
+        t0 = time.perf_counter()
+        x = to_input(xb, mean=mean, std=std, device=device, channels_last=True)
+        with autocast():
+            loss = nn.functional.cross_entropy(model(x), yb.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # the first steps pay for allocation and kernel choice
+            timed, seconds = timed + 1, seconds + time.perf_counter() - t0
+    step_s = seconds / max(timed, 1) / dist_.world
+    probe = DataLoader(
+        ImageDataset(images, targets, index=valid_idx[: cfg.batch_size * 4]),
+        batch_size=cfg.batch_size * 2,
+    )
+    t0 = time.perf_counter()
+    predict_probs(
+        model, probe, mean=mean, std=std, device=device, autocast=autocast, channels_last=True
+    )
+    per_image = (time.perf_counter() - t0) / max(1, min(len(valid_idx), cfg.batch_size * 4))
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+    torch.set_rng_state(state[2])
+    epoch_s = n_batches * step_s + len(valid_idx) * per_image / dist_.world
+    frozen_s = 0.0
+    if cfg.freeze_epochs and cfg.cache_features:
+        frozen_s = (cfg.feature_views * len(train_idx) + len(valid_idx)) * per_image
+    return epoch_s * 1.05, frozen_s  # a margin for what a short measurement misses
+
+
+# --- one fold: stages of epochs of steps -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Epochs [start, end) of a fold, with the backbone frozen (stage 1) or not (stage 2)."""
+
+    number: int
+    start: int
+    end: int
+    lr: float
+
+    @property
+    def frozen(self) -> bool:
+        return self.number == 1
+
+    @property
+    def epochs(self) -> int:
+        return self.end - self.start
+
+
+def stages(cfg: Config) -> list[Stage]:
+    out = []
+    if cfg.freeze_epochs:
+        out.append(Stage(1, 0, cfg.freeze_epochs, cfg.lr1))
+    if cfg.epochs > cfg.freeze_epochs:
+        out.append(Stage(2, cfg.freeze_epochs, cfg.epochs, cfg.lr2))
+    return out
+
+
+@dataclass
+class Fold:
+    """What every epoch of one fold shares: the model, its data, loss and precision."""
+
+    cfg: Config
+    number: int
+    model: nn.Module
+    source: str  # where the weights came from
+    device: torch.device
+    dist: Dist
+    images: np.ndarray
+    train_idx: np.ndarray
+    valid_idx: np.ndarray
+    y_train: torch.Tensor
+    y_valid: np.ndarray
+    transform: A.Compose
+    generator: torch.Generator
+    weights: np.ndarray | None  # per-image sampling weights (balanced sampler)
+    batches: ShardedBatches
+    train_loader: DataLoader[Any]
+    valid_loader: DataLoader[Any]
+    mean: torch.Tensor
+    std: torch.Tensor
+    autocast: Callable[[], Any]
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    mixing: Mixing | None
+    workers: int
+    progress: bool
+
+
+@dataclass
+class StageRun:
+    """One stage under way: its optimizer, schedule, the module it steps, and its EMA."""
+
+    stage: Stage
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    net: nn.Module  # the model, DDP-wrapped or compiled; the head alone on cached features
+    features: tuple[torch.Tensor, torch.Tensor] | None  # cached (views, train) and valid features
+    ema: ModelEmaV3 | None
+    rng: dict[str, Any]  # the random state the stage began with
+    per_step: bool  # the schedule moves every step (cosine) or every epoch (plateau)
+
+
+@dataclass
+class Best:
+    """Early stopping: the best macro-F1 so far, its epoch, probabilities and weights."""
+
+    f1: float = -1.0
+    epoch: int = -1
+    stale: int = 0
+    probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    state: dict[str, torch.Tensor] | None = None  # best weights not yet on disk
+
+    def update(
+        self, f1: float, epoch: int, probs: np.ndarray, weights: nn.Module, *, counts: bool
+    ) -> bool:
+        if f1 > self.f1:
+            self.f1, self.epoch, self.probs, self.stale = f1, epoch, probs, 0
+            # Kept in memory and written with the resume state or at the end: a fast
+            # epoch should not wait for a checkpoint on disk.
+            self.state = cpu_state(weights)
+            return True
+        if counts:
+            self.stale += 1
+        return False
+
+
+def train_fold(
+    cfg: Config,
+    *,
+    fold: int,
+    images: np.ndarray,
+    targets: np.ndarray,
+    train_idx: np.ndarray,
+    valid_idx: np.ndarray,
+    n_classes: int,
+    classes: list[str],
+    device: torch.device,
+    transform: A.Compose,
+    out_dir: Path,
+    echo: Echo = tqdm.write,
+    on_epoch: EpochHook | None = None,
+    progress: bool = True,
+    dist_: Dist = ALONE,
+    resume: bool = False,
+) -> FoldResult:
+    f = setup_fold(
+        cfg,
+        fold=fold,
+        images=images,
+        targets=targets,
+        train_idx=train_idx,
+        valid_idx=valid_idx,
+        n_classes=n_classes,
+        device=device,
+        transform=transform,
+        dist_=dist_,
+        progress=progress,
+    )
+    best = Best(probs=np.zeros((len(valid_idx), n_classes), dtype=np.float32))
+    rows: list[dict[str, Any]] = []
+    start = 0
+    last = load_last(out_dir / "last.pt") if resume else None
+    if last is not None:
+        f.model.load_state_dict(last["model"])
+        best = Best(last["best_f1"], last["best_epoch"], last["stale"], last["best_probs"])
+        rows, start = last["rows"], last["epoch"]
+        echo(f"fold {fold}: resuming after epoch {start}")
+    saved_at = time.perf_counter()
+    epoch = start
+    for stage in stages(cfg):
+        if stage.end <= start:
+            continue
+        first = max(stage.start, start)
+        if last is not None and first == start:
+            # Mid-stage, the stage is rebuilt from the random state it began with (its
+            # cached features are drawn from it), then the epoch's own state is restored.
+            set_rng_state(
+                last["rng"] if first == stage.start else last["stage_rng"], f.generator, f.transform
+            )
+        run = begin_stage(f, stage)
+        if last is not None and first == start > stage.start:
+            restore_stage(f, run, last)
+        for epoch in range(first, stage.end):
+            t0 = time.perf_counter()
+            lr = run.optimizer.param_groups[-1]["lr"]
+            train_loss, train_acc = train_epoch(f, run, epoch)
+            train_seconds = time.perf_counter() - t0
+            weights = run.ema.module if run.ema is not None else f.model
+            probs, valid_loss = evaluate(f, run, weights)
+            pred = probs.argmax(1)
+            valid_f1, valid_acc = macro_f1(f.y_valid, pred), float(accuracy_score(f.y_valid, pred))
+            if run.scheduler is not None:
+                run.scheduler.step(epoch - stage.start + 1, valid_f1)
+            # Patience counts only in stage 2, so a slow frozen stage never ends training
+            # before the backbone has been unfrozen.
+            improved = best.update(valid_f1, epoch + 1, probs, weights, counts=not stage.frozen)
+            rows.append(
+                {
+                    "epoch": epoch + 1,
+                    "stage": stage.number,
+                    "lr": lr,
+                    "train_loss": round(train_loss, 6),
+                    "train_acc": round(train_acc, 6),
+                    "valid_loss": round(valid_loss, 6),
+                    "valid_acc": round(valid_acc, 6),
+                    "valid_macro_f1": round(valid_f1, 6),
+                    "train_seconds": round(train_seconds, 3),
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+            )
+            if dist_.main:
+                io.write_csv(out_dir / "metrics.csv", pd.DataFrame(rows))
+            if dist_.main and time.perf_counter() - saved_at >= cfg.checkpoint_seconds:
+                save_resume_state(
+                    f, run, best, rows, epoch=epoch + 1, out_dir=out_dir, classes=classes
+                )
+                saved_at = time.perf_counter()
+            echo(
+                f"fold {fold} epoch {epoch + 1:>2}/{cfg.epochs} stage {stage.number} | train loss {train_loss:.4f} acc {train_acc:.3f} "
+                f"| valid loss {valid_loss:.4f} acc {valid_acc:.3f} macro-F1 {valid_f1:.4f}{' *' if improved else ''} "
+                f"| {rows[-1]['seconds']:.1f}s"
+            )
+            if on_epoch is not None:
+                on_epoch(fold, epoch + 1, valid_f1)
+            if best.stale >= cfg.patience:
+                break
+        if best.stale >= cfg.patience:
+            echo(f"fold {fold}: early stop, no better macro-F1 for {cfg.patience} epochs")
+            break
+    if dist_.main and best.state is not None:
+        save_checkpoint(out_dir / "best.pt", best.state, best_meta(f, classes, best))
+    return FoldResult(fold, best.epoch, best.f1, epoch + 1, best.probs, f.source)
+
+
+def setup_fold(
+    cfg: Config,
+    *,
+    fold: int,
+    images: np.ndarray,
+    targets: np.ndarray,
+    train_idx: np.ndarray,
+    valid_idx: np.ndarray,
+    n_classes: int,
+    device: torch.device,
+    transform: A.Compose,
+    dist_: Dist,
+    progress: bool,
+) -> Fold:
+    """The model, loaders, loss and precision of fold ``fold``, seeded so a rerun is identical."""
+    seed_everything(cfg.seed + fold)
+    transform.set_random_seed(cfg.seed + fold)
+    model, source = create_model(
+        cfg.model,
+        num_classes=n_classes,
+        pretrained=cfg.pretrained,
+        pretrained_file=cfg.pretrained_file,
+        drop_path_rate=cfg.drop_path_rate,
+    )
+    # NHWC is faster for convolutions on CPUs (oneDNN) and on tensor cores alike.
+    model = model.to(device).to(memory_format=torch.channels_last)
+    if dist_.world > 1 and device.type == "cuda":
+        # BatchNorm statistics over the global batch, as in a single-process run
+        # (SyncBatchNorm runs on GPUs only; on CPU each process normalises its slice).
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    mean, std = (t.to(device) for t in normalisation(model))
+    dtype = amp_dtype(device, cfg.amp, img_size=cfg.img_size)
+    workers = auto_workers(cfg.num_workers, device)
+    loader_args: dict[str, Any] = dict(
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        worker_init_fn=_reseed_worker if workers > 0 else None,
+    )
+    generator = torch.Generator().manual_seed(cfg.seed + fold)
+    weights = None
+    if cfg.sampler == "balanced":
+        counts = np.bincount(targets[train_idx], minlength=n_classes)
+        weights = 1.0 / counts[targets[train_idx]]
+    batches = make_batches(
+        len(train_idx), batch_size=cfg.batch_size, generator=generator, weights=weights, dist_=dist_
+    )
+    # Each process scores one part of the validation fold; the parts are gathered in order.
+    my_valid = np.array_split(valid_idx, dist_.world)[dist_.rank]
+    return Fold(
+        cfg=cfg,
+        number=fold,
+        model=model,
+        source=source,
+        device=device,
+        dist=dist_,
+        images=images,
+        train_idx=train_idx,
+        valid_idx=valid_idx,
+        y_train=torch.as_tensor(targets[train_idx]),
+        y_valid=targets[valid_idx],
+        transform=transform,
+        generator=generator,
+        weights=weights,
+        batches=batches,
+        train_loader=DataLoader(
+            ImageDataset(images, targets, transform, index=train_idx),
+            batch_sampler=batches,
+            generator=generator,
+            **loader_args,
+        ),
+        valid_loader=DataLoader(
+            ImageDataset(images, targets, index=my_valid),
+            batch_size=cfg.batch_size * 2,
+            **loader_args,
+        ),
+        mean=mean,
+        std=std,
+        autocast=make_autocast(device, cfg.amp, img_size=cfg.img_size),
+        # bf16 needs no loss scaling; fp16 (e.g. a Kaggle T4) does.
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        loss_fn=make_loss(cfg, targets[train_idx], n_classes=n_classes).to(device),
+        mixing=Mixing(cfg, n_classes=n_classes) if mixing_enabled(cfg) else None,
+        workers=workers,
+        progress=progress,
+    )
+
+
+def begin_stage(f: Fold, stage: Stage) -> StageRun:
+    """A fresh optimizer and schedule for ``stage``, and in stage 1 the cached features.
+
+    Stage 1 sees only the head's parameters, and stage 2 must not inherit the head's
+    momentum or lr decay, so each stage starts its own.
+    """
+    cfg = f.cfg
+    rng = rng_state(f.generator, f.transform)
+    set_backbone_frozen(f.model, stage.frozen)
+    layer_decay = None
+    if not stage.frozen and cfg.layer_decay and hasattr(f.model, "group_matcher"):
+        # timm's layer-wise decay: each block group below the head at layer_decay x the lr above.
+        layer_decay = cfg.layer_decay
+    optimizer = create_optimizer_v2(
+        f.model,
+        opt=cfg.optimizer,
+        lr=stage.lr,
+        weight_decay=cfg.weight_decay,
+        layer_decay=layer_decay,
+    )
+    per_step = cfg.scheduler == "cosine"
+    warmup = 0 if stage.frozen else min(cfg.warmup_epochs, stage.epochs - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm marks plateau deprecated; it is what people ask for
+        scheduler, _ = create_scheduler_v2(
+            optimizer,
+            sched=cfg.scheduler,
+            num_epochs=stage.epochs - warmup,
+            warmup_epochs=warmup,
+            warmup_lr=stage.lr / 100,
+            warmup_prefix=True,
+            patience_epochs=max(1, cfg.patience // 2),
+            plateau_mode="max",
+            # Cosine moves every step: a warmup and a decay over a short run are smooth.
+            step_on_epochs=not per_step,
+            updates_per_epoch=len(f.batches),
+        )
+    features = None
+    net = f.model
+    if stage.frozen and cfg.cache_features:
+        features = embed_fold(
+            f, views=min(cfg.feature_views if f.transform.transforms else 1, stage.epochs)
+        )
+    else:
+        net = wrap(f.model, f.device, f.dist)
+    if cfg.compile and f.device.type == "cuda":
+        net = torch.compile(net)  # type: ignore[assignment]
+    # The average follows the whole network, so it starts when the backbone trains.
+    ema = (
+        ModelEmaV3(f.model, decay=cfg.ema_decay, use_warmup=True)
+        if cfg.ema and not stage.frozen
+        else None
+    )
+    return StageRun(stage, optimizer, scheduler, net, features, ema, rng, per_step)
+
+
+def embed_fold(f: Fold, *, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features of the fold's training images (``views`` augmented views) and validation images."""
+    args: dict[str, Any] = dict(
+        batch_size=f.cfg.batch_size * 2,
+        mean=f.mean,
+        std=f.std,
+        device=f.device,
+        autocast=f.autocast,
+        channels_last=True,
+        dist_=f.dist,
+        workers=f.workers,
+        progress=f.progress,
+    )
+    augment = f.transform if f.transform.transforms else None
+    train = extract_features(
+        f.model,
+        f.images,
+        f.train_idx,
+        transform=augment,
+        views=views,
+        desc=f"fold {f.number} features",
+        **args,
+    )
+    valid = extract_features(
+        f.model,
+        f.images,
+        f.valid_idx,
+        transform=None,
+        views=1,
+        desc=f"fold {f.number} valid features",
+        **args,
+    )
+    return train, valid[0]
+
+
+def restore_stage(f: Fold, run: StageRun, last: dict[str, Any]) -> None:
+    """Put a rebuilt stage back where an interrupted one left off."""
+    run.optimizer.load_state_dict(last["optimizer"])
+    if run.scheduler is not None:
+        run.scheduler.load_state_dict(last["scheduler"])
+    f.scaler.load_state_dict(last["scaler"])
+    if run.ema is not None and last.get("ema") is not None:
+        run.ema.load_state_dict(last["ema"])
+    set_rng_state(last["rng"], f.generator, f.transform)
+
+
+def train_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
+    """One pass over the fold's training part; its mean loss and accuracy over every process."""
+    set_train_mode(f.model, frozen=run.stage.frozen)
+    # Summed on the device: reading them every step would stall a GPU on each batch.
+    sum_loss = torch.zeros((), dtype=torch.float64, device=f.device)
+    sum_correct = torch.zeros((), dtype=torch.int64, device=f.device)
+    seen = 0
+    first_update = (epoch - run.stage.start) * len(f.batches)
+    if run.features is not None:
+        # Stage 1 from cached features: the head alone, on every process alike (the
+        # features are gathered), so no gradient needs synchronising.
+        view = run.features[0][(epoch - run.stage.start) % len(run.features[0])]
+        head = f.model.get_classifier()  # type: ignore[operator]
+        drop = float(getattr(f.model, "drop_rate", 0.0) or 0.0)
+        loader = DataLoader(
+            Rows(len(f.train_idx)),
+            batch_sampler=make_batches(
+                len(f.train_idx),
+                batch_size=f.cfg.batch_size,
+                generator=f.generator,
+                weights=f.weights,
+                dist_=Dist(),
+            ),
+            generator=f.generator,
+            collate_fn=torch.as_tensor,
+        )
+        for i, rows_b in enumerate(loader):
+            x = view[rows_b].to(f.device)
+            y = f.y_train[rows_b].to(f.device)
+            if drop:
+                # What timm's forward_head does to the pooled features in train mode.
+                x = nn.functional.dropout(x, drop, training=True)
+            loss, logits = step(f, run, head, x, y, f.loss_fn, update=first_update + i + 1)
+            sum_loss += loss * len(y)
+            sum_correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        return sum_loss.item() / max(seen, 1), int(sum_correct) / max(seen, 1)
+
+    mixing = (
+        f.mixing
+        if f.mixing is not None and epoch < f.cfg.mixup_off_epoch and not run.stage.frozen
+        else None
+    )
+    bar = tqdm(
+        f.train_loader,
+        desc=f"fold {f.number} epoch {epoch + 1}/{f.cfg.epochs} stage {run.stage.number}",
+        leave=False,
+        unit="batch",
+        disable=not f.progress,
+    )
+    for i, (xb, yb) in enumerate(bar):
+        x = to_input(xb, mean=f.mean, std=f.std, device=f.device, channels_last=True)
+        y = yb.to(f.device, non_blocking=True)
+        target: torch.Tensor = y
+        loss_fn = f.loss_fn
+        if mixing is not None:
+            x, target = mixing(x, y)
+            loss_fn = mixing.loss
+        # DDP averages gradients over processes; weighting each slice by its share of
+        # the global batch makes that the global batch's mean.
+        share = len(y) * f.dist.world / f.batches.global_size(i, len(f.train_idx))
+        loss, logits = step(
+            f, run, run.net, x, target, loss_fn, update=first_update + i + 1, share=share
+        )
+        sum_loss += loss * len(y)
+        sum_correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if f.progress and i % 20 == 0:
+            bar.set_postfix(loss=f"{sum_loss.item() / seen:.4f}")
+    # Each process saw its slice of every batch.
+    totals = gather((sum_loss.item(), int(sum_correct), seen), f.dist)
+    total_loss, correct, seen = (sum(v) for v in zip(*totals, strict=True))
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def step(
+    f: Fold,
+    run: StageRun,
+    net: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    loss_fn: nn.Module,
+    *,
+    update: int,
+    share: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch (AMP loss scaling where fp16 needs it); its loss and logits."""
+    with f.autocast():
+        logits = net(x)
+        loss = loss_fn(logits, target)
+    run.optimizer.zero_grad(set_to_none=True)
+    f.scaler.scale(loss * share if share != 1.0 else loss).backward()
+    f.scaler.step(run.optimizer)
+    f.scaler.update()
+    if run.per_step and run.scheduler is not None:
+        run.scheduler.step_update(update)
+    if run.ema is not None:
+        run.ema.update(f.model, step=update)
+    return loss.detach(), logits.detach()
+
+
+def evaluate(f: Fold, run: StageRun, weights: nn.Module) -> tuple[np.ndarray, float]:
+    """Validation probabilities (every process's part, in order) and mean loss of ``weights``."""
+    if run.features is not None:
+        return head_probs(
+            f.model.get_classifier(),  # type: ignore[operator]
+            run.features[1],
+            torch.as_tensor(f.y_valid),
+            device=f.device,
+            autocast=f.autocast,
+        )
+    local_probs, local_loss = predict_probs(
+        weights,
+        f.valid_loader,
+        mean=f.mean,
+        std=f.std,
+        device=f.device,
+        autocast=f.autocast,
+        channels_last=True,
+    )
+    parts = gather((local_probs, local_loss * len(local_probs)), f.dist)
+    probs = np.concatenate([p for p, _ in parts if len(p)])
+    return probs, sum(s for _, s in parts) / max(len(f.valid_idx), 1)
+
+
+def best_meta(f: Fold, classes: list[str], best: Best) -> dict[str, Any]:
+    return {
+        "model": f.cfg.model,
+        "classes": classes,
+        "img_size": f.cfg.img_size,
+        "fold": f.number,
+        "epoch": best.epoch,
+        "valid_macro_f1": best.f1,
+        "pretrained": f.source,
+        "ema": f.cfg.ema,
+    }
+
+
+def save_resume_state(
+    f: Fold,
+    run: StageRun,
+    best: Best,
+    rows: list[dict[str, Any]],
+    *,
+    epoch: int,
+    out_dir: Path,
+    classes: list[str],
+) -> None:
+    """Everything the next epoch depends on, so `comp train --resume` after a kill ends exactly
+    where an uninterrupted run would; best.pt first, so the two agree."""
+    if best.state is not None:
+        save_checkpoint(out_dir / "best.pt", best.state, best_meta(f, classes, best))
+        best.state = None
+    save_last(
+        out_dir / "last.pt",
+        {
+            "epoch": epoch,
+            "model": f.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+            "scaler": f.scaler.state_dict(),
+            "ema": run.ema.state_dict() if run.ema is not None else None,
+            "rng": rng_state(f.generator, f.transform),
+            "stage_rng": run.rng,
+            "best_f1": best.f1,
+            "best_epoch": best.epoch,
+            "stale": best.stale,
+            "best_probs": best.probs,
+            "rows": rows,
+        },
+    )
+
+
+# --- the run's summary, and the resume state ---------------------------------------------------
 
 
 def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, Any]:
@@ -451,44 +1044,6 @@ def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, A
     return summary
 
 
-def make_batches(
-    n: int,
-    *,
-    batch_size: int,
-    generator: torch.Generator,
-    weights: np.ndarray | None,
-    dist_: Dist,
-) -> ShardedBatches:
-    """Training batches of the whole run, the same on every process; each process takes its slice.
-
-    A last batch of one sample breaks BatchNorm in train mode, and a slice must never be
-    empty, so a last batch smaller than both is dropped.
-    """
-    sampler: Sampler[int]
-    if weights is not None:
-        # Every class drawn equally often: each image weighs 1 / its class's count.
-        sampler = WeightedRandomSampler(weights.tolist(), n, generator=generator)
-    else:
-        sampler = RandomSampler(range(n), generator=generator)
-    remainder = n % batch_size
-    drop_last = 0 < remainder < max(2, dist_.world)
-    return ShardedBatches(BatchSampler(sampler, batch_size, drop_last), dist_)
-
-
-class ShardedBatches(Sampler[list[int]]):
-    """Process r of W takes items r, r+W, ... of each global batch (all of it when W is 1)."""
-
-    def __init__(self, batches: BatchSampler, dist_: Dist):
-        self.batches, self.dist = batches, dist_
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batches:
-            yield batch[self.dist.rank :: self.dist.world]
-
-
 class Rows(Dataset[int]):
     """Row numbers, served a batch at a time: the loader of the cached-feature stage."""
 
@@ -500,59 +1055,6 @@ class Rows(Dataset[int]):
 
     def __getitems__(self, rows: list[int]) -> list[int]:
         return rows
-
-
-@torch.inference_mode()
-def extract_features(
-    model: nn.Module,
-    images: np.ndarray,
-    index: np.ndarray,
-    *,
-    transform: A.Compose | None,
-    views: int,
-    batch_size: int,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    device: torch.device,
-    autocast: Callable[[], Any],
-    channels_last: bool,
-    dist_: Dist,
-    desc: str,
-    progress: bool,
-    workers: int = 0,
-) -> torch.Tensor:
-    """Pooled backbone features (views, n, D) of ``images[index]``, float32 on the CPU.
-
-    With the backbone frozen these are exactly what the head sees in stage 1 (BatchNorm
-    and dropout are off in the backbone then), so they are computed once, not per epoch.
-    """
-    model.eval()
-    out = []
-    for view in range(views):
-        # Each process embeds one contiguous part; the parts are gathered in order.
-        part = np.array_split(index, dist_.world)[dist_.rank]
-        loader = DataLoader(
-            ImageDataset(images, None, transform, index=part),
-            batch_size=batch_size,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-        )
-        chunks = []
-        for xb, _ in tqdm(
-            loader,
-            desc=f"{desc} view {view + 1}/{views}",
-            leave=False,
-            unit="batch",
-            disable=not progress,
-        ):
-            x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
-            with autocast():
-                f = model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[operator]
-            chunks.append(f.float().cpu())
-        empty = torch.empty(0, 0)
-        local = torch.cat(chunks) if chunks else empty
-        out.append(torch.cat([p for p in gather(local, dist_) if p.numel()]))
-    return torch.stack(out)
 
 
 def _aug_streams(transform: Any) -> list[Any]:
@@ -599,409 +1101,6 @@ def load_last(path: Path) -> dict[str, Any] | None:
         return dict(torch.load(path, map_location="cpu", weights_only=False))
     except Exception as e:
         raise DataError(f"{path}: cannot resume from it ({type(e).__name__}: {e})") from None
-
-
-def train_fold(
-    cfg: Config,
-    *,
-    fold: int,
-    images: np.ndarray,
-    targets: np.ndarray,
-    train_idx: np.ndarray,
-    valid_idx: np.ndarray,
-    n_classes: int,
-    classes: list[str],
-    device: torch.device,
-    transform: A.Compose,
-    out_dir: Path,
-    echo: Echo = tqdm.write,
-    on_epoch: EpochHook | None = None,
-    progress: bool = True,
-    dist_: Dist = Dist(),
-    resume: bool = False,
-) -> FoldResult:
-    seed_everything(cfg.seed + fold)
-    transform.set_random_seed(cfg.seed + fold)
-    model, source = create_model(
-        cfg.model,
-        num_classes=n_classes,
-        pretrained=cfg.pretrained,
-        pretrained_file=cfg.pretrained_file,
-    )
-    # NHWC is faster for convolutions on CPUs (oneDNN) and on tensor cores alike.
-    channels_last = True
-    model = model.to(device).to(memory_format=torch.channels_last)
-    if dist_.world > 1 and device.type == "cuda":
-        # BatchNorm statistics over the global batch, as in a single-process run
-        # (SyncBatchNorm runs on GPUs only; on CPU each process normalises its slice).
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    mean, std = (t.to(device) for t in normalisation(model))
-    autocast = make_autocast(device, cfg.amp)
-    # bf16 needs no loss scaling; fp16 (e.g. a Kaggle T4) does.
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, cfg.amp) == torch.float16)
-
-    workers = auto_workers(cfg.num_workers, device)
-    loader_args: dict[str, Any] = dict(
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        worker_init_fn=_reseed_worker if workers > 0 else None,
-    )
-    generator = torch.Generator().manual_seed(cfg.seed + fold)
-    weights = None
-    if cfg.sampler == "balanced":
-        counts = np.bincount(targets[train_idx], minlength=n_classes)
-        weights = 1.0 / counts[targets[train_idx]]
-    batches = make_batches(
-        len(train_idx), batch_size=cfg.batch_size, generator=generator, weights=weights, dist_=dist_
-    )
-    n_steps = len(batches)
-    # The size of the last global batch, for weighting each process's slice of it.
-    last_batch = (
-        len(train_idx) % cfg.batch_size
-        if not batches.batches.drop_last and len(train_idx) % cfg.batch_size
-        else cfg.batch_size
-    )
-    train_loader = DataLoader(
-        ImageDataset(images, targets, transform, index=train_idx),
-        batch_sampler=batches,
-        generator=generator,
-        **loader_args,
-    )
-    # Each process scores one part of the validation fold; the parts are gathered in order.
-    my_valid = np.array_split(valid_idx, dist_.world)[dist_.rank]
-    valid_loader = DataLoader(
-        ImageDataset(images, targets, index=my_valid), batch_size=cfg.batch_size * 2, **loader_args
-    )
-    loss_fn = make_loss(cfg, targets[train_idx], n_classes=n_classes).to(device)
-    y_valid = targets[valid_idx]
-    y_train = torch.as_tensor(targets[train_idx])
-
-    best_f1, best_epoch, stale = -1.0, -1, 0
-    best_probs = np.zeros((len(valid_idx), n_classes), dtype=np.float32)
-    rows: list[dict[str, Any]] = []
-    features: tuple[torch.Tensor, torch.Tensor] | None = None
-    net: nn.Module = model
-
-    def best_meta(epoch: int, f1: float) -> dict[str, Any]:
-        return {
-            "model": cfg.model,
-            "classes": classes,
-            "img_size": cfg.img_size,
-            "fold": fold,
-            "epoch": epoch,
-            "valid_macro_f1": f1,
-            "pretrained": source,
-        }
-
-    def learn(grad_loss: torch.Tensor) -> None:
-        """One optimizer step (with AMP loss scaling where fp16 needs it)."""
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(grad_loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    best_state: dict[str, torch.Tensor] | None = None  # best weights not yet on disk
-    saved_at = time.perf_counter()
-    start = 0
-    last = load_last(out_dir / "last.pt") if resume else None
-    if last is not None:
-        model.load_state_dict(last["model"])
-        best_f1, best_epoch, stale = last["best_f1"], last["best_epoch"], last["stale"]
-        best_probs, rows, start = last["best_probs"], last["rows"], last["epoch"]
-        echo(f"fold {fold}: resuming after epoch {start}")
-    epoch = start
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        stage = 1 if epoch < cfg.freeze_epochs else 2
-        stage_begins = epoch in (0, cfg.freeze_epochs)
-        resuming = last is not None and epoch == start
-        if resuming:
-            # Mid-stage, the stage is rebuilt from the random state it began with (its
-            # cached features are drawn from it), then the epoch's own state is restored.
-            assert last is not None
-            set_rng_state(last["rng"] if stage_begins else last["stage_rng"], generator, transform)
-        if stage_begins or resuming:
-            stage_rng = rng_state(generator, transform)
-            # A new stage starts with a fresh optimizer and schedule: stage 1 sees only the
-            # head's parameters, and stage 2 must not inherit the head's momentum or lr decay.
-            frozen = stage == 1
-            set_backbone_frozen(model, frozen)
-            stage_start = 0 if frozen else cfg.freeze_epochs
-            stage_epochs = cfg.freeze_epochs if frozen else cfg.epochs - cfg.freeze_epochs
-            optimizer = create_optimizer_v2(
-                model,
-                opt=cfg.optimizer,
-                lr=cfg.lr1 if frozen else cfg.lr2,
-                weight_decay=cfg.weight_decay,
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter(
-                    "ignore"
-                )  # timm marks plateau deprecated; it is what people ask for
-                scheduler, _ = create_scheduler_v2(
-                    optimizer,
-                    sched=cfg.scheduler,
-                    num_epochs=stage_epochs,
-                    patience_epochs=max(1, cfg.patience // 2),
-                    plateau_mode="max",
-                )
-            features = None
-            net = model
-            if frozen and cfg.cache_features:
-                views = cfg.feature_views if transform.transforms else 1
-                embed = functools.partial(
-                    extract_features,
-                    model,
-                    images,
-                    batch_size=cfg.batch_size * 2,
-                    mean=mean,
-                    std=std,
-                    device=device,
-                    autocast=autocast,
-                    channels_last=channels_last,
-                    dist_=dist_,
-                    workers=workers,
-                    progress=progress,
-                )
-                features = (
-                    embed(
-                        train_idx,
-                        transform=transform if transform.transforms else None,
-                        views=min(views, stage_epochs),
-                        desc=f"fold {fold} features",
-                    ),
-                    embed(valid_idx, transform=None, views=1, desc=f"fold {fold} valid features")[
-                        0
-                    ],
-                )
-            elif dist_.world > 1:
-                # Wrapped per stage: DDP only synchronises the parameters that were
-                # trainable when it was built.
-                from torch.nn.parallel import DistributedDataParallel
-
-                net = DistributedDataParallel(
-                    model, device_ids=[device.index] if device.type == "cuda" else None
-                )
-            if cfg.compile and device.type == "cuda":
-                net = torch.compile(net)  # type: ignore[assignment]
-            if resuming and not stage_begins:
-                assert last is not None
-                optimizer.load_state_dict(last["optimizer"])
-                if scheduler is not None:
-                    scheduler.load_state_dict(last["scheduler"])
-                scaler.load_state_dict(last["scaler"])
-                set_rng_state(last["rng"], generator, transform)
-        lr = optimizer.param_groups[0]["lr"]
-
-        set_train_mode(model, frozen=stage == 1)
-        # Summed on the device: reading them every step would stall a GPU on each batch.
-        sum_loss = torch.zeros((), dtype=torch.float64, device=device)
-        sum_correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        if features is not None:
-            # Stage 1 from cached features: the head alone, on every process alike (the
-            # features are gathered), so no gradient needs synchronising.
-            view = features[0][(epoch - stage_start) % len(features[0])]
-            head = model.get_classifier()  # type: ignore[operator]
-            drop = float(getattr(model, "drop_rate", 0.0) or 0.0)
-            loader = DataLoader(
-                Rows(len(train_idx)),
-                batch_sampler=make_batches(
-                    len(train_idx),
-                    batch_size=cfg.batch_size,
-                    generator=generator,
-                    weights=weights,
-                    dist_=Dist(),
-                ),
-                generator=generator,
-                collate_fn=torch.as_tensor,
-            )
-            for rows_b in loader:
-                x = view[rows_b].to(device)
-                y = y_train[rows_b].to(device)
-                if drop:
-                    # What timm's forward_head does to the pooled features in train mode.
-                    x = nn.functional.dropout(x, drop, training=True)
-                with autocast():
-                    logits = head(x)
-                    loss = loss_fn(logits, y)
-                learn(loss)
-                sum_loss += loss.detach() * len(y)
-                sum_correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-        else:
-            bar = tqdm(
-                train_loader,
-                desc=f"fold {fold} epoch {epoch + 1}/{cfg.epochs} stage {stage}",
-                leave=False,
-                unit="batch",
-                disable=not progress,
-            )
-            for step, (xb, yb) in enumerate(bar):
-                x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
-                y = yb.to(device, non_blocking=True)
-                with autocast():
-                    logits = net(x)
-                    loss = loss_fn(logits, y)
-                grad_loss = loss
-                if dist_.world > 1:
-                    # DDP averages gradients over processes; weighting each slice by its
-                    # share of the global batch makes that the global batch's mean.
-                    global_n = last_batch if step == n_steps - 1 else cfg.batch_size
-                    grad_loss = loss * (len(y) * dist_.world / global_n)
-                learn(grad_loss)
-                sum_loss += loss.detach() * len(y)
-                sum_correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-                if progress and step % 20 == 0:
-                    bar.set_postfix(loss=f"{sum_loss.item() / seen:.4f}")
-        totals = (sum_loss.item(), int(sum_correct), seen)
-        if features is None:
-            # Each process saw its slice; the cached stage ran the whole epoch everywhere.
-            totals = tuple(sum(v) for v in zip(*gather(totals, dist_), strict=True))
-        total_loss, correct, seen = totals
-        train_loss, train_acc = total_loss / max(seen, 1), correct / max(seen, 1)
-        train_seconds = time.perf_counter() - t0
-
-        if features is not None:
-            probs, valid_loss = head_probs(
-                model.get_classifier(),  # type: ignore[operator]
-                features[1],
-                torch.as_tensor(y_valid),
-                device=device,
-                autocast=autocast,
-            )
-        else:
-            local_probs, local_loss = predict_probs(
-                model,
-                valid_loader,
-                mean=mean,
-                std=std,
-                device=device,
-                autocast=autocast,
-                channels_last=channels_last,
-            )
-            parts = gather((local_probs, local_loss * len(my_valid)), dist_)
-            probs = np.concatenate([p for p, _ in parts if len(p)])
-            valid_loss = sum(s for _, s in parts) / max(len(valid_idx), 1)
-        pred = probs.argmax(1)
-        valid_f1, valid_acc = macro_f1(y_valid, pred), float(accuracy_score(y_valid, pred))
-        if scheduler is not None:
-            scheduler.step(epoch - stage_start + 1, valid_f1)
-
-        improved = valid_f1 > best_f1
-        if improved:
-            best_f1, best_epoch, best_probs, stale = valid_f1, epoch + 1, probs, 0
-            # Kept in memory and written with the resume state (below) or at the end:
-            # a fast epoch should not wait for a checkpoint on disk.
-            best_state = cpu_state(model)
-        elif stage == 2:
-            # Patience counts only in stage 2, so a slow frozen stage never ends training
-            # before the backbone has been unfrozen.
-            stale += 1
-        rows.append(
-            {
-                "epoch": epoch + 1,
-                "stage": stage,
-                "lr": lr,
-                "train_loss": round(train_loss, 6),
-                "train_acc": round(train_acc, 6),
-                "valid_loss": round(valid_loss, 6),
-                "valid_acc": round(valid_acc, 6),
-                "valid_macro_f1": round(valid_f1, 6),
-                "train_seconds": round(train_seconds, 3),
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-        )
-        if dist_.main:
-            io.write_csv(out_dir / "metrics.csv", pd.DataFrame(rows))
-        if dist_.main and time.perf_counter() - saved_at >= cfg.checkpoint_seconds:
-            # Everything the next epoch depends on, so `comp train --resume` after a kill
-            # ends exactly where an uninterrupted run would; best.pt first, so the two agree.
-            if best_state is not None:
-                save_checkpoint(out_dir / "best.pt", best_state, best_meta(best_epoch, best_f1))
-                best_state = None
-            save_last(
-                out_dir / "last.pt",
-                {
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict(),
-                    "rng": rng_state(generator, transform),
-                    "stage_rng": stage_rng,
-                    "best_f1": best_f1,
-                    "best_epoch": best_epoch,
-                    "stale": stale,
-                    "best_probs": best_probs,
-                    "rows": rows,
-                },
-            )
-            saved_at = time.perf_counter()
-        echo(
-            f"fold {fold} epoch {epoch + 1:>2}/{cfg.epochs} stage {stage} | train loss {train_loss:.4f} acc {train_acc:.3f} "
-            f"| valid loss {valid_loss:.4f} acc {valid_acc:.3f} macro-F1 {valid_f1:.4f}{' *' if improved else ''} "
-            f"| {rows[-1]['seconds']:.1f}s"
-        )
-        if on_epoch is not None:
-            on_epoch(fold, epoch + 1, valid_f1)
-        if stale >= cfg.patience:
-            echo(f"fold {fold}: early stop, no better macro-F1 for {cfg.patience} epochs")
-            break
-    if dist_.main and best_state is not None:
-        save_checkpoint(out_dir / "best.pt", best_state, best_meta(best_epoch, best_f1))
-    return FoldResult(fold, best_epoch, best_f1, epoch + 1, best_probs, source)
-
-
-@torch.inference_mode()
-def head_probs(
-    head: nn.Module,
-    features: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    device: torch.device,
-    autocast: Callable[[], Any],
-    batch_size: int = 4096,
-) -> tuple[np.ndarray, float]:
-    """The classifier's probabilities and mean cross-entropy on cached features."""
-    head.eval()
-    out, total_loss = [], 0.0
-    for start in range(0, len(features), batch_size):
-        with autocast():
-            logits = head(features[start : start + batch_size].to(device)).float()
-        y = targets[start : start + batch_size].to(device)
-        total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        out.append(torch.softmax(logits, 1).cpu().numpy())
-    head.train()
-    return np.concatenate(out).astype(np.float32), total_loss / max(len(features), 1)
-
-
-@torch.inference_mode()
-def predict_probs(
-    model: nn.Module,
-    loader: DataLoader[Any],
-    *,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    device: torch.device,
-    autocast: Callable[[], Any] = nullcontext,
-    channels_last: bool = False,
-    desc: str | None = None,
-) -> tuple[np.ndarray, float]:
-    """Softmax probabilities over a loader, and the mean cross-entropy where targets are known."""
-    model.eval()
-    out, total_loss, seen = [], 0.0, 0
-    for xb, yb in tqdm(loader, desc=desc, leave=False, unit="batch", disable=desc is None):
-        x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
-        with autocast():
-            logits = model(x).float()
-        if (yb >= 0).all():
-            total_loss += float(nn.functional.cross_entropy(logits, yb.to(device), reduction="sum"))
-            seen += len(yb)
-        out.append(torch.softmax(logits, 1).cpu().numpy())
-    return np.concatenate(out).astype(np.float32), total_loss / max(seen, 1)
 
 
 def load_summary(run_dir: Path) -> dict[str, Any]:

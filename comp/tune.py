@@ -27,7 +27,7 @@ import optuna
 
 from comp import io
 from comp.config import Config, ConfigError, coerce, to_dict
-from comp.train import Echo
+from comp.io import Echo
 
 LOG_SCALE = ("lr1", "lr2", "weight_decay")
 SPACE_KEYS = (
@@ -39,6 +39,13 @@ SPACE_KEYS = (
     "aug",
     "model",
     "img_size",
+    "label_smoothing",
+    "mixup",
+    "cutmix",
+    "ema",
+    "ema_decay",
+    "drop_path_rate",
+    "layer_decay",
 )
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -61,7 +68,7 @@ class Dimension:
             return trial.suggest_categorical(self.key, list(self.choices))
         if isinstance(self.low, int) and isinstance(self.high, int):
             high = self.high
-            if self.key == "freeze_epochs":
+            if self.key == "freeze_epochs" and cfg.epochs > 0:
                 high = min(high, cfg.epochs)  # stage 1 cannot outlast the whole run
             return trial.suggest_int(self.key, min(self.low, high), high)
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)

@@ -28,9 +28,10 @@ import pandas as pd
 from PIL import Image
 
 from comp import io
-from comp.config import CONFIG_FILE, make_config, write_workspace_config
+from comp.config import CONFIG_FILE, Config, make_config, write_workspace_config
 from comp.data import IMAGE_EXTS, DataError, index_images, natural_key, read_csv, read_labels
 from comp.demo import WORKSPACE_DIRS
+from comp.recipe import suggest_img_size
 
 ID_NAMES = (
     "id",
@@ -370,14 +371,6 @@ def image_stats(files: list[Path], *, sample: int = 500, seed: int = 0) -> dict[
     return {"sampled": len(chosen), "sizes": arr, "modes": modes, "unreadable": unreadable}
 
 
-def suggest_img_size(sizes: np.ndarray) -> int:
-    """The median short side, rounded to a multiple of 32 in [32, 224]."""
-    if not len(sizes):
-        return 64
-    short = float(np.median(sizes.min(axis=1)))
-    return int(min(224, max(32, round(short / 32) * 32)))
-
-
 def init_workspace(
     root: Path,
     data: Path,
@@ -410,7 +403,6 @@ def init_workspace(
     values = {
         **det.values,
         "seed": seed,
-        "img_size": suggest_img_size(stats["sizes"]),
         **(overrides or {}),
     }
     cfg = make_config(values)
@@ -425,7 +417,24 @@ def init_workspace(
         cfg,
         header=f"comp workspace around {data.resolve()} ({det.layout} layout).\nEvery key can be overridden on the command line: --epochs 3 or --set epochs=3.",
     )
-    return dict(values), report(det, stats, cfg.img_size)
+    return dict(values), report(det, stats, cfg.img_size) + "\n" + planned_recipe(
+        cfg, stats["sizes"]
+    )
+
+
+def planned_recipe(cfg: Config, sizes: np.ndarray) -> str:
+    """The recipe `comp train` will resolve here, as one line (it is resolved again there)."""
+    import torch
+
+    from comp.models import weights_source
+    from comp.recipe import resolve
+
+    weights = weights_source(
+        cfg.model, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file
+    )
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    _, recipe = resolve(cfg, weights=weights, device="cuda" if cuda else "cpu", sizes=sizes)
+    return recipe.describe()
 
 
 def report(det: Detected, stats: dict[str, Any], img_size: int) -> str:
@@ -464,7 +473,11 @@ def report(det: Detected, stats: dict[str, Any], img_size: int) -> str:
     lines.append(
         f"columns: Id = '{det.values.get('id_column', 'Id')}', label = '{det.values.get('label_column', 'label')}'"
     )
-    lines.append(f"img_size: {img_size}")
+    lines.append(
+        f"img_size: {img_size}"
+        if img_size > 0
+        else f"img_size: auto ({suggest_img_size(sizes)} from the images, at most 64 when training from scratch on a CPU)"
+    )
     lines.extend(f"note: {n}" for n in det.notes)
     return "\n".join(lines)
 

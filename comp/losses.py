@@ -1,0 +1,86 @@
+"""Training losses: cross-entropy, focal, and the soft-target loss that mixup and cutmix need.
+
+Reads the config's loss keys and the fold's training labels (for class weights);
+writes nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+
+from comp.config import Config
+
+
+class FocalLoss(nn.Module):
+    """Softmax focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true) ** gamma.
+
+    timm and torchvision only ship the sigmoid (multi-label) form.
+    """
+
+    def __init__(self, *, gamma: float, weight: torch.Tensor | None, label_smoothing: float):
+        super().__init__()
+        self.gamma = gamma
+        self.ce = nn.CrossEntropyLoss(
+            weight=weight, label_smoothing=label_smoothing, reduction="none"
+        )
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p_true = logits.float().softmax(1).gather(1, target[:, None]).squeeze(1)
+        return ((1 - p_true) ** self.gamma * self.ce(logits.float(), target)).mean()
+
+
+def make_loss(cfg: Config, train_targets: np.ndarray, *, n_classes: int) -> nn.Module:
+    """Cross-entropy or focal loss, optionally class-weighted and label-smoothed."""
+    weight = None
+    if cfg.class_weights == "balanced":
+        present = np.unique(train_targets)
+        balanced = compute_class_weight("balanced", classes=present, y=train_targets)
+        full = np.ones(n_classes)
+        full[present] = balanced
+        weight = torch.as_tensor(full, dtype=torch.float32)
+    if cfg.loss == "focal":
+        return FocalLoss(gamma=cfg.focal_gamma, weight=weight, label_smoothing=cfg.label_smoothing)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+class Mixing:
+    """Mixup and/or cutmix of a training batch, with the soft-target loss they need (timm's both).
+
+    Label smoothing moves into the soft targets. timm's Mixup mixes a batch with its
+    own reverse and needs an even batch, so an odd image out keeps its own target.
+    """
+
+    def __init__(self, cfg: Config, *, n_classes: int):
+        self.mixup = Mixup(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            label_smoothing=cfg.label_smoothing,
+            num_classes=n_classes,
+        )
+        self.loss = SoftTargetCrossEntropy()
+        self.n_classes, self.smoothing = n_classes, cfg.label_smoothing
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        even = len(x) - len(x) % 2
+        if even == 0:
+            return x, self._soft(y)
+        # In place: the views of x are mixed where they lie.
+        x_mixed, y_mixed = self.mixup(x[:even], y[:even])
+        if even == len(x):
+            return x_mixed, y_mixed
+        return torch.cat([x_mixed, x[even:]]), torch.cat([y_mixed, self._soft(y[even:])])
+
+    def _soft(self, y: torch.Tensor) -> torch.Tensor:
+        off = self.smoothing / self.n_classes
+        return torch.full((len(y), self.n_classes), off, device=y.device).scatter_(
+            1, y[:, None], 1 - self.smoothing + off
+        )
+
+
+def mixing_enabled(cfg: Config) -> bool:
+    return cfg.mixup > 0 or cfg.cutmix > 0

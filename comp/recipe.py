@@ -1,0 +1,142 @@
+"""The training recipe: what every key left at ``auto`` becomes, from where the model starts.
+
+Reads the config, where the weights come from (pretrained or random init), the
+device and the training images' sizes; writes nothing (the resolved config is
+saved beside the run by comp.train).
+
+- **scratch** (random init: ``pretrained: false``, or ``auto`` that found no
+  weights): no frozen stage (a head on a random backbone learns nothing), one
+  warmup epoch then cosine decay from a learning rate that suits random init,
+  label smoothing, and an image size a CPU can train in minutes.
+- **finetune** (pretrained weights): a frozen stage (from cached features), then
+  every layer at a lower rate, lower layers lower still (timm's ``layer_decay``).
+
+Keys the user set (in comp.yaml, by a flag or ``--set``) always win. The recipe is
+resolved once, before any fold, so every fold and kernel trains alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from comp.config import AUTO_KEYS, Config, is_auto
+
+# Each recipe's values for the keys left at auto (img_size and mixup_off_epoch are
+# worked out from the data and the epochs). Measured in benchmarks/README.md, "Recipes".
+SCRATCH: dict[str, Any] = {
+    "epochs": 12,
+    "freeze_epochs": 0,
+    "lr2": 2e-3,
+    "warmup_epochs": 1,
+    "label_smoothing": 0.1,
+    "layer_decay": 0.0,
+}
+FINETUNE: dict[str, Any] = {
+    "epochs": 15,
+    "freeze_epochs": 3,
+    "lr2": 2e-4,
+    "warmup_epochs": 0,
+    "label_smoothing": 0.1,
+    "layer_decay": 0.75,
+}
+# The largest image side a recipe picks by itself: from scratch on a CPU every pixel
+# costs, and a model with no prior must see many epochs.
+MAX_SIZE = {("scratch", "cpu"): 64, ("finetune", "cpu"): 128}
+MIX_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # scratch or finetune
+    why: str
+    filled: dict[str, Any]  # keys that were auto, as the recipe set them
+    kept: dict[str, Any]  # keys the user set, which the recipe left alone
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in self.filled.items())
+        line = f"recipe: {self.name} ({self.why}): {shown}"
+        if self.kept:
+            line += "; yours: " + ", ".join(f"{k} {_fmt(v)}" for k, v in self.kept.items())
+        return line
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def recipe_name(cfg: Config, *, weights: str) -> tuple[str, str]:
+    """``scratch`` or ``finetune``, and why, from ``weights`` ("random" or where they came from)."""
+    if cfg.recipe != "auto":
+        return cfg.recipe, "recipe set in the config"
+    if weights == "random":
+        why = (
+            "pretrained: false"
+            if cfg.pretrained == "false"
+            else f"no pretrained weights for {cfg.model}"
+        )
+        return "scratch", why
+    return "finetune", f"pretrained weights: {weights.split(':')[0]}"
+
+
+def suggest_img_size(sizes: np.ndarray) -> int:
+    """The median short side, rounded to a multiple of 32 in [32, 224]."""
+    if not len(sizes):
+        return 64
+    short = float(np.median(sizes.min(axis=1)))
+    return int(min(224, max(32, round(short / 32) * 32)))
+
+
+def resolve(
+    cfg: Config, *, weights: str, device: str, sizes: np.ndarray | None = None
+) -> tuple[Config, Recipe]:
+    """``cfg`` with every auto key filled by the recipe, and the recipe as it was resolved.
+
+    ``device`` is the device type ("cpu", "cuda"); ``sizes`` the (width, height) of a
+    sample of training images, for ``img_size``.
+    """
+    name, why = recipe_name(cfg, weights=weights)
+    table = SCRATCH if name == "scratch" else FINETUNE
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if is_auto(getattr(cfg, key)):
+            values[key] = value
+    if is_auto(cfg.img_size):
+        size = suggest_img_size(sizes if sizes is not None else np.zeros((0, 2)))
+        values["img_size"] = min(size, MAX_SIZE.get((name, device), size))
+    epochs = values.get("epochs", cfg.epochs)
+    if is_auto(cfg.freeze_epochs):
+        # A short run keeps most of its epochs for the whole network.
+        values["freeze_epochs"] = min(values["freeze_epochs"], epochs // 3)
+    if is_auto(cfg.warmup_epochs):
+        values["warmup_epochs"] = min(values["warmup_epochs"], max(0, epochs // 5))
+    if is_auto(cfg.mixup_off_epoch):
+        mixing = cfg.mixup > 0 or cfg.cutmix > 0
+        values["mixup_off_epoch"] = max(1, round(MIX_FRACTION * epochs)) if mixing else epochs
+    kept = {k: getattr(cfg, k) for k in (*table, "img_size") if k not in values and k in AUTO_KEYS}
+    resolved = dataclasses.replace(cfg, recipe=name, **values)
+    return resolved, Recipe(name, why, values, kept)
+
+
+def with_epochs(cfg: Config, epochs: int, *, auto: set[str]) -> Config:
+    """``cfg`` rescheduled to ``epochs``: warmup, frozen stage and mixup end scale with it.
+
+    ``auto`` names the keys the recipe filled (the user's own values stay).
+    """
+    scale = epochs / cfg.epochs
+    values: dict[str, Any] = {"epochs": epochs}
+    if "freeze_epochs" in auto:
+        values["freeze_epochs"] = min(round(cfg.freeze_epochs * scale), epochs // 3)
+    if "warmup_epochs" in auto:
+        values["warmup_epochs"] = (
+            min(round(cfg.warmup_epochs * scale), max(0, epochs // 5)) if cfg.warmup_epochs else 0
+        )
+    if "mixup_off_epoch" in auto:
+        values["mixup_off_epoch"] = max(1, round(cfg.mixup_off_epoch * scale))
+    return dataclasses.replace(
+        cfg,
+        **{**values, "freeze_epochs": min(values.get("freeze_epochs", cfg.freeze_epochs), epochs)},
+    )

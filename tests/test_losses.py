@@ -1,0 +1,94 @@
+"""Losses and the regularisers timm brings: mixup/cutmix, EMA, drop-path, layer decay, a time limit."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from comp.config import make_config
+from comp.losses import Mixing
+from comp.train import train
+from tests.test_resume import Interrupt, same_run
+from tests.test_train import with_folds
+
+
+@pytest.mark.parametrize("batch", [8, 7, 1])
+def test_mixing_gives_soft_targets_for_any_batch(batch: int) -> None:
+    torch.manual_seed(0)
+    mixing = Mixing(make_config({"mixup": 0.4, "cutmix": 1.0, "label_smoothing": 0.1}), n_classes=3)
+    x, y = torch.rand(batch, 3, 8, 8), torch.randint(0, 3, (batch,))
+    x_mixed, soft = mixing(x.clone(), y)
+    assert x_mixed.shape == x.shape and soft.shape == (batch, 3)
+    assert torch.allclose(soft.sum(1), torch.ones(batch))
+    loss = mixing.loss(torch.randn(batch, 3), soft)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_regularisers_train_and_the_ema_weights_are_kept(workspace: Callable[..., Path]) -> None:
+    root, cfg = with_folds(
+        workspace(
+            epochs=3,
+            freeze_epochs=0,
+            mixup=0.2,
+            cutmix=1.0,
+            mixup_off_epoch=2,
+            ema=True,
+            ema_decay=0.9,
+            drop_path_rate=0.1,
+            layer_decay=0.7,
+            warmup_epochs=1,
+        )
+    )
+    train(root, cfg, name="reg", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
+    best = torch.load(root / "runs" / "reg" / "fold0" / "best.pt", weights_only=True)
+    assert best["meta"]["ema"] is True
+    metrics = pd.read_csv(root / "runs" / "reg" / "fold0" / "metrics.csv")
+    # Warmup: the first epoch starts far below the peak rate.
+    assert metrics["lr"].iloc[0] < metrics["lr"].iloc[1]
+    saved = yaml.safe_load((root / "runs" / "reg" / "config.yaml").read_text())
+    assert saved["ema"] is True and saved["mixup_off_epoch"] == 2
+
+
+def test_an_interrupted_fold_with_ema_and_mixup_resumes_to_the_same_end(
+    workspace: Callable[..., Path],
+) -> None:
+    root, cfg = with_folds(
+        workspace(
+            epochs=3, freeze_epochs=0, mixup=0.2, ema=True, ema_decay=0.9, checkpoint_seconds=0
+        )
+    )
+    quiet = lambda s: None  # noqa: E731
+    train(root, cfg, name="whole", folds=[0], echo=quiet)  # type: ignore[arg-type]
+
+    def stop(fold: int, epoch: int, f1: float) -> None:
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(root, cfg, name="cut", folds=[0], echo=quiet, on_epoch=stop)  # type: ignore[arg-type]
+    train(root, cfg, name="cut", folds=[0], echo=quiet, resume=True)  # type: ignore[arg-type]
+    same_run(root / "runs" / "whole", root / "runs" / "cut")
+
+
+def test_a_time_limit_sizes_the_epochs(workspace: Callable[..., Path]) -> None:
+    root, cfg = with_folds(workspace(epochs="auto", freeze_epochs="auto", time_limit="20s"))
+    said: list[str] = []
+    train(root, cfg, name="timed", echo=said.append)  # type: ignore[arg-type]
+    (line,) = [s for s in said if s.startswith("time limit 20s")]
+    epochs = yaml.safe_load((root / "runs" / "timed" / "config.yaml").read_text())["epochs"]
+    assert f"{epochs} epochs per fold" in line and epochs >= 1
+    for k in (0, 1):
+        # Never cut mid-schedule: each fold ran its epochs (or stopped early on its own).
+        assert len(pd.read_csv(root / "runs" / "timed" / f"fold{k}" / "metrics.csv")) >= 1
+
+
+def test_a_time_limit_too_short_is_refused(workspace: Callable[..., Path]) -> None:
+    from comp.config import ConfigError
+
+    root, cfg = with_folds(workspace(epochs="auto", time_limit="0.01s"))
+    with pytest.raises(ConfigError, match="an epoch takes about"):
+        train(root, cfg, name="rushed", echo=lambda s: None)  # type: ignore[arg-type]
+    assert not (root / "runs" / "rushed" / "config.yaml").exists()

@@ -1,0 +1,104 @@
+"""The recipe: keys left at auto resolve from where the model starts; the user's keys win."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from comp.config import AUTO, ConfigError, load_config, make_config, parse_duration, render
+from comp.hardware import amp_dtype, cpu_bf16
+from comp.recipe import FINETUNE, SCRATCH, resolve, with_epochs
+from comp.train import train
+from comp.workspace import init_workspace
+from tests.test_train import with_folds
+
+SPRITE_SIZES = np.array([[64, 64]] * 10)
+PHOTO_SIZES = np.array([[400, 300]] * 10)
+
+
+def test_random_init_resolves_to_the_scratch_recipe() -> None:
+    cfg, recipe = resolve(make_config(), weights="random", device="cpu", sizes=PHOTO_SIZES)
+    assert recipe.name == "scratch" and cfg.recipe == "scratch"
+    assert cfg.freeze_epochs == 0 and cfg.lr2 == SCRATCH["lr2"] and cfg.label_smoothing == 0.1
+    assert cfg.warmup_epochs == 1 and cfg.epochs == SCRATCH["epochs"]
+    # From scratch on a CPU, photos are shrunk to what trains in minutes.
+    assert cfg.img_size == 64
+    assert "scratch" in recipe.describe() and "no pretrained weights" in recipe.describe()
+
+
+def test_pretrained_weights_resolve_to_the_finetune_recipe() -> None:
+    cfg, recipe = resolve(make_config(), weights="timm", device="cuda", sizes=PHOTO_SIZES)
+    assert recipe.name == "finetune"
+    assert cfg.freeze_epochs == FINETUNE["freeze_epochs"] and cfg.layer_decay == 0.75
+    assert cfg.lr2 == FINETUNE["lr2"] and cfg.warmup_epochs == 0
+    assert cfg.img_size == 224  # the median short side, capped at 224
+    cfg, _ = resolve(make_config(), weights="timm", device="cpu", sizes=PHOTO_SIZES)
+    assert cfg.img_size == 128
+
+
+def test_keys_the_user_set_always_win() -> None:
+    mine = make_config({"freeze_epochs": 2, "lr2": 5e-4, "img_size": 96, "label_smoothing": 0})
+    cfg, recipe = resolve(mine, weights="random", device="cpu", sizes=PHOTO_SIZES)
+    assert (cfg.freeze_epochs, cfg.lr2, cfg.img_size, cfg.label_smoothing) == (2, 5e-4, 96, 0)
+    assert recipe.kept["freeze_epochs"] == 2 and "freeze_epochs" not in recipe.filled
+    assert "yours: " in recipe.describe()
+    forced, recipe = resolve(make_config({"recipe": "finetune"}), weights="random", device="cpu")
+    assert recipe.name == "finetune" and forced.freeze_epochs == 3
+
+
+def test_auto_round_trips_through_comp_yaml_and_flags(tmp_path: Path) -> None:
+    text = render(vars(make_config()))
+    assert "\nepochs: auto\n" in text and "\nimg_size: auto\n" in text
+    (tmp_path / "comp.yaml").write_text(text)
+    cfg = load_config(tmp_path, {"lr2": "auto", "epochs": "7"})
+    assert cfg.lr2 == AUTO and cfg.epochs == 7
+    with pytest.raises(ConfigError, match="epochs must be auto or at least 0"):
+        make_config({"epochs": -3})
+    with pytest.raises(ConfigError, match="soft targets"):
+        make_config({"mixup": 0.2, "loss": "focal"})
+
+
+def test_durations() -> None:
+    assert parse_duration("20m") == 1200 and parse_duration("1h30m") == 5400
+    assert parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
+    assert parse_duration("15") == 900
+    for bad in ("soon", "20x", "0m", "m20"):
+        with pytest.raises(ConfigError, match="time_limit"):
+            parse_duration(bad)
+
+
+def test_rescheduling_scales_what_the_recipe_chose() -> None:
+    cfg, recipe = resolve(make_config({"mixup": 0.2}), weights="timm", device="cuda")
+    assert (cfg.epochs, cfg.freeze_epochs, cfg.mixup_off_epoch) == (15, 3, 12)
+    short = with_epochs(cfg, 6, auto=set(recipe.filled))
+    assert (short.epochs, short.freeze_epochs, short.mixup_off_epoch) == (6, 1, 5)
+
+
+def test_cpu_bf16_only_where_the_cores_have_it_and_images_are_large() -> None:
+    cpu = torch.device("cpu")
+    assert amp_dtype(cpu, True, img_size=16) is None
+    assert amp_dtype(cpu, False, img_size=224) is None
+    assert amp_dtype(cpu, True, img_size=224) == (torch.bfloat16 if cpu_bf16() else None)
+
+
+def test_init_prints_and_train_records_the_recipe(
+    workspace: Callable[..., Path], tmp_path: Path
+) -> None:
+    from tests.conftest import make_kaggle
+
+    _, text = init_workspace(
+        tmp_path / "fresh", make_kaggle(tmp_path / "c"), overrides={"pretrained": "false"}
+    )
+    assert "recipe: scratch (pretrained: false)" in text and "img_size: auto" in text
+    assert yaml.safe_load((tmp_path / "fresh" / "comp.yaml").read_text())["epochs"] == "auto"
+
+    root, cfg = with_folds(workspace(epochs="auto", freeze_epochs="auto", lr2="auto"))
+    said: list[str] = []
+    train(root, cfg, name="r", folds=[0], echo=said.append)  # type: ignore[arg-type]
+    assert any(s.startswith("recipe: scratch") for s in said)
+    saved = yaml.safe_load((root / "runs" / "r" / "config.yaml").read_text())
+    assert saved["recipe"] == "scratch" and saved["freeze_epochs"] == 0
+    assert saved["epochs"] == SCRATCH["epochs"] and saved["img_size"] == 16  # TINY's own size
