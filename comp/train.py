@@ -48,8 +48,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from comp import io
+from comp.budget import fit_time_limit
 from comp.cache import cache_dir, cached_images
-from comp.config import AUTO_KEYS, Config, ConfigError, is_auto, parse_duration, suggest, to_dict
+from comp.config import Config, ConfigError, is_auto, suggest, to_dict
 from comp.data import Competition, DataError, load_competition, read_csv, resolve
 from comp.distributed import (
     Dist,
@@ -75,11 +76,10 @@ from comp.models import (
     set_train_mode,
 )
 from comp.plots import plot_curves
-from comp.recipe import Recipe, with_epochs
+from comp.recipe import Recipe
 from comp.recipe import resolve as resolve_recipe
 from comp.transforms import ImageDataset, create_transform, to_input
 
-ALONE = Dist()
 EpochHook = Callable[[int, int, float], None]
 
 
@@ -237,7 +237,7 @@ def train(
         if not resume and (run_dir / f"fold{k}" / "last.pt").exists():
             echo(f"fold {k}: was interrupted; training it again (--resume would go on from it)")
         valid_idx = np.flatnonzero(fold_of == k)
-        result = train_fold(
+        fold_ = setup_fold(
             cfg,
             fold=k,
             images=images,
@@ -245,14 +245,17 @@ def train(
             train_idx=np.flatnonzero(fold_of != k),
             valid_idx=valid_idx,
             n_classes=len(classes),
-            classes=classes,
             device=device,
             transform=transform,
+            dist_=dist_,
+            progress=progress,
+        )
+        result = train_fold(
+            fold_,
+            classes=classes,
             out_dir=run_dir / f"fold{k}",
             echo=echo,
             on_epoch=on_epoch,
-            progress=progress,
-            dist_=dist_,
             resume=resume,
         )
         if dist_.main:
@@ -299,128 +302,6 @@ def resolve_run_config(
 
 def _sizing(saved: dict[str, Any]) -> dict[str, Any]:
     return {k: saved[k] for k in ("epochs", "freeze_epochs", "warmup_epochs", "mixup_off_epoch")}
-
-
-# --- a time budget: measure a step, then size the epochs -------------------------------------
-
-
-def fit_time_limit(
-    cfg: Config,
-    recipe: Recipe,
-    *,
-    images: np.ndarray,
-    targets: np.ndarray,
-    fold_of: np.ndarray,
-    folds: list[int],
-    spent: float,
-    device: torch.device,
-    dist_: Dist,
-    echo: Echo,
-) -> Config:
-    """``cfg`` with as many epochs as let every fold in ``folds`` end within ``cfg.time_limit``.
-
-    A fold's first epoch is timed on a throwaway copy of its model (a full epoch where
-    that is quick, a few dozen steps otherwise), so the schedule is fixed before any
-    fold starts and no fold is cut short. A user's own ``epochs`` is an upper bound.
-    """
-    budget = parse_duration(cfg.time_limit or "0") - spent
-    k = folds[0]
-    train_idx, valid_idx = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
-    epoch_s, frozen_s = measure_epoch(
-        cfg,
-        images=images,
-        targets=targets,
-        train_idx=train_idx,
-        valid_idx=valid_idx,
-        device=device,
-        dist_=dist_,
-    )
-    # Each fold also builds its model and, with a frozen stage, embeds its images once.
-    per_fold = budget / len(folds) - frozen_s - 2.0
-    fits = int(per_fold // epoch_s)
-    cap = None if "epochs" in recipe.filled else cfg.epochs
-    epochs = min(fits, cap) if cap is not None else fits
-    least = cfg.freeze_epochs + 1 if "freeze_epochs" not in recipe.filled else 1
-    if epochs < least:
-        raise ConfigError(
-            f"time_limit {cfg.time_limit}: an epoch takes about {epoch_s:.0f}s, so {len(folds)} folds "
-            f"need at least {len(folds) * (least * epoch_s + frozen_s) + spent:.0f}s; "
-            "raise the limit, train fewer folds (--fold) or use a smaller img_size or model"
-        )
-    sized = with_epochs(cfg, epochs, auto=set(recipe.filled) & set(AUTO_KEYS))
-    echo(
-        f"time limit {cfg.time_limit}: an epoch takes about {epoch_s:.1f}s, so {sized.epochs} epochs per fold "
-        f"({sized.freeze_epochs} frozen, warmup {sized.warmup_epochs}) fit {len(folds)} folds"
-    )
-    return sized
-
-
-def measure_epoch(
-    cfg: Config,
-    *,
-    images: np.ndarray,
-    targets: np.ndarray,
-    train_idx: np.ndarray,
-    valid_idx: np.ndarray,
-    device: torch.device,
-    dist_: Dist,
-    steps: int = 24,
-) -> tuple[float, float]:
-    """Seconds of one all-layers epoch (train + validate), and of a fold's frozen-stage set-up."""
-    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    model, _ = create_model(
-        cfg.model,
-        num_classes=int(targets.max()) + 1,
-        pretrained="false",
-        drop_path_rate=cfg.drop_path_rate,
-    )
-    model = model.to(device).to(memory_format=torch.channels_last)
-    mean, std = (t.to(device) for t in normalisation(model))
-    autocast = make_autocast(device, cfg.amp, img_size=cfg.img_size)
-    transform = create_transform(cfg.aug, img_size=cfg.img_size)
-    optimizer = create_optimizer_v2(
-        model, opt=cfg.optimizer, lr=1e-4, weight_decay=cfg.weight_decay
-    )
-    n_batches = -(-len(train_idx) // cfg.batch_size)
-    loader = DataLoader(
-        ImageDataset(images, targets, transform, index=train_idx),
-        batch_size=cfg.batch_size,
-        shuffle=True,
-    )
-    timed, seconds = 0, 0.0
-    model.train()
-    for i, (xb, yb) in enumerate(loader):
-        if i >= min(steps, n_batches) + 2:
-            break
-        t0 = time.perf_counter()
-        x = to_input(xb, mean=mean, std=std, device=device, channels_last=True)
-        with autocast():
-            loss = nn.functional.cross_entropy(model(x), yb.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:  # the first steps pay for allocation and kernel choice
-            timed, seconds = timed + 1, seconds + time.perf_counter() - t0
-    step_s = seconds / max(timed, 1) / dist_.world
-    probe = DataLoader(
-        ImageDataset(images, targets, index=valid_idx[: cfg.batch_size * 4]),
-        batch_size=cfg.batch_size * 2,
-    )
-    t0 = time.perf_counter()
-    predict_probs(
-        model, probe, mean=mean, std=std, device=device, autocast=autocast, channels_last=True
-    )
-    per_image = (time.perf_counter() - t0) / max(1, min(len(valid_idx), cfg.batch_size * 4))
-    random.setstate(state[0])
-    np.random.set_state(state[1])
-    torch.set_rng_state(state[2])
-    epoch_s = n_batches * step_s + len(valid_idx) * per_image / dist_.world
-    frozen_s = 0.0
-    if cfg.freeze_epochs and cfg.cache_features:
-        frozen_s = (cfg.feature_views * len(train_idx) + len(valid_idx)) * per_image
-    return epoch_s * 1.05, frozen_s  # a margin for what a short measurement misses
 
 
 # --- one fold: stages of epochs of steps -----------------------------------------------------
@@ -523,38 +404,17 @@ class Best:
 
 
 def train_fold(
-    cfg: Config,
+    f: Fold,
     *,
-    fold: int,
-    images: np.ndarray,
-    targets: np.ndarray,
-    train_idx: np.ndarray,
-    valid_idx: np.ndarray,
-    n_classes: int,
     classes: list[str],
-    device: torch.device,
-    transform: A.Compose,
     out_dir: Path,
     echo: Echo = tqdm.write,
     on_epoch: EpochHook | None = None,
-    progress: bool = True,
-    dist_: Dist = ALONE,
     resume: bool = False,
 ) -> FoldResult:
-    f = setup_fold(
-        cfg,
-        fold=fold,
-        images=images,
-        targets=targets,
-        train_idx=train_idx,
-        valid_idx=valid_idx,
-        n_classes=n_classes,
-        device=device,
-        transform=transform,
-        dist_=dist_,
-        progress=progress,
-    )
-    best = Best(probs=np.zeros((len(valid_idx), n_classes), dtype=np.float32))
+    """Train one fold, stage after stage and epoch after epoch, keeping the best epoch's weights."""
+    cfg, fold = f.cfg, f.number
+    best = Best(probs=np.zeros((len(f.valid_idx), len(classes)), dtype=np.float32))
     rows: list[dict[str, Any]] = []
     start = 0
     last = load_last(out_dir / "last.pt") if resume else None
@@ -568,64 +428,43 @@ def train_fold(
     for stage in stages(cfg):
         if stage.end <= start:
             continue
-        first = max(stage.start, start)
-        if last is not None and first == start:
-            # Mid-stage, the stage is rebuilt from the random state it began with (its
-            # cached features are drawn from it), then the epoch's own state is restored.
-            set_rng_state(
-                last["rng"] if first == stage.start else last["stage_rng"], f.generator, f.transform
-            )
-        run = begin_stage(f, stage)
-        if last is not None and first == start > stage.start:
-            restore_stage(f, run, last)
-        for epoch in range(first, stage.end):
+        run = enter_stage(f, stage, last=last, start=start)
+        for epoch in range(max(stage.start, start), stage.end):
             t0 = time.perf_counter()
-            lr = run.optimizer.param_groups[-1]["lr"]
+            lr = run.optimizer.param_groups[-1]["lr"]  # the head's, with layer decay
             train_loss, train_acc = train_epoch(f, run, epoch)
             train_seconds = time.perf_counter() - t0
             weights = run.ema.module if run.ema is not None else f.model
-            probs, valid_loss = evaluate(f, run, weights)
-            pred = probs.argmax(1)
-            valid_f1, valid_acc = macro_f1(f.y_valid, pred), float(accuracy_score(f.y_valid, pred))
+            probs, valid = evaluate(f, run, weights)
             if run.scheduler is not None:
-                run.scheduler.step(epoch - stage.start + 1, valid_f1)
+                run.scheduler.step(epoch - stage.start + 1, valid["valid_macro_f1"])
             # Patience counts only in stage 2, so a slow frozen stage never ends training
             # before the backbone has been unfrozen.
-            improved = best.update(valid_f1, epoch + 1, probs, weights, counts=not stage.frozen)
-            rows.append(
-                {
-                    "epoch": epoch + 1,
-                    "stage": stage.number,
-                    "lr": lr,
-                    "train_loss": round(train_loss, 6),
-                    "train_acc": round(train_acc, 6),
-                    "valid_loss": round(valid_loss, 6),
-                    "valid_acc": round(valid_acc, 6),
-                    "valid_macro_f1": round(valid_f1, 6),
-                    "train_seconds": round(train_seconds, 3),
-                    "seconds": round(time.perf_counter() - t0, 3),
-                }
+            improved = best.update(
+                valid["valid_macro_f1"], epoch + 1, probs, weights, counts=not stage.frozen
             )
-            if dist_.main:
+            rows.append(
+                {"epoch": epoch + 1, "stage": stage.number, "lr": lr}
+                | {"train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6), **valid}
+                | {"train_seconds": round(train_seconds, 3)}
+                | {"seconds": round(time.perf_counter() - t0, 3)}
+            )
+            if f.dist.main:
                 io.write_csv(out_dir / "metrics.csv", pd.DataFrame(rows))
-            if dist_.main and time.perf_counter() - saved_at >= cfg.checkpoint_seconds:
+            if f.dist.main and time.perf_counter() - saved_at >= cfg.checkpoint_seconds:
                 save_resume_state(
                     f, run, best, rows, epoch=epoch + 1, out_dir=out_dir, classes=classes
                 )
                 saved_at = time.perf_counter()
-            echo(
-                f"fold {fold} epoch {epoch + 1:>2}/{cfg.epochs} stage {stage.number} | train loss {train_loss:.4f} acc {train_acc:.3f} "
-                f"| valid loss {valid_loss:.4f} acc {valid_acc:.3f} macro-F1 {valid_f1:.4f}{' *' if improved else ''} "
-                f"| {rows[-1]['seconds']:.1f}s"
-            )
+            echo(epoch_line(f, rows[-1], improved))
             if on_epoch is not None:
-                on_epoch(fold, epoch + 1, valid_f1)
+                on_epoch(fold, epoch + 1, valid["valid_macro_f1"])
             if best.stale >= cfg.patience:
                 break
         if best.stale >= cfg.patience:
             echo(f"fold {fold}: early stop, no better macro-F1 for {cfg.patience} epochs")
             break
-    if dist_.main and best.state is not None:
+    if f.dist.main and best.state is not None:
         save_checkpoint(out_dir / "best.pt", best.state, best_meta(f, classes, best))
     return FoldResult(fold, best.epoch, best.f1, epoch + 1, best.probs, f.source)
 
@@ -809,6 +648,31 @@ def embed_fold(f: Fold, *, views: int) -> tuple[torch.Tensor, torch.Tensor]:
     return train, valid[0]
 
 
+def enter_stage(f: Fold, stage: Stage, *, last: dict[str, Any] | None, start: int) -> StageRun:
+    """Begin ``stage``, or, resuming at epoch ``start`` inside it, rebuild it as it was then."""
+    first = max(stage.start, start)
+    if last is None or first != start:
+        return begin_stage(f, stage)
+    # Mid-stage, the stage is rebuilt from the random state it began with (its cached
+    # features are drawn from it), then the epoch's own state is restored.
+    set_rng_state(
+        last["rng"] if first == stage.start else last["stage_rng"], f.generator, f.transform
+    )
+    run = begin_stage(f, stage)
+    if first > stage.start:
+        restore_stage(f, run, last)
+    return run
+
+
+def epoch_line(f: Fold, row: dict[str, Any], improved: bool) -> str:
+    return (
+        f"fold {f.number} epoch {row['epoch']:>2}/{f.cfg.epochs} stage {row['stage']} "
+        f"| train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} "
+        f"| valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f} "
+        f"macro-F1 {row['valid_macro_f1']:.4f}{' *' if improved else ''} | {row['seconds']:.1f}s"
+    )
+
+
 def restore_stage(f: Fold, run: StageRun, last: dict[str, Any]) -> None:
     """Put a rebuilt stage back where an interrupted one left off."""
     run.optimizer.load_state_dict(last["optimizer"])
@@ -921,8 +785,18 @@ def step(
     return loss.detach(), logits.detach()
 
 
-def evaluate(f: Fold, run: StageRun, weights: nn.Module) -> tuple[np.ndarray, float]:
-    """Validation probabilities (every process's part, in order) and mean loss of ``weights``."""
+def evaluate(f: Fold, run: StageRun, weights: nn.Module) -> tuple[np.ndarray, dict[str, float]]:
+    """Validation probabilities of ``weights`` (every process's part, in order) and their scores."""
+    probs, loss = validation_probs(f, run, weights)
+    pred = probs.argmax(1)
+    return probs, {
+        "valid_loss": round(loss, 6),
+        "valid_acc": round(float(accuracy_score(f.y_valid, pred)), 6),
+        "valid_macro_f1": round(macro_f1(f.y_valid, pred), 6),
+    }
+
+
+def validation_probs(f: Fold, run: StageRun, weights: nn.Module) -> tuple[np.ndarray, float]:
     if run.features is not None:
         return head_probs(
             f.model.get_classifier(),  # type: ignore[operator]
