@@ -1,7 +1,7 @@
 """A small ImageFolder of mixed images, as people scrape them: sizes, shapes, modes and formats vary.
 
 Built from scikit-learn's real handwritten digits (no download): each digit is
-drawn at a random size and aspect, in a random ink and paper colour, slightly
+drawn at a random size and aspect, in a random dark ink on a random light paper, slightly
 rotated, and saved as png, jpeg or webp in RGB, RGBA, L or P mode, one folder per
 class and no test set (``comp init`` holds part of it back).
 
@@ -28,9 +28,8 @@ def write_mixed_folder(root: Path, *, per_class: int = 65, seed: int = 0) -> int
         folder.mkdir(parents=True, exist_ok=True)
         for i, row in enumerate(rows):
             ink = digits.images[row] / 16.0
-            paper_c, ink_c = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-            while np.abs(paper_c.astype(int) - ink_c).sum() < 200:
-                ink_c = rng.integers(0, 256, 3)
+            # Ink darker than paper, as on a scan or a drawing; hues vary freely.
+            paper_c, ink_c = rng.integers(150, 256, 3), rng.integers(0, 110, 3)
             rgb = paper_c * (1 - ink[..., None]) + ink_c * ink[..., None]
             img = Image.fromarray(rgb.astype(np.uint8)).resize((64, 64), Image.BICUBIC)
             img = img.rotate(float(rng.uniform(-15, 15)), fillcolor=tuple(int(v) for v in paper_c))

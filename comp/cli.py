@@ -545,14 +545,19 @@ def train(
     master_port: int,
     **kwargs: Any,
 ) -> None:
-    """Train a timm model on every fold: frozen-backbone stage, then all layers.
+    """Train a timm model on every fold, with the recipe its starting point calls for.
 
-    Early stopping and checkpoint choice follow validation macro-F1. Writes
-    runs/<name>/ with the resolved config, per-fold checkpoints and metrics,
-    out-of-fold probabilities and the CV macro-F1.
+    From random init: no frozen stage, warmup then cosine, label smoothing. From
+    pretrained weights: a frozen-backbone stage, then all layers with layer-wise
+    lr decay. Keys you set win over the recipe, which is printed. Early stopping
+    and checkpoint choice follow validation macro-F1. Writes runs/<name>/ with
+    the resolved config, per-fold checkpoints and metrics, out-of-fold
+    probabilities and the CV macro-F1.
 
     \b
     Examples:
+        comp train --time-limit 20m      # epochs sized so every fold ends in time
+        comp train --mixup 0.2 --cutmix 1.0 --ema true --drop-path-rate 0.1
         comp train --model efficientnet_b0 --epochs 20 --freeze-epochs 5
         comp train --fold 0 --name effb0 --pretrained-file weights/effb0.pth
         comp train --devices 2          # both GPUs of a Kaggle 2xT4 notebook

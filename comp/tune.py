@@ -210,7 +210,8 @@ def make_objective(
         def report(fold: int, epoch: int, f1: float) -> None:
             best[fold] = max(best.get(fold, -1.0), f1)
             # One step per epoch across the objective's folds, so trials compare like for like.
-            step = folds.index(fold) * trial_cfg.epochs + epoch
+            stride = trial_cfg.epochs if trial_cfg.epochs > 0 else 1000  # auto: the recipe's
+            step = folds.index(fold) * stride + epoch
             trial.report(sum(best.values()) / len(folds), step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"macro-F1 {f1:.4f} at fold {fold} epoch {epoch}")

@@ -108,6 +108,16 @@ def test_dry_run_writes_a_bundle_without_credentials(
         assert GOOD_TOKEN not in f.read_text(errors="replace")
 
 
+def test_a_kernel_carries_its_time_limit_and_resolves_its_recipe_on_kaggle(ws: Path) -> None:
+    code, out = comp(
+        ws, "kernel", "push", "--name", "timed", "--owner", "t", "--dry-run", "--time-limit", "2h"
+    )
+    assert code == 0, out
+    script = (ws / "kernels" / "timed" / "comp-timed.py").read_text()
+    # The recipe is resolved where the kernel runs (its GPU, its weights), sized to 2 hours.
+    assert "'time_limit': '2h'" in script and "'recipe': 'auto'" in script
+
+
 def test_fan_out_writes_one_bundle_per_fold(ws: Path) -> None:
     bundles = build_bundles(
         ws, load_config(ws), name="fan", owner="me", competition=SLUG, folds_per_kernel=1

@@ -37,6 +37,27 @@ def comp(ws: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def test_the_regularisers_are_tunable() -> None:
+    from comp.config import make_config
+    from comp.tune import search_space
+
+    cfg = make_config(
+        {
+            "tune_mixup": "0..0.4",
+            "tune_ema": "false,true",
+            "tune_layer_decay": "0.6..0.9",
+            "tune_drop_path_rate": "0,0.1",
+            "tune_label_smoothing": "0..0.2",
+            "tune_ema_decay": "0.99..0.9999",
+        }
+    )
+    space = {d.key: d for d in search_space(cfg)}
+    assert space["mixup"] == Dimension("mixup", low=0.0, high=0.4)
+    assert space["ema"].choices == (False, True)
+    assert space["drop_path_rate"].choices == (0.0, 0.1)
+    assert {"layer_decay", "label_smoothing", "ema_decay"} <= set(space)
+
+
 def test_search_space_specs() -> None:
     assert parse_dimension("lr1", "1e-5..1e-2") == Dimension("lr1", low=1e-5, high=1e-2, log=True)
     assert parse_dimension("freeze_epochs", "0..5") == Dimension("freeze_epochs", low=0, high=5)
