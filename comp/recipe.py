@@ -47,6 +47,10 @@ FINETUNE: dict[str, Any] = {
 # costs, and a model with no prior must see many epochs.
 MAX_SIZE = {("scratch", "cpu"): 64, ("finetune", "cpu"): 128}
 MIX_FRACTION = 0.8
+# From scratch a network needs a number of updates, not of epochs: a small set takes
+# more epochs to get them, a large one fewer (each epoch costs more, too).
+SCRATCH_STEPS = 500
+SCRATCH_EPOCHS = (8, 40)
 
 
 @dataclass(frozen=True)
@@ -91,12 +95,18 @@ def suggest_img_size(sizes: np.ndarray) -> int:
 
 
 def resolve(
-    cfg: Config, *, weights: str, device: str, sizes: np.ndarray | None = None
+    cfg: Config,
+    *,
+    weights: str,
+    device: str,
+    sizes: np.ndarray | None = None,
+    n_train: int | None = None,
 ) -> tuple[Config, Recipe]:
     """``cfg`` with every auto key filled by the recipe, and the recipe as it was resolved.
 
     ``device`` is the device type ("cpu", "cuda"); ``sizes`` the (width, height) of a
-    sample of training images, for ``img_size``.
+    sample of training images, for ``img_size``; ``n_train`` the images a fold trains
+    on, for the epochs of the scratch recipe.
     """
     name, why = recipe_name(cfg, weights=weights)
     table = SCRATCH if name == "scratch" else FINETUNE
@@ -107,6 +117,10 @@ def resolve(
     if is_auto(cfg.img_size):
         size = suggest_img_size(sizes if sizes is not None else np.zeros((0, 2)))
         values["img_size"] = min(size, MAX_SIZE.get((name, device), size))
+    if name == "scratch" and "epochs" in values and n_train:
+        steps = -(-n_train // cfg.batch_size)
+        low, high = SCRATCH_EPOCHS
+        values["epochs"] = int(np.clip(round(SCRATCH_STEPS / steps), low, high))
     epochs = values.get("epochs", cfg.epochs)
     if is_auto(cfg.freeze_epochs):
         # A short run keeps most of its epochs for the whole network.

@@ -295,7 +295,10 @@ def resolve_run_config(
         from comp.workspace import image_stats
 
         sizes = image_stats(comp.train_paths(list(comp.train["Id"])), sample=200)["sizes"]
-    cfg, recipe = resolve_recipe(cfg, weights=weights, device=device.type, sizes=sizes)
+    n_train = len(comp.train) * (cfg.n_splits - 1) // cfg.n_splits
+    cfg, recipe = resolve_recipe(
+        cfg, weights=weights, device=device.type, sizes=sizes, n_train=n_train
+    )
     echo(recipe.describe())
     return cfg, recipe
 

@@ -417,12 +417,13 @@ def init_workspace(
         cfg,
         header=f"comp workspace around {data.resolve()} ({det.layout} layout).\nEvery key can be overridden on the command line: --epochs 3 or --set epochs=3.",
     )
+    n_train = len(det.labels) * (cfg.n_splits - 1) // cfg.n_splits
     return dict(values), report(det, stats, cfg.img_size) + "\n" + planned_recipe(
-        cfg, stats["sizes"]
+        cfg, stats["sizes"], n_train
     )
 
 
-def planned_recipe(cfg: Config, sizes: np.ndarray) -> str:
+def planned_recipe(cfg: Config, sizes: np.ndarray, n_train: int) -> str:
     """The recipe `comp train` will resolve here, as one line (it is resolved again there)."""
     import torch
 
@@ -433,7 +434,9 @@ def planned_recipe(cfg: Config, sizes: np.ndarray) -> str:
         cfg.model, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file
     )
     cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    _, recipe = resolve(cfg, weights=weights, device="cuda" if cuda else "cpu", sizes=sizes)
+    _, recipe = resolve(
+        cfg, weights=weights, device="cuda" if cuda else "cpu", sizes=sizes, n_train=n_train
+    )
     return recipe.describe()
 
 
