@@ -690,41 +690,54 @@ def restore_stage(f: Fold, run: StageRun, last: dict[str, Any]) -> None:
 def train_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
     """One pass over the fold's training part; its mean loss and accuracy over every process."""
     set_train_mode(f.model, frozen=run.stage.frozen)
+    if run.features is not None:
+        return head_epoch(f, run, epoch)
+    return image_epoch(f, run, epoch)
+
+
+def head_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
+    """Stage 1 from cached features: the head alone, on every process alike (the features
+    are gathered), so no gradient needs synchronising."""
+    assert run.features is not None
     # Summed on the device: reading them every step would stall a GPU on each batch.
     sum_loss = torch.zeros((), dtype=torch.float64, device=f.device)
     sum_correct = torch.zeros((), dtype=torch.int64, device=f.device)
     seen = 0
     first_update = (epoch - run.stage.start) * len(f.batches)
-    if run.features is not None:
-        # Stage 1 from cached features: the head alone, on every process alike (the
-        # features are gathered), so no gradient needs synchronising.
-        view = run.features[0][(epoch - run.stage.start) % len(run.features[0])]
-        head = f.model.get_classifier()  # type: ignore[operator]
-        drop = float(getattr(f.model, "drop_rate", 0.0) or 0.0)
-        loader = DataLoader(
-            Rows(len(f.train_idx)),
-            batch_sampler=make_batches(
-                len(f.train_idx),
-                batch_size=f.cfg.batch_size,
-                generator=f.generator,
-                weights=f.weights,
-                dist_=Dist(),
-            ),
+    view = run.features[0][(epoch - run.stage.start) % len(run.features[0])]
+    head = f.model.get_classifier()  # type: ignore[operator]
+    drop = float(getattr(f.model, "drop_rate", 0.0) or 0.0)
+    loader = DataLoader(
+        Rows(len(f.train_idx)),
+        batch_sampler=make_batches(
+            len(f.train_idx),
+            batch_size=f.cfg.batch_size,
             generator=f.generator,
-            collate_fn=torch.as_tensor,
-        )
-        for i, rows_b in enumerate(loader):
-            x = view[rows_b].to(f.device)
-            y = f.y_train[rows_b].to(f.device)
-            if drop:
-                # What timm's forward_head does to the pooled features in train mode.
-                x = nn.functional.dropout(x, drop, training=True)
-            loss, logits = step(f, run, head, x, y, f.loss_fn, update=first_update + i + 1)
-            sum_loss += loss * len(y)
-            sum_correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-        return sum_loss.item() / max(seen, 1), int(sum_correct) / max(seen, 1)
+            weights=f.weights,
+            dist_=Dist(),
+        ),
+        generator=f.generator,
+        collate_fn=torch.as_tensor,
+    )
+    for i, rows_b in enumerate(loader):
+        x = view[rows_b].to(f.device)
+        y = f.y_train[rows_b].to(f.device)
+        if drop:
+            # What timm's forward_head does to the pooled features in train mode.
+            x = nn.functional.dropout(x, drop, training=True)
+        loss, logits = step(f, run, head, x, y, f.loss_fn, update=first_update + i + 1)
+        sum_loss += loss * len(y)
+        sum_correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    return sum_loss.item() / max(seen, 1), int(sum_correct) / max(seen, 1)
 
+
+def image_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
+    """A pass of the model over the fold's training images (each process its slice of a batch)."""
+    sum_loss = torch.zeros((), dtype=torch.float64, device=f.device)
+    sum_correct = torch.zeros((), dtype=torch.int64, device=f.device)
+    seen = 0
+    first_update = (epoch - run.stage.start) * len(f.batches)
     mixing = (
         f.mixing
         if f.mixing is not None and epoch < f.cfg.mixup_off_epoch and not run.stage.frozen
