@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from comp.config import AUTO_KEYS, Config, is_auto
+from comp.config import AUTO_KEYS, Config, is_auto, validate
 
 # Each recipe's values for the keys left at auto (img_size and mixup_off_epoch are
 # worked out from the data and the epochs). Measured in benchmarks/README.md, "Recipes".
@@ -131,7 +131,8 @@ def resolve(
         mixing = cfg.mixup > 0 or cfg.cutmix > 0
         values["mixup_off_epoch"] = max(1, round(MIX_FRACTION * epochs)) if mixing else epochs
     kept = {k: getattr(cfg, k) for k in (*table, "img_size") if k not in values and k in AUTO_KEYS}
-    resolved = dataclasses.replace(cfg, recipe=name, **values)
+    # Your keys and the recipe's must still agree (a frozen stage longer than the epochs...).
+    resolved = validate(dataclasses.replace(cfg, recipe=name, **values))
     return resolved, Recipe(name, why, values, kept)
 
 

@@ -51,6 +51,10 @@ def test_keys_the_user_set_always_win() -> None:
     assert (cfg.freeze_epochs, cfg.lr2, cfg.img_size, cfg.label_smoothing) == (2, 5e-4, 96, 0)
     assert recipe.kept["freeze_epochs"] == 2 and "freeze_epochs" not in recipe.filled
     assert "yours: " in recipe.describe()
+    with pytest.raises(
+        ConfigError, match=r"freeze_epochs \(20\) must be between 0 and epochs \(12\)"
+    ):
+        resolve(make_config({"freeze_epochs": 20}), weights="random", device="cpu")
     forced, recipe = resolve(make_config({"recipe": "finetune"}), weights="random", device="cpu")
     assert recipe.name == "finetune" and forced.freeze_epochs == 3
 
