@@ -287,8 +287,6 @@ def resolve_run_config(
         _, weights = create_model(
             cfg.model, num_classes=len(comp.classes), pretrained=cfg.pretrained
         )
-        if weights == "random":
-            cfg = dataclasses.replace(cfg, pretrained="false")
         echo(f"weights: {weights}")
     sizes = None
     if is_auto(cfg.img_size):
@@ -299,6 +297,9 @@ def resolve_run_config(
     cfg, recipe = resolve_recipe(
         cfg, weights=weights, device=device.type, sizes=sizes, n_train=n_train
     )
+    if weights == "random":
+        # Every fold then starts from random init without asking the hub again.
+        cfg = dataclasses.replace(cfg, pretrained="false")
     echo(recipe.describe())
     return cfg, recipe
 
