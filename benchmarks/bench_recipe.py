@@ -92,7 +92,7 @@ def main() -> None:
             train_s = time.time() - t0
             comp(ws, "predict", run)
             total_s = time.time() - t0
-            scored = comp(ws, "submit", f"submissions/{run}.csv", "--local", "-m", run)
+            scored = comp(ws, "submit", str(ws / "submissions" / f"{run}.csv"), "--local", "-m", run)
             cv = json.loads((ws / "runs" / run / "cv.json").read_text())["cv_macro_f1"]
             epochs = re.search(r"so (\d+) epochs per fold", said)
             row = {
