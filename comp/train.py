@@ -182,10 +182,12 @@ def train(
     fold_of = table["fold"].to_numpy()
     todo = [k for k in folds if not (resume and (run_dir / f"fold{k}" / "oof.csv").exists())]
 
+    before = yaml.safe_load(saved.read_text()) if saved.exists() else None
     if cfg.time_limit is not None and cfg.head == "linear":
-        if resume and saved.exists():
-            # The run was sized when it began; its epochs stand.
-            cfg = dataclasses.replace(cfg, **_sizing(yaml.safe_load(saved.read_text())))
+        if before is not None and before.get("time_limit") == cfg.time_limit:
+            # The run was sized when it began (resumed, or its other folds trained
+            # apart): its epochs stand.
+            cfg = dataclasses.replace(cfg, **_sizing(before))
         elif todo:
             cfg = fit_time_limit(
                 cfg,
@@ -200,7 +202,7 @@ def train(
                 echo=echo,
             )
     resolved = to_dict(cfg)
-    if saved.exists() and yaml.safe_load(saved.read_text()) != resolved:
+    if before is not None and before != resolved:
         raise ConfigError(f"{run_dir}: this run was trained with another config; pick a new --name")
     transform = create_transform(cfg.aug, img_size=cfg.img_size)
     if dist_.main:
