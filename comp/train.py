@@ -201,6 +201,8 @@ def train(
                 dist_=dist_,
                 echo=echo,
             )
+            # Every process must train the same schedule: the first one's measurement.
+            cfg = gather(cfg, dist_)[0]
     resolved = to_dict(cfg)
     if before is not None and before != resolved:
         raise ConfigError(f"{run_dir}: this run was trained with another config; pick a new --name")
