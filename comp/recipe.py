@@ -151,7 +151,4 @@ def with_epochs(cfg: Config, epochs: int, *, auto: set[str]) -> Config:
         )
     if "mixup_off_epoch" in auto:
         values["mixup_off_epoch"] = max(1, round(cfg.mixup_off_epoch * scale))
-    return dataclasses.replace(
-        cfg,
-        **{**values, "freeze_epochs": min(values.get("freeze_epochs", cfg.freeze_epochs), epochs)},
-    )
+    return dataclasses.replace(cfg, **values)

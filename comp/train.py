@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import albumentations as A
 import numpy as np
@@ -184,25 +184,19 @@ def train(
 
     before = yaml.safe_load(saved.read_text()) if saved.exists() else None
     if cfg.time_limit is not None and cfg.head == "linear":
-        if before is not None and before.get("time_limit") == cfg.time_limit:
-            # The run was sized when it began (resumed, or its other folds trained
-            # apart): its epochs stand.
-            cfg = dataclasses.replace(cfg, **_sizing(before))
-        elif todo:
-            cfg = fit_time_limit(
-                cfg,
-                recipe,
-                images=images,
-                targets=targets,
-                fold_of=fold_of,
-                folds=todo,
-                spent=time.perf_counter() - t_start,
-                device=device,
-                dist_=dist_,
-                echo=echo,
-            )
-            # Every process must train the same schedule: the first one's measurement.
-            cfg = gather(cfg, dist_)[0]
+        cfg = sized_run(
+            cfg,
+            recipe,
+            before=before,
+            images=images,
+            targets=targets,
+            fold_of=fold_of,
+            folds=todo,
+            spent=time.perf_counter() - t_start,
+            device=device,
+            dist_=dist_,
+            echo=echo,
+        )
     resolved = to_dict(cfg)
     if before is not None and before != resolved:
         raise ConfigError(f"{run_dir}: this run was trained with another config; pick a new --name")
@@ -308,8 +302,26 @@ def resolve_run_config(
     return cfg, recipe
 
 
-def _sizing(saved: dict[str, Any]) -> dict[str, Any]:
-    return {k: saved[k] for k in ("epochs", "freeze_epochs", "warmup_epochs", "mixup_off_epoch")}
+def sized_run(
+    cfg: Config,
+    recipe: Recipe,
+    *,
+    before: dict[str, Any] | None,
+    folds: list[int],
+    dist_: Dist,
+    **measure: Any,
+) -> Config:
+    """``cfg`` with its epochs fitted to ``time_limit``: measured now, or as the run was sized."""
+    if before is not None and before.get("time_limit") == cfg.time_limit:
+        # The run was sized when it began (resumed, or its other folds trained apart):
+        # its epochs stand.
+        keys = ("epochs", "freeze_epochs", "warmup_epochs", "mixup_off_epoch")
+        return dataclasses.replace(cfg, **{k: before[k] for k in keys})
+    if not folds:
+        return cfg
+    sized = fit_time_limit(cfg, recipe, folds=folds, dist_=dist_, **measure)
+    # Every process must train the same schedule: the first one's measurement.
+    return cast(Config, gather(sized, dist_)[0])
 
 
 # --- one fold: stages of epochs of steps -----------------------------------------------------
