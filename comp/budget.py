@@ -7,7 +7,6 @@ or a laptop's lunch break is the budget; no fold is cut mid-schedule.
 
 from __future__ import annotations
 
-import random
 import time
 
 import numpy as np
@@ -89,7 +88,7 @@ def measure_epoch(
     steps: int = 24,
 ) -> tuple[float, float]:
     """Seconds of one all-layers epoch (train + validate), and of a fold's frozen-stage set-up."""
-    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    # Global random state is drawn from here; each fold re-seeds it before it trains.
     model, _ = create_model(
         cfg.model,
         num_classes=int(targets.max()) + 1,
@@ -111,10 +110,11 @@ def measure_epoch(
     )
     timed, seconds = 0, 0.0
     model.train()
+    t0 = time.perf_counter()
     for i, (xb, yb) in enumerate(loader):
         if i >= min(steps, n_batches) + 2:
             break
-        t0 = time.perf_counter()
+        # Timed from the previous step's end, so loading and augmenting count too.
         x = to_input(xb, mean=mean, std=std, device=device, channels_last=True)
         with autocast():
             loss = nn.functional.cross_entropy(model(x), yb.to(device))
@@ -125,6 +125,7 @@ def measure_epoch(
             torch.cuda.synchronize()
         if i >= 2:  # the first steps pay for allocation and kernel choice
             timed, seconds = timed + 1, seconds + time.perf_counter() - t0
+        t0 = time.perf_counter()
     step_s = seconds / max(timed, 1) / dist_.world
     probe = DataLoader(
         ImageDataset(images, targets, index=valid_idx[: cfg.batch_size * 4]),
@@ -135,9 +136,6 @@ def measure_epoch(
         model, probe, mean=mean, std=std, device=device, autocast=autocast, channels_last=True
     )
     per_image = (time.perf_counter() - t0) / max(1, min(len(valid_idx), cfg.batch_size * 4))
-    random.setstate(state[0])
-    np.random.set_state(state[1])
-    torch.set_rng_state(state[2])
     epoch_s = n_batches * step_s + len(valid_idx) * per_image / dist_.world
     frozen_s = 0.0
     if cfg.freeze_epochs and cfg.cache_features:
