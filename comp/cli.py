@@ -68,6 +68,15 @@ TRAINING_FLAGS = (
     "n_splits",
     "seed",
 )
+# Learning from an earlier run: `comp train` and `comp distill`.
+TEACHING_FLAGS = (
+    "pseudo",
+    "pseudo_threshold",
+    "pseudo_soft",
+    "distill",
+    "distill_weight",
+    "distill_temperature",
+)
 
 
 def _library_errors() -> tuple[type[Exception], ...]:
@@ -487,7 +496,15 @@ def pd_codes(values: list[Any]) -> Any:
 
 
 @cli.command()
-@config_flags(*TRAINING_FLAGS, "head", "features_from", "pretrained_file", "num_workers", "device")
+@config_flags(
+    *TRAINING_FLAGS,
+    *TEACHING_FLAGS,
+    "head",
+    "features_from",
+    "pretrained_file",
+    "num_workers",
+    "device",
+)
 @click.option(
     "--fold",
     "fold_ids",

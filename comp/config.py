@@ -177,6 +177,30 @@ class Config:
     sampler: str = _key(
         "random", "random or balanced: draw every class equally often per epoch", "train"
     )
+    pseudo: str | None = _key(
+        None,
+        "pseudo-labels: add the test images to every fold's training part, labelled by this run's "
+        "(or blend's) test predictions (`comp predict RUN` first); never to validation",
+        "train",
+    )
+    pseudo_threshold: float = _key(
+        0.9, "pseudo-labels: only test images whose top probability reaches this", "train"
+    )
+    pseudo_soft: bool = _key(
+        False, "pseudo-labels: train on the probabilities, not the top class", "train"
+    )
+    distill: str | None = _key(
+        None,
+        "self-distillation: soft targets from this run's (or blend's) out-of-fold predictions, "
+        "made by models that never saw the fold's validation images",
+        "train",
+    )
+    distill_weight: float = _key(
+        0.3, "distillation: share of the teacher's soft targets against the true labels", "train"
+    )
+    distill_temperature: float = _key(
+        1.0, "distillation: temperature of the teacher's and student's softmax (Hinton)", "train"
+    )
     num_workers: int = _key(-1, "DataLoader workers; -1 picks from the cores and device", "train")
     device: str = _key("auto", "auto, cpu, cuda or cuda:N", "train")
     amp: bool = _key(
@@ -349,6 +373,22 @@ def validate(cfg: Config) -> Config:
             ),
             "mixup and cutmix train on soft targets with plain cross-entropy; drop loss: focal and "
             "class_weights (sampler: balanced evens classes out instead)",
+        ),
+        (0 <= cfg.pseudo_threshold <= 1, "pseudo_threshold must be in [0, 1]"),
+        (0 <= cfg.distill_weight <= 1, "distill_weight must be in [0, 1]"),
+        (cfg.distill_temperature > 0, "distill_temperature must be above 0"),
+        (
+            not (
+                (cfg.distill or (cfg.pseudo and cfg.pseudo_soft))
+                and (cfg.loss == "focal" or cfg.class_weights != "none")
+            ),
+            "distill and pseudo_soft train on soft targets with plain cross-entropy; drop loss: "
+            "focal and class_weights",
+        ),
+        (
+            cfg.head == "linear" or not (cfg.pseudo or cfg.distill),
+            f"pseudo and distill train the model itself; head '{cfg.head}' fits a classifier on "
+            "fixed features",
         ),
         (cfg.patience >= 1, "patience must be at least 1"),
         (cfg.pretrained in ("auto", "true", "false"), "pretrained must be auto, true or false"),

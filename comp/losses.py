@@ -1,4 +1,5 @@
-"""Training losses: cross-entropy, focal, and the soft-target loss that mixup and cutmix need.
+"""Training losses: cross-entropy, focal, the soft-target loss that mixup and cutmix need, and
+distillation's (soft targets from a teacher, Hinton et al.).
 
 Reads the config's loss keys and the fold's training labels (for class weights);
 writes nothing.
@@ -62,11 +63,18 @@ class Mixing:
             label_smoothing=cfg.label_smoothing,
             num_classes=n_classes,
         )
+        self._rows = Mixup(
+            mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=0.0, num_classes=2
+        )
         self.loss = SoftTargetCrossEntropy()
         self.n_classes, self.smoothing = n_classes, cfg.label_smoothing
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixed images and their soft targets. ``y`` is hard labels (N,), or soft targets
+        (N, ...) that are mixed as the images are."""
         even = len(x) - len(x) % 2
+        if y.ndim == 2:
+            return self._mix_soft(x, y, even)
         if even == 0:
             return x, self._soft(y)
         # In place: the views of x are mixed where they lie.
@@ -74,6 +82,19 @@ class Mixing:
         if even == len(x):
             return x_mixed, y_mixed
         return torch.cat([x_mixed, x[even:]]), torch.cat([y_mixed, self._soft(y[even:])])
+
+    def _mix_soft(
+        self, x: torch.Tensor, soft: torch.Tensor, even: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if even == 0:
+            return x, soft
+        # Each image is its own "class": timm's target for that labelling is the matrix that
+        # says how much of which image went into each mixed one, whatever the mode.
+        self._rows.num_classes = even
+        rows = torch.arange(even, device=x.device)
+        x_mixed, share = self._rows(x[:even], rows)
+        mixed = share.to(soft.dtype) @ soft[:even]
+        return torch.cat([x_mixed, x[even:]]), torch.cat([mixed, soft[even:]])
 
     def _soft(self, y: torch.Tensor) -> torch.Tensor:
         off = self.smoothing / self.n_classes
@@ -84,3 +105,33 @@ class Mixing:
 
 def mixing_enabled(cfg: Config) -> bool:
     return cfg.mixup > 0 or cfg.cutmix > 0
+
+
+class TeacherLoss(nn.Module):
+    """Cross-entropy against two soft targets packed side by side (N, 2C): the first half at
+    temperature 1 (true labels, pseudo-labels), the second the teacher's share, compared at
+    ``temperature`` and scaled by its square (Hinton et al. 2015), as timm's
+    SoftTargetCrossEntropy computes each. Both halves carry their weights already."""
+
+    def __init__(self, *, temperature: float):
+        super().__init__()
+        self.temperature = temperature
+        self.ce = SoftTargetCrossEntropy()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        labels, teacher = target.float().chunk(2, dim=1)
+        logits = logits.float()
+        t = self.temperature
+        if t == 1.0:
+            return self.ce(logits, labels + teacher)
+        return self.ce(logits, labels) + t * t * self.ce(logits / t, teacher)
+
+
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """A teacher's probabilities at another temperature: softmax(log p / T)."""
+    if temperature == 1.0:
+        return probs
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    return np.asarray(out / out.sum(axis=1, keepdims=True))

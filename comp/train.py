@@ -65,7 +65,7 @@ from comp.folds import folds_path, read_folds
 from comp.hardware import amp_dtype, auto_workers, make_autocast, precision_name
 from comp.inference import extract_features, head_probs, predict_probs
 from comp.io import Echo
-from comp.losses import Mixing, make_loss, mixing_enabled
+from comp.losses import Mixing, TeacherLoss, make_loss, mixing_enabled
 from comp.metrics import fit_priors, macro_f1, write_priors
 from comp.models import (
     cpu_state,
@@ -181,6 +181,27 @@ def train(
     targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
     fold_of = table["fold"].to_numpy()
     todo = [k for k in folds if not (resume and (run_dir / f"fold{k}" / "oof.csv").exists())]
+    teaching = None
+    if cfg.pseudo or cfg.distill:
+        from comp.teach import prepare
+
+        # Pseudo-labelled test images join as rows of their own (fold -1: never validated).
+        teaching = prepare(
+            root,
+            cfg,
+            comp=comp,
+            table=table,
+            classes=classes,
+            images=images,
+            targets=targets,
+            fold_of=fold_of,
+            report_path=folds_path(root, cfg).with_suffix(".json"),
+            device=device,
+            dist_=dist_,
+            echo=echo,
+            progress=progress,
+        )
+        images, targets, fold_of = teaching.images, teaching.targets, teaching.fold_of
 
     before = yaml.safe_load(saved.read_text()) if saved.exists() else None
     if cfg.time_limit is not None and cfg.head == "linear":
@@ -206,6 +227,10 @@ def train(
         io.write_yaml(run_dir / "config.yaml", resolved)
         io.write_json(run_dir / "classes.json", classes)
         io.write_json(run_dir / "transforms.json", A.to_dict(transform))
+        if teaching is not None:
+            from comp.teach import write_lineage
+
+            write_lineage(run_dir, teaching)
 
     if cfg.head != "linear":
         if dist_.world > 1:
@@ -240,13 +265,14 @@ def train(
             fold=k,
             images=images,
             targets=targets,
-            train_idx=np.flatnonzero(fold_of != k),
+            train_idx=np.flatnonzero(fold_of != k) if teaching is None else teaching.train_idx(k),
             valid_idx=valid_idx,
             n_classes=len(classes),
             device=device,
             transform=transform,
             dist_=dist_,
             progress=progress,
+            soft=None if teaching is None else teaching.soft(k),
         )
         result = train_fold(
             fold_,
@@ -383,6 +409,10 @@ class Fold:
     mixing: Mixing | None
     workers: int
     progress: bool
+    # With a teacher or soft pseudo-labels: every row's packed soft targets (comp.losses.
+    # TeacherLoss), and the loaders serve row numbers to look them up by.
+    soft: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
 
 @dataclass
@@ -408,11 +438,12 @@ class Best:
     stale: int = 0
     probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     state: dict[str, torch.Tensor] | None = None  # best weights not yet on disk
+    last: bool = False  # keep the last epoch, whatever it scores (a model chosen blind)
 
     def update(
         self, f1: float, epoch: int, probs: np.ndarray, weights: nn.Module, *, counts: bool
     ) -> bool:
-        if f1 > self.f1:
+        if self.last or f1 > self.f1:
             self.f1, self.epoch, self.probs, self.stale = f1, epoch, probs, 0
             # Kept in memory and written with the resume state or at the end: a fast
             # epoch should not wait for a checkpoint on disk.
@@ -431,16 +462,22 @@ def train_fold(
     echo: Echo = tqdm.write,
     on_epoch: EpochHook | None = None,
     resume: bool = False,
+    select: bool = True,
 ) -> FoldResult:
-    """Train one fold, stage after stage and epoch after epoch, keeping the best epoch's weights."""
+    """Train one fold, stage after stage and epoch after epoch, keeping the best epoch's weights.
+
+    Without ``select``, the last epoch's are kept and nothing stops early: a model whose
+    validation labels must not steer it (a nested teacher; a model trained on every image)."""
     cfg, fold = f.cfg, f.number
-    best = Best(probs=np.zeros((len(f.valid_idx), len(classes)), dtype=np.float32))
+    best = Best(probs=np.zeros((len(f.valid_idx), len(classes)), dtype=np.float32), last=not select)
     rows: list[dict[str, Any]] = []
     start = 0
     last = load_last(out_dir / "last.pt") if resume else None
     if last is not None:
         f.model.load_state_dict(last["model"])
-        best = Best(last["best_f1"], last["best_epoch"], last["stale"], last["best_probs"])
+        best = Best(
+            last["best_f1"], last["best_epoch"], last["stale"], last["best_probs"], last=not select
+        )
         rows, start = last["rows"], last["epoch"]
         echo(f"fold {fold}: resuming after epoch {start}")
     saved_at = time.perf_counter()
@@ -502,8 +539,12 @@ def setup_fold(
     transform: A.Compose,
     dist_: Dist,
     progress: bool,
+    soft: np.ndarray | None = None,
 ) -> Fold:
-    """The model, loaders, loss and precision of fold ``fold``, seeded so a rerun is identical."""
+    """The model, loaders, loss and precision of fold ``fold``, seeded so a rerun is identical.
+
+    ``soft``: packed soft targets of every row of ``images`` (comp.teach), trained on with
+    comp.losses.TeacherLoss instead of the labels alone."""
     seed_everything(cfg.seed + fold)
     transform.set_random_seed(cfg.seed + fold)
     model, source = create_model(
@@ -555,7 +596,12 @@ def setup_fold(
         weights=weights,
         batches=batches,
         train_loader=DataLoader(
-            ImageDataset(images, targets, transform, index=train_idx),
+            ImageDataset(
+                images,
+                targets if soft is None else np.arange(len(images)),
+                transform,
+                index=train_idx,
+            ),
             batch_sampler=batches,
             generator=generator,
             **loader_args,
@@ -570,10 +616,16 @@ def setup_fold(
         autocast=make_autocast(device, cfg.amp, img_size=cfg.img_size),
         # bf16 needs no loss scaling; fp16 (e.g. a Kaggle T4) does.
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-        loss_fn=make_loss(cfg, targets[train_idx], n_classes=n_classes).to(device),
+        loss_fn=(
+            make_loss(cfg, targets[train_idx], n_classes=n_classes)
+            if soft is None
+            else TeacherLoss(temperature=cfg.distill_temperature)
+        ).to(device),
         mixing=Mixing(cfg, n_classes=n_classes) if mixing_enabled(cfg) else None,
         workers=workers,
         progress=progress,
+        soft=None if soft is None else torch.as_tensor(soft, dtype=torch.float32),
+        labels=None if soft is None else torch.as_tensor(targets),
     )
 
 
@@ -739,10 +791,11 @@ def head_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
     for i, rows_b in enumerate(loader):
         x = view[rows_b].to(f.device)
         y = f.y_train[rows_b].to(f.device)
+        target = y if f.soft is None else f.soft[f.train_idx[rows_b]].to(f.device)
         if drop:
             # What timm's forward_head does to the pooled features in train mode.
             x = nn.functional.dropout(x, drop, training=True)
-        loss, logits = step(f, run, head, x, y, f.loss_fn, update=first_update + i + 1)
+        loss, logits = step(f, run, head, x, target, f.loss_fn, update=first_update + i + 1)
         sum_loss += loss * len(y)
         sum_correct += (logits.argmax(1) == y).sum()
         seen += len(y)
@@ -769,12 +822,18 @@ def image_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
     )
     for i, (xb, yb) in enumerate(bar):
         x = to_input(xb, mean=f.mean, std=f.std, device=f.device, channels_last=True)
-        y = yb.to(f.device, non_blocking=True)
-        target: torch.Tensor = y
+        if f.soft is None:
+            y = yb.to(f.device, non_blocking=True)
+            target: torch.Tensor = y
+        else:
+            # The loader served row numbers: the labels and soft targets of those rows.
+            assert f.labels is not None
+            y, target = f.labels[yb].to(f.device), f.soft[yb].to(f.device)
         loss_fn = f.loss_fn
         if mixing is not None:
-            x, target = mixing(x, y)
-            loss_fn = mixing.loss
+            x, target = mixing(x, target)
+            # Hard labels become soft ones in mixing; packed soft targets stay packed.
+            loss_fn = mixing.loss if f.soft is None else f.loss_fn
         # DDP averages gradients over processes; weighting each slice by its share of
         # the global batch makes that the global batch's mean.
         share = len(y) * f.dist.world / f.batches.global_size(i, len(f.train_idx))
@@ -820,6 +879,12 @@ def step(
 
 def evaluate(f: Fold, run: StageRun, weights: nn.Module) -> tuple[np.ndarray, dict[str, float]]:
     """Validation probabilities of ``weights`` (every process's part, in order) and their scores."""
+    if not len(f.valid_idx):
+        # A model trained on every image: nothing to score it on.
+        nan = float("nan")
+        return np.zeros((0, 0), np.float32), dict.fromkeys(
+            ("valid_loss", "valid_acc", "valid_macro_f1"), nan
+        )
     probs, loss = validation_probs(f, run, weights)
     pred = probs.argmax(1)
     return probs, {
@@ -945,6 +1010,10 @@ def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, A
         "complete": len(parts) == n_folds,
         "n_oof": len(oof),
     }
+    lineage = run_dir / "lineage.json"
+    if lineage.exists():
+        # What the run learnt from besides its labels: pseudo-labels, a teacher.
+        summary["built_from"] = json.loads(lineage.read_text())
     io.write_csv(run_dir / "oof.csv", oof)
     io.write_json(run_dir / "cv.json", summary)
     plot_curves(run_dir)

@@ -1,0 +1,530 @@
+"""Pseudo-labels and distillation: what a run learns from an earlier run besides its labels.
+
+Reads the parent run (``runs/<RUN>/``, a run or a blend): ``test_probs.csv``
+(from ``comp predict RUN``) for pseudo-labels; ``config.yaml``, ``fold*/metrics.csv``
+and ``blend.json`` for its nested teachers. Reads the folds file and its report
+(``folds_k{n}_seed{s}.json``: the similarity features and the distance its
+grouping joined at), and the train and test images.
+
+Writes the nested teachers into the parent, once: ``runs/<RUN>/nested/pair{j}{k}/``
+(``metrics.csv``, ``probs.csv``), each a model of RUN's config trained without
+folds j and k. In the new run: ``lineage.json`` (what it was built from, also
+copied into its cv.json) and ``pseudo.csv`` (the test images labelled, how, and
+the folds each is barred from).
+
+Why nested teachers: RUN's own out-of-fold prediction of an image in fold j
+comes from a model that trained on every other fold, fold k included. A student
+validated on fold k would then learn from a teacher that saw fold k's labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from comp import io
+from comp.config import Config, ConfigError, validate
+from comp.data import Competition, DataError, read_csv
+from comp.distributed import Dist, barrier
+from comp.io import Echo
+from comp.losses import soften
+
+LINEAGE_FILE = "lineage.json"
+
+
+def find_parent(root: Path, name: str, *, classes: list[str], what: str) -> Path:
+    from comp.predict import find_run
+
+    try:
+        parent = find_run(root, name)
+    except DataError as e:
+        raise ConfigError(f"{what} {name}: {e}") from None
+    theirs = json.loads((parent / "classes.json").read_text())
+    if theirs != classes:
+        raise ConfigError(f"{what} {name}: the run was trained on other classes than these labels")
+    return parent
+
+
+def summary_of(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "cv.json"
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
+# --- pseudo-labels ---------------------------------------------------------------------------
+
+
+def pseudo_table(
+    parent: Path, *, classes: list[str], test_ids: list[str], threshold: float, soft: bool
+) -> pd.DataFrame:
+    """The parent's test probabilities of the test images it labels confidently enough:
+    Id, label (its top class), confidence, and one column per class."""
+    path = parent / "test_probs.csv"
+    if not path.exists():
+        raise ConfigError(
+            f"pseudo {parent.name}: no test predictions; run `comp predict {parent.name}` first"
+        )
+    from comp.ensemble import check_probabilities
+
+    table = read_csv(path)
+    probs = check_probabilities(table, classes, path=path)
+    if sorted(table["Id"]) != sorted(test_ids):
+        raise DataError(f"{path}: its Ids are not this competition's test images; predict again")
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    confidence = probs.max(axis=1)
+    keep = confidence >= threshold
+    out = pd.DataFrame(
+        {
+            "Id": table["Id"].to_numpy()[keep],
+            "label": np.asarray(classes)[probs[keep].argmax(axis=1)],
+            "confidence": confidence[keep].round(6),
+        }
+    )
+    if soft:
+        out = pd.concat([out, pd.DataFrame(probs[keep], columns=classes)], axis=1)
+    return out
+
+
+def twin_threshold(report_path: Path) -> tuple[list[str], list[float] | None, float, str]:
+    """The similarity features, their scales and the distance at which the folds grouped
+    images (twins only, for plain folds), as the folds report records them."""
+    from comp.folds import TWIN_DISTANCE
+
+    if not report_path.exists():
+        # Folds from your own group column (or older ones): twins on the subject alone.
+        return ["subject"], None, TWIN_DISTANCE, "twins (no folds report)"
+    report = json.loads(report_path.read_text())
+    used = report.get("used") or report["chosen"]["name"]
+    chosen = next((c for c in report["candidates"] if c["name"] == used), report["chosen"])
+    threshold = chosen.get("threshold")
+    if threshold is None:
+        return report["features"], report["scales"], TWIN_DISTANCE, "twins (plain folds)"
+    return report["features"], report["scales"], float(threshold), used
+
+
+def barred_folds(
+    cfg: Config,
+    comp: Competition,
+    *,
+    fold_of: np.ndarray,
+    test_ids: list[str],
+    report_path: Path,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """(n_test, n_folds) booleans: a test image within the folds' grouping distance of one of
+    fold k's images is barred from fold k's training part, as it would have been grouped
+    with that image had it been in train."""
+    from comp.leaks import features, nearest
+
+    methods, scales, threshold, how = twin_threshold(report_path)
+    n = len(fold_of)
+    feats = features(
+        [*comp.train_paths(), *comp.test_paths(test_ids)],
+        methods=methods,
+        embed={
+            "model": cfg.model,
+            "pretrained": cfg.pretrained,
+            "pretrained_file": cfg.pretrained_file,
+            "img_size": cfg.img_size if cfg.img_size > 0 else 64,
+        },
+        seed=cfg.seed,
+        progress=progress,
+    )
+    if scales is not None:
+        feats = feats.scaled(scales)
+    dist, idx = nearest(feats.take(slice(n, None)), feats.take(slice(0, n)), k=min(10, n))
+    n_folds = int(fold_of.max()) + 1
+    barred = np.zeros((len(test_ids), n_folds), dtype=bool)
+    for col in range(dist.shape[1]):
+        near = np.flatnonzero(dist[:, col] <= threshold)
+        barred[near, fold_of[idx[near, col]]] = True
+    return barred, {"twin_distance": threshold, "grouping": how, "features": methods}
+
+
+# --- nested teachers -------------------------------------------------------------------------
+
+
+def teacher_epochs(parent: Path, cfg: Config) -> int:
+    """The median epoch at which the parent's folds did best: its teachers train that long."""
+    best = []
+    for metrics in sorted(parent.glob("fold*/metrics.csv")):
+        rows = pd.read_csv(metrics)
+        if len(rows):
+            best.append(int(rows.loc[rows["valid_macro_f1"].idxmax(), "epoch"]))
+    epochs = int(np.median(best)) if best else cfg.epochs
+    return max(epochs, cfg.freeze_epochs + 1)
+
+
+def teacher_config(parent: Path, cfg: Config) -> Config:
+    """The parent's config for a teacher that never looks at its validation images: a fixed
+    number of epochs and its last weights, so no choice it makes depends on their labels."""
+    epochs = teacher_epochs(parent, cfg)
+    return validate(
+        dataclasses.replace(
+            cfg,
+            epochs=epochs,
+            patience=epochs + 1,
+            time_limit=None,
+            warmup_epochs=min(cfg.warmup_epochs, max(0, epochs - cfg.freeze_epochs - 1)),
+            mixup_off_epoch=max(1, round(cfg.mixup_off_epoch * epochs / max(cfg.epochs, 1))),
+            # Teachers learn from the labels: a teacher of a teacher would need nesting again.
+            pseudo=None,
+            distill=None,
+        )
+    )
+
+
+def nested_teachers(
+    root: Path,
+    parent: Path,
+    *,
+    comp: Competition,
+    table: pd.DataFrame,
+    classes: list[str],
+    device: Any,
+    dist_: Dist,
+    echo: Echo,
+    progress: bool,
+) -> tuple[np.ndarray, str]:
+    """(n_folds, n_train, n_classes): ``out[k, i]`` is a prediction for train image i (not in
+    fold k) by a model that trained on neither fold k nor image i's fold; and what they are.
+
+    A blend's teachers are its members' teachers, weighed as the blend weighs them."""
+    from comp.ensemble import blend_members
+
+    members = blend_members(parent)
+    if members is not None:
+        total = None
+        for name, weight in zip(*members, strict=True):
+            part, _ = nested_teachers(
+                root,
+                root / "runs" / name,
+                comp=comp,
+                table=table,
+                classes=classes,
+                device=device,
+                dist_=dist_,
+                echo=echo,
+                progress=progress,
+            )
+            total = weight * part if total is None else total + weight * part
+        assert total is not None
+        return total, f"the nested teachers of blend members {', '.join(members[0])}"
+    return _pair_teachers(
+        root,
+        parent,
+        comp=comp,
+        table=table,
+        classes=classes,
+        device=device,
+        dist_=dist_,
+        echo=echo,
+        progress=progress,
+    )
+
+
+def _pair_teachers(
+    root: Path,
+    parent: Path,
+    *,
+    comp: Competition,
+    table: pd.DataFrame,
+    classes: list[str],
+    device: Any,
+    dist_: Dist,
+    echo: Echo,
+    progress: bool,
+) -> tuple[np.ndarray, str]:
+    from comp.cache import cache_dir, cached_images
+    from comp.predict import run_config
+    from comp.train import setup_fold, train_fold
+    from comp.transforms import create_transform
+
+    pcfg = run_config(parent)
+    if pcfg.head != "linear":
+        raise ConfigError(
+            f"distill {parent.name}: head '{pcfg.head}' runs have no model to train as a teacher"
+        )
+    tcfg = teacher_config(parent, pcfg)
+    fold_of = table["fold"].to_numpy()
+    n_folds = int(fold_of.max()) + 1
+    targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    out = np.zeros((n_folds, len(table), len(classes)), dtype=np.float32)
+    pairs = [(j, k) for j in range(n_folds) for k in range(j + 1, n_folds)]
+    todo = [p for p in pairs if _load_pair(parent, p, table, classes) is None]
+    how = (
+        f"{len(pairs)} models of {parent.name}'s config, each trained without two folds, "
+        f"{tcfg.epochs} epochs, last weights"
+    )
+    if todo:
+        echo(
+            f"distill {parent.name}: training {len(todo)} of {len(pairs)} nested teachers "
+            f"({tcfg.model}, {tcfg.epochs} epochs each, without two folds), once -> "
+            f"runs/{parent.name}/nested/"
+        )
+        images = cached_images(
+            comp.train_paths(list(table["Id"])),
+            tcfg.img_size,
+            cache_dir=cache_dir(root, enabled=tcfg.cache_images),
+            centre=tcfg.centre,
+            desc="decode train",
+            progress=progress,
+        )
+        transform = create_transform(tcfg.aug, img_size=tcfg.img_size)
+    for j, k in pairs:
+        probs = _load_pair(parent, (j, k), table, classes)
+        if probs is None:
+            held = np.isin(fold_of, (j, k))
+            f = setup_fold(
+                tcfg,
+                fold=1000 + j * n_folds + k,
+                images=images,
+                targets=targets,
+                train_idx=np.flatnonzero(~held),
+                valid_idx=np.flatnonzero(held),
+                n_classes=len(classes),
+                device=device,
+                transform=transform,
+                dist_=dist_,
+                progress=progress,
+            )
+            pair_dir = parent / "nested" / f"pair{j}-{k}"
+            result = train_fold(
+                f, classes=classes, out_dir=pair_dir, echo=lambda _: None, select=False
+            )
+            probs = np.zeros((len(table), len(classes)), dtype=np.float32)
+            probs[held] = result.valid_probs
+            if dist_.main:
+                part = table.loc[held, ["Id", "fold"]].reset_index(drop=True)
+                part = pd.concat([part, pd.DataFrame(result.valid_probs, columns=classes)], axis=1)
+                io.write_csv(pair_dir / "probs.csv", part)
+                for leftover in ("last.pt", "best.pt"):
+                    (pair_dir / leftover).unlink(missing_ok=True)
+            barrier(dist_)
+            echo(f"  teacher without folds {j} and {k}: done")
+        out[k, fold_of == j] = probs[fold_of == j]
+        out[j, fold_of == k] = probs[fold_of == k]
+    return out, how
+
+
+def _load_pair(
+    parent: Path, pair: tuple[int, int], table: pd.DataFrame, classes: list[str]
+) -> np.ndarray | None:
+    """A finished teacher's probabilities over the train table, if they match its folds."""
+    path = parent / "nested" / f"pair{pair[0]}-{pair[1]}" / "probs.csv"
+    if not path.exists():
+        return None
+    part = read_csv(path)
+    held = table["fold"].isin(pair).to_numpy()
+    if list(part["Id"]) != list(table.loc[held, "Id"]):
+        return None  # trained on another split: train it again
+    probs = np.zeros((len(table), len(classes)), dtype=np.float32)
+    probs[held] = part[classes].astype(np.float32).to_numpy()
+    return probs
+
+
+# --- a run's teaching: extra rows and soft targets ---------------------------------------------
+
+
+@dataclass
+class Teaching:
+    """Training rows and targets beyond a fold's labelled images.
+
+    Rows: the train images, then the pseudo-labelled test images (fold -1: never
+    validated). ``soft(k)`` packs fold k's targets for comp.losses.TeacherLoss.
+    """
+
+    n_train: int
+    images: np.ndarray
+    targets: np.ndarray  # hard label per row (pseudo rows: the parent's top class)
+    fold_of: np.ndarray
+    barred: np.ndarray  # (n_pseudo, n_folds): pseudo row barred from fold k's training
+    labels: np.ndarray | None  # (rows, C) targets at temperature 1, or None: hard labels only
+    teacher: np.ndarray | None  # (n_folds, n_train, C) the teacher's softened probabilities
+    weight: float
+    lineage: dict[str, Any]
+
+    def train_idx(self, k: int) -> np.ndarray:
+        labelled = np.flatnonzero(self.fold_of[: self.n_train] != k)
+        return np.concatenate([labelled, self.n_train + np.flatnonzero(~self.barred[:, k])])
+
+    def soft(self, k: int) -> np.ndarray | None:
+        if self.labels is None:
+            return None
+        first = self.labels.copy()
+        second = np.zeros_like(first)
+        if self.teacher is not None:
+            first[: self.n_train] *= 1 - self.weight
+            second[: self.n_train] = self.weight * self.teacher[k]
+        return np.concatenate([first, second], axis=1)
+
+
+def prepare(
+    root: Path,
+    cfg: Config,
+    *,
+    comp: Competition,
+    table: pd.DataFrame,
+    classes: list[str],
+    images: np.ndarray,
+    targets: np.ndarray,
+    fold_of: np.ndarray,
+    report_path: Path,
+    device: Any,
+    dist_: Dist,
+    echo: Echo,
+    progress: bool,
+) -> Teaching:
+    """The pseudo-labelled rows and soft targets ``cfg`` asks for, and their lineage."""
+    from comp.cache import cache_dir, cached_images
+
+    n_train, n_classes, n_folds = len(table), len(classes), int(fold_of.max()) + 1
+    lineage: dict[str, Any] = {}
+    barred = np.zeros((0, n_folds), dtype=bool)
+    pseudo_probs = np.zeros((0, n_classes), dtype=np.float32)
+    pseudo = None
+    if cfg.pseudo:
+        parent = find_parent(root, cfg.pseudo, classes=classes, what="--pseudo")
+        test_ids = comp.test_ids()
+        pseudo = pseudo_table(
+            parent,
+            classes=classes,
+            test_ids=test_ids,
+            threshold=cfg.pseudo_threshold,
+            soft=cfg.pseudo_soft,
+        )
+        barred_all, twins = barred_folds(
+            cfg,
+            comp,
+            fold_of=fold_of,
+            test_ids=test_ids,
+            report_path=report_path,
+            progress=progress,
+        )
+        position = {i: n for n, i in enumerate(test_ids)}
+        barred = barred_all[[position[i] for i in pseudo["Id"]]]
+        if cfg.pseudo_soft:
+            pseudo_probs = pseudo[classes].to_numpy(np.float32)
+        test_images = cached_images(
+            comp.test_paths(list(pseudo["Id"])),
+            cfg.img_size,
+            cache_dir=cache_dir(root, enabled=cfg.cache_images),
+            centre=cfg.centre,
+            desc="decode pseudo",
+            progress=progress,
+        )
+        images = np.concatenate([np.asarray(images), np.asarray(test_images)])
+        pseudo_targets = pseudo["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+        targets = np.concatenate([targets, pseudo_targets.astype(np.int64)])
+        fold_of = np.concatenate([fold_of, np.full(len(pseudo), -1)])
+        counts = pseudo["label"].value_counts()
+        lineage["pseudo"] = {
+            "run": parent.name,
+            "cv_macro_f1": summary_of(parent).get("cv_macro_f1"),
+            "threshold": cfg.pseudo_threshold,
+            "soft": cfg.pseudo_soft,
+            "test_images": len(test_ids),
+            "images": len(pseudo),
+            "per_class": {c: int(counts.get(c, 0)) for c in classes},
+            "barred_per_fold": {str(k): int(barred[:, k].sum()) for k in range(n_folds)},
+            **twins,
+            "built_from": summary_of(parent).get("built_from"),
+        }
+        echo(
+            f"pseudo-labels from {parent.name}: {len(pseudo)} of {len(test_ids)} test images "
+            f"({'probabilities' if cfg.pseudo_soft else 'top class'}, confidence >= "
+            f"{cfg.pseudo_threshold:g}); near-twins of a fold's validation images left out of "
+            f"that fold: {', '.join(str(int(b)) for b in barred.sum(axis=0))} ({twins['grouping']})"
+        )
+
+    teacher = None
+    if cfg.distill:
+        parent = find_parent(root, cfg.distill, classes=classes, what="--distill")
+        probs, how = nested_teachers(
+            root,
+            parent,
+            comp=comp,
+            table=table,
+            classes=classes,
+            device=device,
+            dist_=dist_,
+            echo=echo,
+            progress=progress,
+        )
+        teacher = np.stack([soften(p, cfg.distill_temperature) for p in probs])
+        lineage["distill"] = {
+            "run": parent.name,
+            "cv_macro_f1": summary_of(parent).get("cv_macro_f1"),
+            "weight": cfg.distill_weight,
+            "temperature": cfg.distill_temperature,
+            "teachers": how,
+            "built_from": summary_of(parent).get("built_from"),
+        }
+        echo(
+            f"distillation from {parent.name}: {cfg.distill_weight:g} teacher, "
+            f"{1 - cfg.distill_weight:g} labels, temperature {cfg.distill_temperature:g}"
+        )
+
+    labels = None
+    if cfg.distill or cfg.pseudo_soft:
+        smoothing = max(cfg.label_smoothing, 0.0)
+        labels = np.full((len(targets), n_classes), smoothing / n_classes, dtype=np.float32)
+        labels[np.arange(len(targets)), targets] += 1 - smoothing
+        if cfg.pseudo_soft:
+            labels[n_train:] = pseudo_probs
+    parent_name = cfg.distill or cfg.pseudo
+    assert parent_name is not None
+    parent_dir = find_parent(root, parent_name, classes=classes, what="parent")
+    lineage["parent"] = parent_dir.name
+    lineage["parent_fold_macro_f1"] = summary_of(parent_dir).get("fold_macro_f1")
+    return Teaching(
+        n_train=n_train,
+        images=images,
+        targets=targets,
+        fold_of=fold_of,
+        barred=barred,
+        labels=labels,
+        teacher=teacher,
+        weight=cfg.distill_weight,
+        lineage=lineage | ({"pseudo_table": pseudo} if pseudo is not None else {}),
+    )
+
+
+def write_lineage(run_dir: Path, teaching: Teaching) -> None:
+    lineage = {k: v for k, v in teaching.lineage.items() if k != "pseudo_table"}
+    io.write_json(run_dir / LINEAGE_FILE, lineage)
+    pseudo = teaching.lineage.get("pseudo_table")
+    if pseudo is not None:
+        barred = [";".join(str(k) for k in np.flatnonzero(row)) for row in teaching.barred]
+        io.write_csv(run_dir / "pseudo.csv", pseudo.assign(barred_from_folds=barred))
+
+
+def read_lineage(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / LINEAGE_FILE
+    return dict(json.loads(path.read_text())) if path.exists() else None
+
+
+def describe(built_from: dict[str, Any] | None) -> str:
+    """One line of a run's lineage, for the ledger: 'pseudo r1 (top class >= 0.9, 812/1500) <- ...'."""
+    if not built_from:
+        return ""
+    parts = []
+    if "distill" in built_from:
+        d = built_from["distill"]
+        parts.append(f"distill {d['run']} (weight {d['weight']:g}, T {d['temperature']:g})")
+    if "pseudo" in built_from:
+        p = built_from["pseudo"]
+        kind = "soft" if p["soft"] else "hard"
+        parts.append(
+            f"pseudo {p['run']} ({kind} >= {p['threshold']:g}, {p['images']}/{p['test_images']})"
+        )
+    text = " + ".join(parts)
+    grand = next(
+        (built_from[k].get("built_from") for k in ("distill", "pseudo") if k in built_from), None
+    )
+    return f"{text} <- {describe(grand)}" if grand else text
