@@ -32,6 +32,7 @@ from comp.config import (
     load_config,
     parse_sets,
     read_config_file,
+    validate,
 )
 
 ERRORS: tuple[type[Exception], ...] = (ConfigError, FileExistsError)
@@ -620,6 +621,13 @@ def train(
     )
     if not summary:
         return  # a distributed process other than the first: that one reports
+    _print_summary(summary, time.perf_counter() - t0)
+
+
+def _print_summary(summary: dict[str, Any], seconds: float) -> None:
+    """A run's CV, per fold, with priors, and against the run it was built from."""
+    from comp.teach import describe, gain_over_parent
+
     adjusted = summary.get("adjusted_macro_f1")
     scope = (
         "CV"
@@ -627,7 +635,7 @@ def train(
         else f"CV over {summary['folds_trained']}/{summary['n_folds']} folds"
     )
     click.echo(
-        f"\nrun {summary['run']}: {scope} macro-F1 {summary['cv_macro_f1']:.4f}, accuracy {summary['cv_accuracy']:.4f} ({time.perf_counter() - t0:.0f}s)"
+        f"\nrun {summary['run']}: {scope} macro-F1 {summary['cv_macro_f1']:.4f}, accuracy {summary['cv_accuracy']:.4f} ({seconds:.0f}s)"
     )
     click.echo(
         "per fold: " + ", ".join(f"{k}: {v:.4f}" for k, v in summary["fold_macro_f1"].items())
@@ -635,6 +643,15 @@ def train(
     if adjusted is not None:
         click.echo(
             f"with OOF-fitted class priors (cross-fitted): macro-F1 {adjusted:.4f}; use them with `comp predict --adjust true`"
+        )
+    if summary.get("built_from"):
+        click.echo(f"built from: {describe(summary['built_from'])}")
+    gain = gain_over_parent(summary)
+    if gain is not None:
+        spread = f" ± {gain['spread']:.4f}" if gain["spread"] is not None else ""
+        click.echo(
+            f"against {gain['parent']}: mean gain per fold {gain['mean_gain']:+.4f}{spread}, "
+            f"{gain['verdict']}"
         )
 
 
@@ -833,6 +850,50 @@ def tune(
         best = study.best_trial
         click.echo(f"best: trial {best.number}, macro-F1 {best.value:.4f}, {best.params}")
         click.echo("next: comp tune --show, then comp train --config tune/<study>-best.yaml")
+
+
+@cli.command()
+@click.argument("run")
+@config_flags(*TRAINING_FLAGS, *TEACHING_FLAGS, "pretrained_file", "num_workers", "device")
+@click.option("--name", help="Name of the student run (default: <model>-distilled-<date>-<time>).")
+@click.pass_context
+@friendly_errors
+def distill(ctx: click.Context, run: str, name: str | None, **kwargs: Any) -> None:
+    """Distil RUN (a run or a blend of many) into one model, --model, for fast inference.
+
+    The student learns from the teacher's soft predictions: out-of-fold ones on the
+    training images (from nested teachers that never saw the student's validation
+    fold) and its test predictions on the test images (`comp predict RUN` first),
+    mixed with the true labels by --distill-weight. Its folds give it a CV of its
+    own; then one model trains on every image, and `comp predict` uses that one.
+
+    \b
+    Examples:
+        comp blend effb0 resnet50 --name duo && comp predict duo
+        comp distill duo --model resnet18 --name student && comp predict student
+        comp distill duo --model mobilenetv3_small_100 --distill-weight 0.7
+    """
+    from datetime import datetime
+
+    from comp.train import train as train_run
+
+    # Every test image teaches, unless a threshold is asked for.
+    threshold = kwargs.get("pseudo_threshold")
+    root, cfg = workspace_config(ctx, kwargs)
+    cfg = dataclasses.replace(
+        cfg,
+        distill=run,
+        pseudo=run if cfg.test_dir is not None else None,
+        pseudo_soft=True,
+        pseudo_threshold=threshold if threshold is not None else 0.0,
+    )
+    name = name or f"{cfg.model.replace('/', '_')}-distilled-{datetime.now():%Y%m%d-%H%M%S}"
+    t0 = time.perf_counter()
+    summary = train_run(root, validate(cfg), name=name, echo=click.echo, full=True)
+    if not summary:
+        return
+    _print_summary(summary, time.perf_counter() - t0)
+    click.echo(f"next: comp predict {name}  (one model, trained on every image)")
 
 
 @cli.command()

@@ -78,6 +78,9 @@ def predict(
         for p in run_dir.glob(f"fold*/{'best.pt' if trained.head == 'linear' else 'head.pkl'}")
         if (p.parent / "oof.csv").exists()
     )
+    if (run_dir / "full" / "done.json").exists():
+        # A model trained on every image (comp distill): the one model that predicts.
+        checkpoints = [run_dir / "full" / "best.pt"]
     if not checkpoints:
         raise DataError(f"{run_dir}: no finished fold (fold*/best.pt, or head.pkl)")
     comp = load_competition(root, cfg)
@@ -259,5 +262,6 @@ def publish(
         "file": str(out),
     }
     write_submission(out, submission, facts)
-    echo(f"{len(ids)} test images, {len(folds)} folds x {len(tta)} views -> {out}")
+    models = "one model on every image" if folds == ["full"] else f"{len(folds)} folds"
+    echo(f"{len(ids)} test images, {models} x {len(tta)} views -> {out}")
     return facts

@@ -97,13 +97,13 @@ def twin_threshold(report_path: Path) -> tuple[list[str], list[float] | None, fl
 
     if not report_path.exists():
         # Folds from your own group column (or older ones): twins on the subject alone.
-        return ["subject"], None, TWIN_DISTANCE, "twins (no folds report)"
+        return ["subject"], None, TWIN_DISTANCE, "twins on the subject; no folds report"
     report = json.loads(report_path.read_text())
     used = report.get("used") or report["chosen"]["name"]
     chosen = next((c for c in report["candidates"] if c["name"] == used), report["chosen"])
     threshold = chosen.get("threshold")
     if threshold is None:
-        return report["features"], report["scales"], TWIN_DISTANCE, "twins (plain folds)"
+        return report["features"], report["scales"], TWIN_DISTANCE, "twins; the folds are plain"
     return report["features"], report["scales"], float(threshold), used
 
 
@@ -155,14 +155,16 @@ def teacher_epochs(parent: Path, cfg: Config) -> int:
     for metrics in sorted(parent.glob("fold*/metrics.csv")):
         rows = pd.read_csv(metrics)
         if len(rows):
-            best.append(int(rows.loc[rows["valid_macro_f1"].idxmax(), "epoch"]))
+            f1 = rows["valid_macro_f1"].to_numpy()
+            best.append(int(rows["epoch"].to_numpy()[int(np.argmax(f1))]))
     epochs = int(np.median(best)) if best else cfg.epochs
     return max(epochs, cfg.freeze_epochs + 1)
 
 
-def teacher_config(parent: Path, cfg: Config) -> Config:
-    """The parent's config for a teacher that never looks at its validation images: a fixed
-    number of epochs and its last weights, so no choice it makes depends on their labels."""
+def fixed_config(parent: Path, cfg: Config) -> Config:
+    """``cfg`` for a model that picks nothing by validation: as many epochs as the parent's
+    folds did best at, and its last weights. A nested teacher, so no choice it makes depends
+    on the labels it predicts; a model trained on every image, which has none to score."""
     epochs = teacher_epochs(parent, cfg)
     return validate(
         dataclasses.replace(
@@ -250,7 +252,7 @@ def _pair_teachers(
         raise ConfigError(
             f"distill {parent.name}: head '{pcfg.head}' runs have no model to train as a teacher"
         )
-    tcfg = teacher_config(parent, pcfg)
+    tcfg = fixed_config(parent, pcfg)
     fold_of = table["fold"].to_numpy()
     n_folds = int(fold_of.max()) + 1
     targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
@@ -346,21 +348,28 @@ class Teaching:
     barred: np.ndarray  # (n_pseudo, n_folds): pseudo row barred from fold k's training
     labels: np.ndarray | None  # (rows, C) targets at temperature 1, or None: hard labels only
     teacher: np.ndarray | None  # (n_folds, n_train, C) the teacher's softened probabilities
+    full_teacher: np.ndarray | None  # (n_train, C) its plain OOF, for a model with no validation
     weight: float
     lineage: dict[str, Any]
 
-    def train_idx(self, k: int) -> np.ndarray:
+    def train_idx(self, k: int | None) -> np.ndarray:
+        """Fold k's training rows; with ``k`` None, every row (a model trained on all)."""
+        if k is None:
+            return np.arange(len(self.fold_of))
         labelled = np.flatnonzero(self.fold_of[: self.n_train] != k)
         return np.concatenate([labelled, self.n_train + np.flatnonzero(~self.barred[:, k])])
 
-    def soft(self, k: int) -> np.ndarray | None:
+    def soft(self, k: int | None) -> np.ndarray | None:
         if self.labels is None:
             return None
         first = self.labels.copy()
         second = np.zeros_like(first)
-        if self.teacher is not None:
+        teacher = (
+            self.full_teacher if k is None else None if self.teacher is None else self.teacher[k]
+        )
+        if teacher is not None:
             first[: self.n_train] *= 1 - self.weight
-            second[: self.n_train] = self.weight * self.teacher[k]
+            second[: self.n_train] = self.weight * teacher
         return np.concatenate([first, second], axis=1)
 
 
@@ -439,10 +448,11 @@ def prepare(
             f"pseudo-labels from {parent.name}: {len(pseudo)} of {len(test_ids)} test images "
             f"({'probabilities' if cfg.pseudo_soft else 'top class'}, confidence >= "
             f"{cfg.pseudo_threshold:g}); near-twins of a fold's validation images left out of "
-            f"that fold: {', '.join(str(int(b)) for b in barred.sum(axis=0))} ({twins['grouping']})"
+            f"that fold: {', '.join(str(int(b)) for b in barred.sum(axis=0))} "
+            f"(within {twins['twin_distance']:g}: {twins['grouping']})"
         )
 
-    teacher = None
+    teacher = full_teacher = None
     if cfg.distill:
         parent = find_parent(root, cfg.distill, classes=classes, what="--distill")
         probs, how = nested_teachers(
@@ -457,6 +467,12 @@ def prepare(
             progress=progress,
         )
         teacher = np.stack([soften(p, cfg.distill_temperature) for p in probs])
+        # With no validation images to keep clean, the parent's own OOF teaches.
+        oof = read_csv(parent / "oof.csv").set_index("Id")
+        full_teacher = soften(
+            oof.loc[list(table["Id"]), classes].astype(np.float64).to_numpy(),
+            cfg.distill_temperature,
+        )
         lineage["distill"] = {
             "run": parent.name,
             "cv_macro_f1": summary_of(parent).get("cv_macro_f1"),
@@ -490,6 +506,7 @@ def prepare(
         barred=barred,
         labels=labels,
         teacher=teacher,
+        full_teacher=full_teacher,
         weight=cfg.distill_weight,
         lineage=lineage | ({"pseudo_table": pseudo} if pseudo is not None else {}),
     )
@@ -528,3 +545,35 @@ def describe(built_from: dict[str, Any] | None) -> str:
         (built_from[k].get("built_from") for k in ("distill", "pseudo") if k in built_from), None
     )
     return f"{text} <- {describe(grand)}" if grand else text
+
+
+def gain_over_parent(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """A run against the run it was built from, fold by fold: the mean gain, its spread
+    (standard error of the paired differences), and whether the gain stands out of it."""
+    lineage = summary.get("built_from") or {}
+    theirs = lineage.get("parent_fold_macro_f1") or {}
+    ours = summary.get("fold_macro_f1") or {}
+    folds = [k for k in ours if k in theirs]
+    if not folds:
+        return None
+    diff = np.array([ours[k] - theirs[k] for k in folds])
+    spread = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+    gain = float(diff.mean())
+    if np.isnan(spread):
+        verdict = "one fold: no spread to judge the gain by"
+    elif abs(gain) <= 2 * spread:
+        verdict = "within the folds' spread: noise"
+    else:
+        verdict = (
+            "a gain beyond the folds' spread" if gain > 0 else "a loss beyond the folds' spread"
+        )
+    return {
+        "parent": lineage.get("parent"),
+        "folds": {
+            k: {"parent": theirs[k], "run": ours[k], "gain": round(ours[k] - theirs[k], 6)}
+            for k in folds
+        },
+        "mean_gain": round(gain, 6),
+        "spread": None if np.isnan(spread) else round(spread, 6),
+        "verdict": verdict,
+    }

@@ -123,8 +123,12 @@ def train(
     on_epoch: EpochHook | None = None,
     progress: bool = True,
     resume: bool = False,
+    full: bool = False,
 ) -> dict[str, Any]:
     """Train ``folds`` (default: all) of a run and return its CV summary (also written to cv.json).
+
+    With ``full``, one more model then trains on every image (``full/best.pt``), as long as
+    the folds did best; `comp predict` uses it alone. The folds give its CV.
 
     With ``resume``, folds that finished are kept and an interrupted fold continues from
     its last completed epoch (``fold{k}/last.pt``), ending as an uninterrupted run would.
@@ -293,7 +297,66 @@ def train(
         )
     summary = summarise(run_dir, classes=classes, n_folds=len(all_folds)) if dist_.main else {}
     barrier(dist_)
+    if full:
+        train_full(
+            cfg,
+            run_dir=run_dir,
+            images=images,
+            targets=targets,
+            teaching=teaching,
+            classes=classes,
+            device=device,
+            transform=transform,
+            dist_=dist_,
+            echo=echo,
+            progress=progress,
+        )
     return summary
+
+
+def train_full(
+    cfg: Config,
+    *,
+    run_dir: Path,
+    images: np.ndarray,
+    targets: np.ndarray,
+    teaching: Any,
+    classes: list[str],
+    device: torch.device,
+    transform: A.Compose,
+    dist_: Dist,
+    echo: Echo,
+    progress: bool,
+) -> None:
+    """One model on every row, as long as the run's folds did best: ``full/best.pt``."""
+    from comp.teach import fixed_config
+
+    fcfg = fixed_config(run_dir, cfg)
+    out_dir = run_dir / "full"
+    echo(
+        f"full model: every image{' and pseudo-label' if teaching is not None else ''}, "
+        f"{fcfg.epochs} epochs (the folds' median best), last weights -> {out_dir}"
+    )
+    f = setup_fold(
+        fcfg,
+        fold=cfg.n_splits,
+        images=images,
+        targets=targets,
+        train_idx=np.arange(len(targets)) if teaching is None else teaching.train_idx(None),
+        valid_idx=np.zeros(0, dtype=np.int64),
+        n_classes=len(classes),
+        device=device,
+        transform=transform,
+        dist_=dist_,
+        progress=progress,
+        soft=None if teaching is None else teaching.soft(None),
+    )
+    train_fold(f, classes=classes, out_dir=out_dir, echo=echo, select=False)
+    if dist_.main:
+        (out_dir / "last.pt").unlink(missing_ok=True)
+        # Last: `comp predict` takes the model only once it has trained to the end.
+        io.write_json(out_dir / "done.json", {"epochs": fcfg.epochs, "rows": len(f.train_idx)})
+    barrier(dist_)
 
 
 def resolve_run_config(
