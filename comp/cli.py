@@ -1097,6 +1097,11 @@ def submit(
         "cv": cv,
         "message": message,
     }
+    if record["run"] and (root / "runs" / str(record["run"])).is_dir():
+        from comp.teach import lineage_text
+
+        # What the run learnt from (pseudo-labels, a teacher, blend members), as it was then.
+        record["lineage"] = lineage_text(root / "runs" / str(record["run"])) or None
     cv_text = f"CV macro-F1 {cv:.4f}" if cv is not None else "CV unknown"
     if local:
         solution = resolve(root, cfg.solution)
@@ -1196,7 +1201,8 @@ def submissions(ctx: click.Context, refresh: bool, plot: bool, competition: str 
     click.echo(
         format_table(
             rows,
-            ["id", "created_at", "run", "cv", "public", "private", "target", "status", "message"],
+            ["id", "created_at", "run", "cv", "public", "private", "target", "status", "message"]
+            + (["lineage"] if any(r.get("lineage") for r in rows) else []),
         )
     )
     facts = compare(rows)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -35,9 +35,12 @@ CREATE TABLE IF NOT EXISTS submissions (
     status      TEXT NOT NULL,
     competition TEXT,
     kaggle_ref  TEXT,
-    error       TEXT
+    error       TEXT,
+    lineage     TEXT
 );
 """
+# Columns added since version 1, for ledgers made before them.
+ADDED = {"lineage": "TEXT"}
 COLUMNS = (
     "id",
     "created_at",
@@ -53,9 +56,10 @@ COLUMNS = (
     "competition",
     "kaggle_ref",
     "error",
+    "lineage",
 )
 # What `comp submit` knows about its submission and Kaggle's list does not.
-OWN_FIELDS = ("file", "sha256", "run", "cv", "message")
+OWN_FIELDS = ("file", "sha256", "run", "cv", "message", "lineage")
 
 
 class Ledger:
@@ -85,6 +89,10 @@ class Ledger:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute(SCHEMA)
+                have = {r["name"] for r in conn.execute("PRAGMA table_info(submissions)")}
+                for column, kind in ADDED.items():
+                    if column not in have:
+                        conn.execute(f"ALTER TABLE submissions ADD COLUMN {column} {kind}")
                 if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 yield conn
@@ -139,7 +147,9 @@ class Ledger:
             made = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'submissions'"
             if conn.execute(made).fetchone() is None:
                 return []
-            return [dict(r) for r in conn.execute("SELECT * FROM submissions ORDER BY id")]
+            rows = [dict(r) for r in conn.execute("SELECT * FROM submissions ORDER BY id")]
+        # A ledger from before a column was added reads as if the column were empty.
+        return [dict.fromkeys(COLUMNS) | r for r in rows]
 
     def merge_kaggle(self, competition: str, remote: list[dict[str, Any]]) -> tuple[int, int]:
         """Fill status and scores of Kaggle rows from Kaggle's list; add submissions made elsewhere.

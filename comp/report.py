@@ -296,6 +296,7 @@ def write_report(run_dir: Path, comp: Competition) -> dict[str, Any]:
     ]
     if cv.get("adjusted_macro_f1") is not None:
         lines += [f"With prior adjustment: macro-F1 **{cv['adjusted_macro_f1']:.4f}**.", ""]
+    lines += parent_section(cv, out)
     if curves is not None:
         lines += ["## Training curves", "", "![curves](curves.png)", ""]
     lines += ["## Confusion matrix", "", "![confusion](confusion.png)", ""]
@@ -337,6 +338,51 @@ def write_report(run_dir: Path, comp: Competition) -> dict[str, Any]:
         "gradcam": gradcam,
         "gradcam_skipped": gradcam_skipped,
     }
+
+
+def parent_section(cv: dict[str, Any], out: Path) -> list[str]:
+    """The run against the run it was built from (pseudo-labels, a teacher), fold by fold."""
+    from comp.teach import describe, gain_over_parent
+
+    gain = gain_over_parent(cv)
+    if gain is None:
+        return []
+    folds = pd.DataFrame(
+        [{"fold": k, **v} for k, v in gain["folds"].items()],
+        columns=["fold", "parent", "run", "gain"],
+    )
+    plot_gain(folds, parent=str(gain["parent"]), run=str(cv.get("run")), out=out / "parent.png")
+    spread = f" ± {gain['spread']:.4f}" if gain["spread"] is not None else ""
+    return [
+        f"## Against {gain['parent']}",
+        "",
+        f"Built from: {describe(cv.get('built_from'))}.",
+        "",
+        f"Mean gain per fold **{gain['mean_gain']:+.4f}**{spread} (standard error of the "
+        f"per-fold gains): {gain['verdict']}.",
+        "",
+        "![against the parent](parent.png)",
+        "",
+        _markdown(folds),
+        "",
+    ]
+
+
+def plot_gain(folds: pd.DataFrame, *, parent: str, run: str, out: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.2 * len(folds) + 3, 3.5), constrained_layout=True)
+    x = np.arange(len(folds))
+    ax.bar(x - 0.2, folds["parent"], width=0.4, label=parent, color="C7")
+    ax.bar(x + 0.2, folds["run"], width=0.4, label=run, color="C0")
+    for i, g in enumerate(folds["gain"]):
+        top = max(folds["parent"].iloc[i], folds["run"].iloc[i])
+        ax.annotate(f"{g:+.3f}", (i, top), ha="center", va="bottom", fontsize=8)
+    low = float(min(folds["parent"].min(), folds["run"].min()))
+    ax.set_ylim(max(0.0, low - 0.1), 1.02)
+    ax.set_xticks(x, [f"fold {k}" for k in folds["fold"]])
+    ax.set_ylabel("validation macro-F1")
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, out)
 
 
 def _markdown(table: pd.DataFrame) -> str:

@@ -577,3 +577,15 @@ def gain_over_parent(summary: dict[str, Any]) -> dict[str, Any] | None:
         "spread": None if np.isnan(spread) else round(spread, 6),
         "verdict": verdict,
     }
+
+
+def lineage_text(run_dir: Path) -> str:
+    """What a run was built from, in one line: its teachers and pseudo-labels, or its blend."""
+    from comp.ensemble import blend_members
+
+    members = blend_members(run_dir)
+    if members is not None:
+        return "blend of " + ", ".join(
+            f"{n} x{w:.2f}" for n, w in zip(members[0], members[1], strict=True)
+        )
+    return describe(summary_of(run_dir).get("built_from"))
