@@ -255,6 +255,11 @@ def _pair_teachers(
     tcfg = fixed_config(parent, pcfg)
     fold_of = table["fold"].to_numpy()
     n_folds = int(fold_of.max()) + 1
+    if n_folds < 3:
+        raise ConfigError(
+            f"distill: a nested teacher trains without two folds, and {n_folds} folds leave it "
+            "nothing; use --n-splits 3 or more"
+        )
     targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
     out = np.zeros((n_folds, len(table), len(classes)), dtype=np.float32)
     pairs = [(j, k) for j in range(n_folds) for k in range(j + 1, n_folds)]

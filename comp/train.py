@@ -688,7 +688,7 @@ def setup_fold(
         workers=workers,
         progress=progress,
         soft=None if soft is None else torch.as_tensor(soft, dtype=torch.float32),
-        labels=None if soft is None else torch.as_tensor(targets),
+        labels=None if soft is None else torch.tensor(targets),
     )
 
 

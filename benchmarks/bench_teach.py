@@ -1,0 +1,92 @@
+"""Plain, pseudo-labelled, self-distilled and ensemble-distilled runs on one workspace, each
+scored on CV and on the workspace's held-out answers (comp submit --local).
+
+    python benchmarks/bench_teach.py WORKSPACE --out benchmarks/results-teach-demo.json [-- TRAIN_ARGS]
+
+Every run trains with TRAIN_ARGS (e.g. --time-limit 3m). The gap is CV minus the
+held-out private score; the table also gives each run's gap against its parent's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from comp.ledger import Ledger, ledger_path
+
+
+def comp(ws: Path, *args: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "comp", "-w", str(ws), *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("workspace", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--student", default="resnet10t", help="model of comp distill")
+    parser.add_argument("train_args", nargs="*")
+    a = parser.parse_args()
+    ws, extra = a.workspace, a.train_args
+    steps = [
+        ("plain", None, ["train", "--name", "plain", *extra]),
+        ("pseudo", "plain", ["train", "--name", "pseudo", "--pseudo", "plain", *extra]),
+        ("self-distilled", "plain", ["train", "--name", "selfdistill", "--distill", "plain", *extra]),
+        (
+            "ensemble-distilled",
+            "plain",
+            ["distill", "plain", "--model", a.student, "--name", "student", *extra],
+        ),
+    ]
+    rows = []
+    for label, parent, args in steps:
+        name = args[args.index("--name") + 1]
+        seconds = comp(ws, *args)
+        seconds += comp(ws, "predict", name)
+        comp(ws, "submit", str(ws / "submissions" / f"{name}.csv"), "--local", "-m", label)
+        scored = Ledger(ledger_path(ws)).rows()[-1]
+        cv = json.loads((ws / "runs" / name / "cv.json").read_text())["cv_macro_f1"]
+        row = {
+            "run": label,
+            "name": name,
+            "parent": parent,
+            "cv": cv,
+            "public": scored["public"],
+            "private": scored["private"],
+            "gap": round(cv - scored["private"], 4),
+            "seconds": round(seconds, 1),
+        }
+        if parent is not None:
+            base = next(r for r in rows if r["run"] == parent)
+            row["gap_change"] = round(row["gap"] - base["gap"], 4)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    result = {
+        "workspace": str(ws),
+        "train_args": extra,
+        "machine": f"{platform.processor() or platform.machine()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",
+        "rows": rows,
+    }
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n| run | CV | public | private | CV - private | change vs parent | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['run']} | {r['cv']:.4f} | {r['public']:.4f} | {r['private']:.4f} | "
+            f"{r['gap']:+.4f} | {r.get('gap_change', float('nan')):+.4f} | {r['seconds']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
