@@ -854,7 +854,15 @@ def tune(
 
 @cli.command()
 @click.argument("run")
-@config_flags(*TRAINING_FLAGS, *TEACHING_FLAGS, "pretrained_file", "num_workers", "device")
+@config_flags(
+    *TRAINING_FLAGS,
+    "pseudo_threshold",
+    "distill_weight",
+    "distill_temperature",
+    "pretrained_file",
+    "num_workers",
+    "device",
+)
 @click.option("--name", help="Name of the student run (default: <model>-distilled-<date>-<time>).")
 @click.pass_context
 @friendly_errors

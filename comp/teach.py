@@ -356,6 +356,7 @@ class Teaching:
     full_teacher: np.ndarray | None  # (n_train, C) its plain OOF, for a model with no validation
     weight: float
     lineage: dict[str, Any]
+    pseudo: pd.DataFrame | None  # the test images labelled: Id, label, confidence[, probs]
 
     def train_idx(self, k: int | None) -> np.ndarray:
         """Fold k's training rows; with ``k`` None, every row (a model trained on all)."""
@@ -513,17 +514,16 @@ def prepare(
         teacher=teacher,
         full_teacher=full_teacher,
         weight=cfg.distill_weight,
-        lineage=lineage | ({"pseudo_table": pseudo} if pseudo is not None else {}),
+        lineage=lineage,
+        pseudo=pseudo,
     )
 
 
 def write_lineage(run_dir: Path, teaching: Teaching) -> None:
-    lineage = {k: v for k, v in teaching.lineage.items() if k != "pseudo_table"}
-    io.write_json(run_dir / LINEAGE_FILE, lineage)
-    pseudo = teaching.lineage.get("pseudo_table")
-    if pseudo is not None:
+    io.write_json(run_dir / LINEAGE_FILE, teaching.lineage)
+    if teaching.pseudo is not None:
         barred = [";".join(str(k) for k in np.flatnonzero(row)) for row in teaching.barred]
-        io.write_csv(run_dir / "pseudo.csv", pseudo.assign(barred_from_folds=barred))
+        io.write_csv(run_dir / "pseudo.csv", teaching.pseudo.assign(barred_from_folds=barred))
 
 
 def read_lineage(run_dir: Path) -> dict[str, Any] | None:
