@@ -1,7 +1,7 @@
 """Plain, pseudo-labelled, self-distilled and ensemble-distilled runs on one workspace, each
 scored on CV and on the workspace's held-out answers (comp submit --local).
 
-    python benchmarks/bench_teach.py WORKSPACE --out benchmarks/results-teach-demo.json [-- TRAIN_ARGS]
+    python benchmarks/bench_teach.py WORKSPACE --out benchmarks/results-teach-demo.json [TRAIN_ARGS]
 
 Every run trains with TRAIN_ARGS (e.g. --time-limit 3m). The gap is CV minus the
 held-out private score; the table also gives each run's gap against its parent's.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -31,26 +32,46 @@ def comp(ws: Path, *args: str) -> float:
     return time.perf_counter() - t0
 
 
+def machine() -> str:
+    cpu = platform.machine()
+    flags = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name") and cpu == platform.machine():
+            cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = line
+    bf16 = ", AVX512-BF16" if "avx512_bf16" in flags else ""
+    bf16 += ", AMX" if "amx_bf16" in flags else ""
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores{bf16}, no GPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("workspace", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--student", default="resnet10t", help="model of comp distill")
-    parser.add_argument("train_args", nargs="*")
-    a = parser.parse_args()
-    ws, extra = a.workspace, a.train_args
+    # Everything else goes to every comp train / comp distill.
+    a, extra = parser.parse_known_args()
+    ws = a.workspace
     steps = [
         ("plain", None, ["train", "--name", "plain", *extra]),
         ("pseudo", "plain", ["train", "--name", "pseudo", "--pseudo", "plain", *extra]),
-        ("self-distilled", "plain", ["train", "--name", "selfdistill", "--distill", "plain", *extra]),
+        (
+            "self-distilled",
+            "plain",
+            ["train", "--name", "selfdistill", "--distill", "plain", *extra],
+        ),
         (
             "ensemble-distilled",
             "plain",
             ["distill", "plain", "--model", a.student, "--name", "student", *extra],
         ),
     ]
-    rows = []
+    # Rows already measured (a run that stopped midway) are kept, not measured again.
+    rows = json.loads(a.out.read_text())["rows"] if a.out.exists() else []
     for label, parent, args in steps:
+        if any(r["run"] == label for r in rows):
+            continue
         name = args[args.index("--name") + 1]
         seconds = comp(ws, *args)
         seconds += comp(ws, "predict", name)
@@ -72,14 +93,9 @@ def main() -> None:
             row["gap_change"] = round(row["gap"] - base["gap"], 4)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {
-        "workspace": str(ws),
-        "train_args": extra,
-        "machine": f"{platform.processor() or platform.machine()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",
-        "rows": rows,
-    }
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n| run | CV | public | private | CV - private | change vs parent | seconds |")
+        result = {"workspace": str(ws), "train_args": extra, "machine": machine(), "rows": rows}
+        a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print("\n| run | CV | public | private | CV - private | change vs parent | seconds |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(

@@ -403,6 +403,16 @@ def prepare(
     barred = np.zeros((0, n_folds), dtype=bool)
     pseudo_probs = np.zeros((0, n_classes), dtype=np.float32)
     pseudo = None
+    if cfg.distill:
+        # Checked before the (long) pseudo-label features and nested teachers.
+        oof = read_csv(
+            find_parent(root, cfg.distill, classes=classes, what="--distill") / "oof.csv"
+        )
+        if set(oof["Id"]) != set(table["Id"]):
+            raise ConfigError(
+                f"--distill {cfg.distill}: its out-of-fold predictions cover {len(oof)} of "
+                f"{len(table)} training images; train all its folds first"
+            )
     if cfg.pseudo:
         parent = find_parent(root, cfg.pseudo, classes=classes, what="--pseudo")
         test_ids = comp.test_ids()
@@ -425,15 +435,16 @@ def prepare(
         barred = barred_all[[position[i] for i in pseudo["Id"]]]
         if cfg.pseudo_soft:
             pseudo_probs = pseudo[classes].to_numpy(np.float32)
-        test_images = cached_images(
-            comp.test_paths(list(pseudo["Id"])),
-            cfg.img_size,
-            cache_dir=cache_dir(root, enabled=cfg.cache_images),
-            centre=cfg.centre,
-            desc="decode pseudo",
-            progress=progress,
-        )
-        images = np.concatenate([np.asarray(images), np.asarray(test_images)])
+        if len(pseudo):
+            test_images = cached_images(
+                comp.test_paths(list(pseudo["Id"])),
+                cfg.img_size,
+                cache_dir=cache_dir(root, enabled=cfg.cache_images),
+                centre=cfg.centre,
+                desc="decode pseudo",
+                progress=progress,
+            )
+            images = np.concatenate([np.asarray(images), np.asarray(test_images)])
         pseudo_targets = pseudo["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
         targets = np.concatenate([targets, pseudo_targets.astype(np.int64)])
         fold_of = np.concatenate([fold_of, np.full(len(pseudo), -1)])
@@ -493,7 +504,7 @@ def prepare(
         )
 
     labels = None
-    if cfg.distill or cfg.pseudo_soft:
+    if cfg.distill or (cfg.pseudo and cfg.pseudo_soft):
         smoothing = max(cfg.label_smoothing, 0.0)
         labels = np.full((len(targets), n_classes), smoothing / n_classes, dtype=np.float32)
         labels[np.arange(len(targets)), targets] += 1 - smoothing
@@ -503,7 +514,15 @@ def prepare(
     assert parent_name is not None
     parent_dir = find_parent(root, parent_name, classes=classes, what="parent")
     lineage["parent"] = parent_dir.name
-    lineage["parent_fold_macro_f1"] = summary_of(parent_dir).get("fold_macro_f1")
+    # Fold by fold, a comparison holds only where both runs validated on the same folds.
+    theirs = read_csv(parent_dir / "oof.csv") if (parent_dir / "oof.csv").exists() else None
+    ours = dict(zip(table["Id"], table["fold"].astype(int), strict=True))
+    same_split = theirs is not None and all(
+        ours.get(i) == int(k) for i, k in zip(theirs["Id"], theirs["fold"], strict=True)
+    )
+    lineage["parent_fold_macro_f1"] = (
+        summary_of(parent_dir).get("fold_macro_f1") if same_split else None
+    )
     return Teaching(
         n_train=n_train,
         images=images,
