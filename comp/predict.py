@@ -2,7 +2,8 @@
 
 Reads a run folder (``runs/<name>/``: config.yaml, classes.json, fold*/best.pt,
 cv.json), the test images and the sample submission. Writes
-``runs/<name>/test_probs.csv`` (Id + one probability column per class) and
+``runs/<name>/test_probs.csv`` (Id + one probability column per class; each
+fold's own in ``fold{k}/test_probs.csv``) and
 ``submissions/<name>.csv`` with its sidecar ``<name>.json``, in exactly the
 sample submission's shape, validated before anything is written.
 """
@@ -120,8 +121,9 @@ def predict(
             model, _ = load_checkpoint(ckpt, classes=classes, model_name=trained.model)
             model = model.to(device).to(memory_format=torch.channels_last)
             mean, std = (t.to(device) for t in normalisation(model))
+            fold_total = np.zeros_like(total)
             for v, view in enumerate(views):
-                total += largest_batch_probs(
+                fold_total += largest_batch_probs(
                     model,
                     ImageDataset(images, transform=view),
                     batch_size=batch_size,
@@ -131,6 +133,15 @@ def predict(
                     device=device,
                     autocast=autocast,
                     desc=f"{ckpt.parent.name} view {v + 1}/{len(views)}",
+                )
+            total += fold_total
+            if ckpt.parent.name.startswith("fold"):
+                # Each fold's own predictions: pseudo-labels for a later run's fold k must
+                # come from a model that never saw fold k (comp.teach).
+                fold_probs = pd.DataFrame(fold_total / len(views), columns=classes)
+                io.write_csv(
+                    ckpt.parent / "test_probs.csv",
+                    pd.concat([pd.DataFrame({"Id": ids}), fold_probs], axis=1),
                 )
         probs = total / (len(checkpoints) * len(views))
     return publish(

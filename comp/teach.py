@@ -59,35 +59,59 @@ def summary_of(run_dir: Path) -> dict[str, Any]:
 # --- pseudo-labels ---------------------------------------------------------------------------
 
 
-def pseudo_table(
-    parent: Path, *, classes: list[str], test_ids: list[str], threshold: float, soft: bool
-) -> pd.DataFrame:
-    """The parent's test probabilities of the test images it labels confidently enough:
-    Id, label (its top class), confidence, and one column per class."""
-    path = parent / "test_probs.csv"
-    if not path.exists():
-        raise ConfigError(
-            f"pseudo {parent.name}: no test predictions; run `comp predict {parent.name}` first"
-        )
+def test_probs(path: Path, *, classes: list[str], test_ids: list[str]) -> np.ndarray:
+    """A test_probs.csv as (n_test, C) probabilities in ``test_ids`` order."""
     from comp.ensemble import check_probabilities
 
     table = read_csv(path)
     probs = check_probabilities(table, classes, path=path)
     if sorted(table["Id"]) != sorted(test_ids):
         raise DataError(f"{path}: its Ids are not this competition's test images; predict again")
-    probs = probs / probs.sum(axis=1, keepdims=True)
-    confidence = probs.max(axis=1)
-    keep = confidence >= threshold
-    out = pd.DataFrame(
-        {
-            "Id": table["Id"].to_numpy()[keep],
-            "label": np.asarray(classes)[probs[keep].argmax(axis=1)],
-            "confidence": confidence[keep].round(6),
-        }
+    order = pd.Series(np.arange(len(table)), index=table["Id"]).loc[test_ids].to_numpy()
+    probs = probs[order]
+    return np.asarray(probs / probs.sum(axis=1, keepdims=True))
+
+
+def fold_test_probs(
+    root: Path, parent: Path, *, classes: list[str], test_ids: list[str], n_folds: int
+) -> np.ndarray:
+    """(n_folds + 1, n_test, C): each fold model's test predictions, then the ensemble's.
+
+    Fold k's pseudo-labels come from the parent's fold-k model, which never saw fold k's
+    images: labels from the whole ensemble would carry fold k's answers into its training
+    through the test images (a transfer set), and CV would rise above the leaderboard."""
+    from comp.ensemble import blend_members
+
+    members = blend_members(parent)
+    if members is not None:
+        parts = [
+            w
+            * fold_test_probs(
+                root, root / "runs" / n, classes=classes, test_ids=test_ids, n_folds=n_folds
+            )
+            for n, w in zip(*members, strict=True)
+        ]
+        return np.asarray(sum(parts))
+    paths = [parent / f"fold{k}" / "test_probs.csv" for k in range(n_folds)]
+    paths.append(parent / "test_probs.csv")
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise ConfigError(
+            f"pseudo {parent.name}: no test predictions ({missing[0].relative_to(parent)}); "
+            f"run `comp predict {parent.name}` first"
+        )
+    return np.stack([test_probs(p, classes=classes, test_ids=test_ids) for p in paths])
+
+
+def same_split(parent: Path, table: pd.DataFrame) -> bool:
+    """Whether the parent validated every image on the fold this split puts it in."""
+    if not (parent / "oof.csv").exists():
+        return False
+    theirs = read_csv(parent / "oof.csv")
+    ours = dict(zip(table["Id"], table["fold"].astype(int), strict=True))
+    return len(theirs) == len(ours) and all(
+        ours.get(i) == int(k) for i, k in zip(theirs["Id"], theirs["fold"], strict=True)
     )
-    if soft:
-        out = pd.concat([out, pd.DataFrame(probs[keep], columns=classes)], axis=1)
-    return out
 
 
 def twin_threshold(report_path: Path) -> tuple[list[str], list[float] | None, float, str]:
@@ -342,33 +366,57 @@ def _load_pair(
 class Teaching:
     """Training rows and targets beyond a fold's labelled images.
 
-    Rows: the train images, then the pseudo-labelled test images (fold -1: never
-    validated). ``soft(k)`` packs fold k's targets for comp.losses.TeacherLoss.
+    Rows: the train images, then every test image (fold -1: never validated). Fold k
+    trains on the test images its pseudo-labels keep (``keep[k]``), labelled by the
+    parent's fold-k model; ``k`` None means a model trained on everything, labelled by
+    the parent's ensemble. ``soft(k)`` packs the targets for comp.losses.TeacherLoss.
     """
 
     n_train: int
+    n_classes: int
     images: np.ndarray
-    targets: np.ndarray  # hard label per row (pseudo rows: the parent's top class)
+    base_targets: np.ndarray  # the train images' labels
     fold_of: np.ndarray
-    barred: np.ndarray  # (n_pseudo, n_folds): pseudo row barred from fold k's training
-    labels: np.ndarray | None  # (rows, C) targets at temperature 1, or None: hard labels only
-    teacher: np.ndarray | None  # (n_folds, n_train, C) the teacher's softened probabilities
-    full_teacher: np.ndarray | None  # (n_train, C) its plain OOF, for a model with no validation
+    pseudo_probs: np.ndarray | None  # (n_folds + 1, n_test, C); the last: the ensemble's
+    keep: np.ndarray | None  # (n_folds + 1, n_test): confident enough and not barred
+    barred: np.ndarray | None  # (n_test, n_folds): near-twin of one of fold k's images
+    soft_pseudo: bool
+    packed: bool  # train on soft targets (a teacher, or soft pseudo-labels)
+    smoothing: float
+    teacher: np.ndarray | None  # (n_folds, n_train, C) the nested teachers' probabilities
+    full_teacher: np.ndarray | None  # (n_train, C) the parent's OOF, for a model on everything
     weight: float
     lineage: dict[str, Any]
-    pseudo: pd.DataFrame | None  # the test images labelled: Id, label, confidence[, probs]
+    pseudo: pd.DataFrame | None  # per test image, for pseudo.csv
+
+    def _slot(self, k: int | None) -> int:
+        assert self.keep is not None
+        return len(self.keep) - 1 if k is None else k
 
     def train_idx(self, k: int | None) -> np.ndarray:
-        """Fold k's training rows; with ``k`` None, every row (a model trained on all)."""
-        if k is None:
-            return np.arange(len(self.fold_of))
-        labelled = np.flatnonzero(self.fold_of[: self.n_train] != k)
-        return np.concatenate([labelled, self.n_train + np.flatnonzero(~self.barred[:, k])])
+        """Fold k's training rows; with ``k`` None, every train image and kept test image."""
+        labelled = np.arange(self.n_train)
+        if k is not None:
+            labelled = np.flatnonzero(self.fold_of[: self.n_train] != k)
+        if self.keep is None:
+            return labelled
+        return np.concatenate([labelled, self.n_train + np.flatnonzero(self.keep[self._slot(k)])])
+
+    def targets(self, k: int | None) -> np.ndarray:
+        """Every row's hard label as fold k sees it (test rows: its labelling model's top class)."""
+        if self.pseudo_probs is None:
+            return self.base_targets
+        pseudo = self.pseudo_probs[self._slot(k)].argmax(axis=1)
+        return np.concatenate([self.base_targets, pseudo]).astype(np.int64)
 
     def soft(self, k: int | None) -> np.ndarray | None:
-        if self.labels is None:
+        if not self.packed:
             return None
-        first = self.labels.copy()
+        targets = self.targets(k)
+        first = np.full((len(targets), self.n_classes), self.smoothing / self.n_classes, np.float32)
+        first[np.arange(len(targets)), targets] += 1 - self.smoothing
+        if self.soft_pseudo and self.pseudo_probs is not None:
+            first[self.n_train :] = self.pseudo_probs[self._slot(k)]
         second = np.zeros_like(first)
         teacher = (
             self.full_teacher if k is None else None if self.teacher is None else self.teacher[k]
@@ -398,11 +446,8 @@ def prepare(
     """The pseudo-labelled rows and soft targets ``cfg`` asks for, and their lineage."""
     from comp.cache import cache_dir, cached_images
 
-    n_train, n_classes, n_folds = len(table), len(classes), int(fold_of.max()) + 1
+    n_train, n_folds = len(table), int(fold_of.max()) + 1
     lineage: dict[str, Any] = {}
-    barred = np.zeros((0, n_folds), dtype=bool)
-    pseudo_probs = np.zeros((0, n_classes), dtype=np.float32)
-    pseudo = None
     if cfg.distill:
         # Checked before the (long) pseudo-label features and nested teachers.
         oof = read_csv(
@@ -413,17 +458,22 @@ def prepare(
                 f"--distill {cfg.distill}: its out-of-fold predictions cover {len(oof)} of "
                 f"{len(table)} training images; train all its folds first"
             )
+    pseudo_probs = keep = barred = pseudo = None
+    all_fold_of = fold_of
     if cfg.pseudo:
         parent = find_parent(root, cfg.pseudo, classes=classes, what="--pseudo")
+        if not same_split(parent, table):
+            raise ConfigError(
+                f"--pseudo {parent.name}: it was trained on other folds than "
+                f"{report_path.with_suffix('.csv').name}; its fold-k model saw some of this "
+                "run's fold-k images, so its pseudo-labels would leak them. Pseudo-label from a "
+                "run of this split"
+            )
         test_ids = comp.test_ids()
-        pseudo = pseudo_table(
-            parent,
-            classes=classes,
-            test_ids=test_ids,
-            threshold=cfg.pseudo_threshold,
-            soft=cfg.pseudo_soft,
+        pseudo_probs = fold_test_probs(
+            root, parent, classes=classes, test_ids=test_ids, n_folds=n_folds
         )
-        barred_all, twins = barred_folds(
+        barred, twins = barred_folds(
             cfg,
             comp,
             fold_of=fold_of,
@@ -431,41 +481,52 @@ def prepare(
             report_path=report_path,
             progress=progress,
         )
-        position = {i: n for n, i in enumerate(test_ids)}
-        barred = barred_all[[position[i] for i in pseudo["Id"]]]
-        if cfg.pseudo_soft:
-            pseudo_probs = pseudo[classes].to_numpy(np.float32)
-        if len(pseudo):
-            test_images = cached_images(
-                comp.test_paths(list(pseudo["Id"])),
-                cfg.img_size,
-                cache_dir=cache_dir(root, enabled=cfg.cache_images),
-                centre=cfg.centre,
-                desc="decode pseudo",
-                progress=progress,
-            )
-            images = np.concatenate([np.asarray(images), np.asarray(test_images)])
-        pseudo_targets = pseudo["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-        targets = np.concatenate([targets, pseudo_targets.astype(np.int64)])
-        fold_of = np.concatenate([fold_of, np.full(len(pseudo), -1)])
-        counts = pseudo["label"].value_counts()
+        confident = pseudo_probs.max(axis=2) >= cfg.pseudo_threshold
+        keep = confident & np.c_[~barred, np.ones(len(test_ids), dtype=bool)].T
+        test_images = cached_images(
+            comp.test_paths(test_ids),
+            cfg.img_size,
+            cache_dir=cache_dir(root, enabled=cfg.cache_images),
+            centre=cfg.centre,
+            desc="decode test",
+            progress=progress,
+        )
+        images = np.concatenate([np.asarray(images), np.asarray(test_images)])
+        all_fold_of = np.concatenate([fold_of, np.full(len(test_ids), -1)])
+        ensemble = pseudo_probs[-1]
+        pseudo = pd.DataFrame(
+            {
+                "Id": test_ids,
+                "label": np.asarray(classes)[ensemble.argmax(axis=1)],
+                "confidence": ensemble.max(axis=1).round(6),
+                "used_in_folds": [";".join(str(k) for k in np.flatnonzero(r)) for r in keep[:-1].T],
+                "barred_from_folds": [";".join(str(k) for k in np.flatnonzero(r)) for r in barred],
+            }
+        )
+        per_fold = keep[:-1].sum(axis=1)
+        counts = pd.Series(
+            np.asarray(classes)[pseudo_probs[:-1].argmax(axis=2)[keep[:-1]]]
+        ).value_counts()
         lineage["pseudo"] = {
             "run": parent.name,
             "cv_macro_f1": summary_of(parent).get("cv_macro_f1"),
             "threshold": cfg.pseudo_threshold,
             "soft": cfg.pseudo_soft,
+            "labelled_by": "the parent's fold-k model for fold k; its ensemble for a model on every image",
             "test_images": len(test_ids),
-            "images": len(pseudo),
+            "images": round(float(per_fold.mean()), 1),
+            "images_per_fold": {str(k): int(n) for k, n in enumerate(per_fold)},
             "per_class": {c: int(counts.get(c, 0)) for c in classes},
             "barred_per_fold": {str(k): int(barred[:, k].sum()) for k in range(n_folds)},
             **twins,
             "built_from": summary_of(parent).get("built_from"),
         }
         echo(
-            f"pseudo-labels from {parent.name}: {len(pseudo)} of {len(test_ids)} test images "
+            f"pseudo-labels from {parent.name} (fold k's from its fold-k model): "
+            f"{', '.join(str(int(n)) for n in per_fold)} of {len(test_ids)} test images per fold "
             f"({'probabilities' if cfg.pseudo_soft else 'top class'}, confidence >= "
-            f"{cfg.pseudo_threshold:g}); near-twins of a fold's validation images left out of "
-            f"that fold: {', '.join(str(int(b)) for b in barred.sum(axis=0))} "
+            f"{cfg.pseudo_threshold:g}); near-twins of a fold's images left out of that fold: "
+            f"{', '.join(str(int(b)) for b in barred.sum(axis=0))} "
             f"(within {twins['twin_distance']:g}: {twins['grouping']})"
         )
 
@@ -503,33 +564,26 @@ def prepare(
             f"{1 - cfg.distill_weight:g} labels, temperature {cfg.distill_temperature:g}"
         )
 
-    labels = None
-    if cfg.distill or (cfg.pseudo and cfg.pseudo_soft):
-        smoothing = max(cfg.label_smoothing, 0.0)
-        labels = np.full((len(targets), n_classes), smoothing / n_classes, dtype=np.float32)
-        labels[np.arange(len(targets)), targets] += 1 - smoothing
-        if cfg.pseudo_soft:
-            labels[n_train:] = pseudo_probs
     parent_name = cfg.distill or cfg.pseudo
     assert parent_name is not None
     parent_dir = find_parent(root, parent_name, classes=classes, what="parent")
     lineage["parent"] = parent_dir.name
     # Fold by fold, a comparison holds only where both runs validated on the same folds.
-    theirs = read_csv(parent_dir / "oof.csv") if (parent_dir / "oof.csv").exists() else None
-    ours = dict(zip(table["Id"], table["fold"].astype(int), strict=True))
-    same_split = theirs is not None and all(
-        ours.get(i) == int(k) for i, k in zip(theirs["Id"], theirs["fold"], strict=True)
-    )
     lineage["parent_fold_macro_f1"] = (
-        summary_of(parent_dir).get("fold_macro_f1") if same_split else None
+        summary_of(parent_dir).get("fold_macro_f1") if same_split(parent_dir, table) else None
     )
     return Teaching(
         n_train=n_train,
+        n_classes=len(classes),
         images=images,
-        targets=targets,
-        fold_of=fold_of,
+        base_targets=targets,
+        fold_of=all_fold_of,
+        pseudo_probs=pseudo_probs,
+        keep=keep,
         barred=barred,
-        labels=labels,
+        soft_pseudo=bool(cfg.pseudo and cfg.pseudo_soft),
+        packed=bool(cfg.distill or (cfg.pseudo and cfg.pseudo_soft)),
+        smoothing=max(cfg.label_smoothing, 0.0),
         teacher=teacher,
         full_teacher=full_teacher,
         weight=cfg.distill_weight,
@@ -541,8 +595,7 @@ def prepare(
 def write_lineage(run_dir: Path, teaching: Teaching) -> None:
     io.write_json(run_dir / LINEAGE_FILE, teaching.lineage)
     if teaching.pseudo is not None:
-        barred = [";".join(str(k) for k in np.flatnonzero(row)) for row in teaching.barred]
-        io.write_csv(run_dir / "pseudo.csv", teaching.pseudo.assign(barred_from_folds=barred))
+        io.write_csv(run_dir / "pseudo.csv", teaching.pseudo)
 
 
 def read_lineage(run_dir: Path) -> dict[str, Any] | None:
@@ -562,7 +615,8 @@ def describe(built_from: dict[str, Any] | None) -> str:
         p = built_from["pseudo"]
         kind = "soft" if p["soft"] else "hard"
         parts.append(
-            f"pseudo {p['run']} ({kind} >= {p['threshold']:g}, {p['images']}/{p['test_images']})"
+            f"pseudo {p['run']} ({kind} >= {p['threshold']:g}, "
+            f"{p['images']:g}/{p['test_images']} a fold)"
         )
     text = " + ".join(parts)
     grand = next(

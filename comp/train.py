@@ -208,7 +208,7 @@ def train(
             echo=echo,
             progress=progress,
         )
-        images, targets, fold_of = teaching.images, teaching.targets, teaching.fold_of
+        images, targets, fold_of = teaching.images, teaching.targets(None), teaching.fold_of
         t_start += time.perf_counter() - t_teach
 
     before = yaml.safe_load(saved.read_text()) if saved.exists() else None
@@ -272,7 +272,7 @@ def train(
             cfg,
             fold=k,
             images=images,
-            targets=targets,
+            targets=targets if teaching is None else teaching.targets(k),
             train_idx=np.flatnonzero(fold_of != k) if teaching is None else teaching.train_idx(k),
             valid_idx=valid_idx,
             n_classes=len(classes),

@@ -37,21 +37,28 @@ def with_folds(root: Path, **overrides: object) -> Any:
 
 
 def fake_parent(root: Path, name: str, *, confidence: float = 0.95) -> Path:
-    """A finished run whose test predictions are the answers, said with ``confidence``."""
+    """A finished 2-fold run of this split. Fold 0's model predicts the test answers with
+    ``confidence``, fold 1's the class after each answer; the ensemble averages them."""
     run = root / "runs" / name
-    run.mkdir(parents=True)
-    shutil.copy(root / "comp.yaml", run / "config.yaml")
+    shutil.copy(root / "comp.yaml", (run / "fold0").mkdir(parents=True) or run / "config.yaml")
+    (run / "fold1").mkdir()
     (run / "classes.json").write_text(json.dumps(CLASSES))
     (run / "cv.json").write_text(
         json.dumps({"run": name, "cv_macro_f1": 0.5, "fold_macro_f1": {"0": 0.5, "1": 0.5}})
     )
+    folds = pd.read_csv(folds_path(root, load_config(root)), keep_default_na=False)
+    folds.assign(**dict.fromkeys(CLASSES, 1 / 3)).to_csv(run / "oof.csv", index=False)
     solution = answers(root)
-    probs = np.full((len(solution), 3), (1 - confidence) / 2)
-    probs[np.arange(len(solution)), solution["label"].map(CLASSES.index)] = confidence
-    probs[0] = [0.4, 0.3, 0.3]  # one test image the parent is unsure of
-    pd.concat([solution[["Id"]], pd.DataFrame(probs, columns=CLASSES)], axis=1).to_csv(
-        run / "test_probs.csv", index=False
-    )
+    truth = solution["label"].map(CLASSES.index).to_numpy()
+    tables = []
+    for k, shift in ((0, 0), (1, 1)):
+        probs = np.full((len(solution), 3), (1 - confidence) / 2)
+        probs[np.arange(len(solution)), (truth + shift) % 3] = confidence
+        probs[0] = [0.4, 0.3, 0.3]  # one test image the parent is unsure of
+        tables.append(pd.concat([solution[["Id"]], pd.DataFrame(probs, columns=CLASSES)], axis=1))
+        tables[-1].to_csv(run / f"fold{k}" / "test_probs.csv", index=False)
+    ensemble = tables[0].assign(**{c: (tables[0][c] + tables[1][c]) / 2 for c in CLASSES})
+    ensemble.to_csv(run / "test_probs.csv", index=False)
     return run
 
 
@@ -100,33 +107,39 @@ def test_pseudo_rows_train_only_and_twins_barred(
     n_train = len(comp_.train)
     folds = pd.read_csv(folds_path(root, cfg))
     twin_fold = int(folds.set_index("Id").loc[twin_of, "fold"])
-    pseudo = pd.read_csv(root / "runs" / "p" / "pseudo.csv", keep_default_na=False)
-    assert test_ids[0] not in set(pseudo["Id"])  # below the threshold
-    assert len(pseudo) == len(test_ids) - 1
-    row_of_twin = n_train + list(pseudo["Id"]).index(test_ids[1])
-    assert pseudo.set_index("Id").loc[test_ids[1], "barred_from_folds"] == str(twin_fold)
+    pseudo = pd.read_csv(root / "runs" / "p" / "pseudo.csv", keep_default_na=False).set_index("Id")
+    assert list(pseudo.index) == test_ids
+    assert pseudo.loc[test_ids[0], "used_in_folds"] == ""  # below the threshold
+    assert pseudo.loc[test_ids[1], "barred_from_folds"] == str(twin_fold)
+    truth = answers(root).set_index("Id")["label"].map(CLASSES.index)
     assert len(spy.calls) == 2
     for call in spy.calls:
         k = call["fold"]
         assert (call["valid_idx"] < n_train).all()  # test images are never validated
         assert set(call["valid_idx"]) == set(np.flatnonzero(folds["fold"] == k))
-        pseudo_rows = call["train_idx"][call["train_idx"] >= n_train]
-        assert (row_of_twin in pseudo_rows) == (k != twin_fold)
-        assert len(pseudo_rows) == len(pseudo) - (k == twin_fold)
-        # Pseudo rows carry the parent's top class.
-        labels = call["targets"][pseudo_rows]
-        truth = answers(root).set_index("Id")["label"]
-        assert [CLASSES[t] for t in labels] == [
-            truth[i] for i in pseudo["Id"].iloc[pseudo_rows - n_train]
-        ]
+        used = call["train_idx"][call["train_idx"] >= n_train] - n_train
+        expected = set(range(1, len(test_ids))) - ({1} if k == twin_fold else set())
+        assert set(used) == expected  # confident ones, but not the twin of a fold-k image
+        # Fold k's pseudo-labels are its own model's: fold 0 the answers, fold 1 the next class.
+        labels = call["targets"][n_train + used]
+        assert list(labels) == [(truth[test_ids[i]] + k) % 3 for i in used]
     lineage = summary["built_from"]["pseudo"]
-    assert (
-        lineage["run"] == "parent"
-        and lineage["threshold"] == 0.9
-        and lineage["images"] == len(pseudo)
-    )
-    assert sum(lineage["per_class"].values()) == len(pseudo)
+    assert lineage["run"] == "parent" and lineage["threshold"] == 0.9
+    per_fold = [len(test_ids) - 1 - (k == twin_fold) for k in (0, 1)]
+    assert lineage["images_per_fold"] == {"0": per_fold[0], "1": per_fold[1]}
+    assert sum(lineage["per_class"].values()) == sum(per_fold)
     assert lineage["barred_per_fold"][str(twin_fold)] >= 1
+
+
+def test_pseudo_refuses_a_parent_of_another_split(workspace: Callable[..., Path]) -> None:
+    root = workspace(epochs=1, freeze_epochs=0)
+    with_folds(root)
+    parent = fake_parent(root, "parent")
+    oof = pd.read_csv(parent / "oof.csv")
+    oof.assign(fold=1 - oof["fold"]).to_csv(parent / "oof.csv", index=False)
+    with pytest.raises(ConfigError, match="other folds"):
+        comp.train.train(root, load_config(root, {"pseudo": "parent"}), name="s", echo=print)
+    assert not (root / "runs" / "s").exists()
 
 
 def test_distillation_targets_come_from_teachers_blind_to_the_fold(
@@ -181,8 +194,8 @@ def test_distill_needs_three_folds(workspace: Callable[..., Path]) -> None:
 def test_pseudo_needs_the_parents_test_predictions(workspace: Callable[..., Path]) -> None:
     root = workspace(epochs=1, freeze_epochs=0)
     cfg = with_folds(root)
-    comp.train.train(root, cfg, name="t", folds=[0], echo=lambda s: None, progress=False)
-    with pytest.raises(ConfigError, match="comp predict t"):
+    comp.train.train(root, cfg, name="t", echo=lambda s: None, progress=False)
+    with pytest.raises(ConfigError, match="comp predict t"):  # no per-fold test predictions
         comp.train.train(root, load_config(root, {"pseudo": "t"}), name="s", echo=lambda s: None)
     with pytest.raises(ConfigError, match="no run 'nope'"):
         comp.train.train(root, load_config(root, {"pseudo": "nope"}), name="s", echo=lambda s: None)
@@ -244,7 +257,7 @@ def test_gain_over_parent_tells_noise_from_gain() -> None:
                 "run": "r1",
                 "soft": False,
                 "threshold": 0.9,
-                "images": 5,
+                "images": 5.5,
                 "test_images": 9,
                 "built_from": {
                     "pseudo": {
@@ -258,7 +271,7 @@ def test_gain_over_parent_tells_noise_from_gain() -> None:
             },
         }
     )
-    assert line == "pseudo r1 (hard >= 0.9, 5/9) <- pseudo r0 (soft >= 0, 9/9)"
+    assert line == "pseudo r1 (hard >= 0.9, 5.5/9 a fold) <- pseudo r0 (soft >= 0, 9/9 a fold)"
 
 
 def test_a_ledger_from_before_lineage_gains_the_column(tmp_path: Path) -> None:
@@ -328,6 +341,7 @@ def test_round_trip_train_pseudo_distill_predict_submit(workspace: Callable[...,
     run("submit", str(root / "submissions" / "student.csv"), "--local", "-m", "student")
     rows = Ledger(root / "submissions" / "ledger.sqlite").rows()
     assert rows[0]["lineage"].startswith("pseudo r0 (hard >= 0, ")
+    assert (root / "runs" / "r0" / "fold1" / "test_probs.csv").exists()
     assert rows[1]["lineage"].startswith("distill r0 (weight 0.3, T 1) + pseudo r0 (soft >= 0")
     listing = run("submissions")
     assert "lineage" in listing and "pseudo r0" in listing
