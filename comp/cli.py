@@ -385,8 +385,8 @@ def _matched_folds(
     """Distance-matched folds (or plain ones, reported alike), how they were made, and a
     function that writes the report and picture beside them."""
     from comp import io
-    from comp.folds import choose_folds, fold_report
-    from comp.leaks import METHODS, features
+    from comp.folds import choose_folds, fold_report, similarity_features
+    from comp.leaks import METHODS
     from comp.plots import plot_fold_distances
 
     methods = [m.strip() for m in method.split(",") if m.strip()]
@@ -398,17 +398,10 @@ def _matched_folds(
         )
     test_ids = comp.test_ids() if comp.test_dir is not None else []
     ids = list(comp.train["Id"])
-    feats = features(
+    feats = similarity_features(
+        cfg,
         [*comp.train_paths(ids), *(comp.test_paths(test_ids) if test_ids else [])],
         methods=methods,
-        embed={
-            "model": cfg.model,
-            "pretrained": cfg.pretrained,
-            "pretrained_file": cfg.pretrained_file,
-            # The backbone's own preferred size is unknown here; 64 px keeps it quick.
-            "img_size": cfg.img_size if cfg.img_size > 0 else 64,
-        },
-        seed=cfg.seed,
     )
     x_train = feats.take(slice(0, len(ids)))
     x_test = feats.take(slice(len(ids), None)) if test_ids else None

@@ -31,6 +31,27 @@ def folds_path(root: Path, cfg: Config) -> Path:
     return root / "folds" / f"folds_k{cfg.n_splits}_seed{cfg.seed}.csv"
 
 
+def similarity_features(
+    cfg: Config, paths: list[Path], *, methods: list[str], progress: bool = True
+) -> Features:
+    """The similarity features of ``paths`` (train then test) as `comp folds` computes them."""
+    from comp.leaks import features
+
+    return features(
+        paths,
+        methods=methods,
+        embed={
+            "model": cfg.model,
+            "pretrained": cfg.pretrained,
+            "pretrained_file": cfg.pretrained_file,
+            # The backbone's own preferred size is unknown here; 64 px keeps it quick.
+            "img_size": cfg.img_size if cfg.img_size > 0 else 64,
+        },
+        seed=cfg.seed,
+        progress=progress,
+    )
+
+
 def check_class_counts(labels: pd.DataFrame, *, n_splits: int) -> None:
     """Refuse a split in which some class cannot be in every validation fold."""
     counts = labels["label"].value_counts()

@@ -95,6 +95,7 @@ def predict(
     autocast = make_autocast(device, cfg.amp)
 
     ids = comp.test_ids()
+    per_fold: dict[Path, np.ndarray] = {}
     images = cached_images(
         comp.test_paths(ids),
         trained.img_size,
@@ -138,13 +139,9 @@ def predict(
             if ckpt.parent.name.startswith("fold"):
                 # Each fold's own predictions: pseudo-labels for a later run's fold k must
                 # come from a model that never saw fold k (comp.teach).
-                fold_probs = pd.DataFrame(fold_total / len(views), columns=classes)
-                io.write_csv(
-                    ckpt.parent / "test_probs.csv",
-                    pd.concat([pd.DataFrame({"Id": ids}), fold_probs], axis=1),
-                )
+                per_fold[ckpt.parent / "test_probs.csv"] = fold_total / len(views)
         probs = total / (len(checkpoints) * len(views))
-    return publish(
+    facts = publish(
         root,
         run_dir,
         ids=ids,
@@ -157,6 +154,11 @@ def predict(
         echo=echo,
         priors=load_priors(run_dir, classes) if cfg.adjust else None,
     )
+    # Only once the whole is known to be finite: a failed predict writes nothing.
+    for path, fold_probs in per_fold.items():
+        table = pd.DataFrame(fold_probs, columns=classes)
+        io.write_csv(path, pd.concat([pd.DataFrame({"Id": ids}), table], axis=1))
+    return facts
 
 
 def largest_batch_probs(

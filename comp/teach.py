@@ -143,21 +143,13 @@ def barred_folds(
     """(n_test, n_folds) booleans: a test image within the folds' grouping distance of one of
     fold k's images is barred from fold k's training part, as it would have been grouped
     with that image had it been in train."""
-    from comp.leaks import features, nearest
+    from comp.folds import similarity_features
+    from comp.leaks import nearest
 
     methods, scales, threshold, how = twin_threshold(report_path)
     n = len(fold_of)
-    feats = features(
-        [*comp.train_paths(), *comp.test_paths(test_ids)],
-        methods=methods,
-        embed={
-            "model": cfg.model,
-            "pretrained": cfg.pretrained,
-            "pretrained_file": cfg.pretrained_file,
-            "img_size": cfg.img_size if cfg.img_size > 0 else 64,
-        },
-        seed=cfg.seed,
-        progress=progress,
+    feats = similarity_features(
+        cfg, [*comp.train_paths(), *comp.test_paths(test_ids)], methods=methods, progress=progress
     )
     if scales is not None:
         feats = feats.scaled(scales)
@@ -205,53 +197,22 @@ def fixed_config(parent: Path, cfg: Config) -> Config:
     )
 
 
-def nested_teachers(
-    root: Path,
-    parent: Path,
-    *,
-    comp: Competition,
-    table: pd.DataFrame,
-    classes: list[str],
-    device: Any,
-    dist_: Dist,
-    echo: Echo,
-    progress: bool,
-) -> tuple[np.ndarray, str]:
+def nested_teachers(root: Path, parent: Path, **kw: Any) -> tuple[np.ndarray, str]:
     """(n_folds, n_train, n_classes): ``out[k, i]`` is a prediction for train image i (not in
     fold k) by a model that trained on neither fold k nor image i's fold; and what they are.
+    ``kw``: those of _pair_teachers.
 
     A blend's teachers are its members' teachers, weighed as the blend weighs them."""
     from comp.ensemble import blend_members
 
     members = blend_members(parent)
-    if members is not None:
-        total = None
-        for name, weight in zip(*members, strict=True):
-            part, _ = nested_teachers(
-                root,
-                root / "runs" / name,
-                comp=comp,
-                table=table,
-                classes=classes,
-                device=device,
-                dist_=dist_,
-                echo=echo,
-                progress=progress,
-            )
-            total = weight * part if total is None else total + weight * part
-        assert total is not None
-        return total, f"the nested teachers of blend members {', '.join(members[0])}"
-    return _pair_teachers(
-        root,
-        parent,
-        comp=comp,
-        table=table,
-        classes=classes,
-        device=device,
-        dist_=dist_,
-        echo=echo,
-        progress=progress,
+    if members is None:
+        return _pair_teachers(root, parent, **kw)
+    total = sum(
+        weight * nested_teachers(root, root / "runs" / name, **kw)[0]
+        for name, weight in zip(*members, strict=True)
     )
+    return np.asarray(total), f"the nested teachers of blend members {', '.join(members[0])}"
 
 
 def _pair_teachers(
