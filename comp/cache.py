@@ -62,7 +62,9 @@ def decode_into(
     workers = min(8, os.cpu_count() or 1)
     with (
         ThreadPoolExecutor(workers) as pool,
-        tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=not progress) as bar,
+        tqdm(
+            total=len(paths), desc=desc, unit="img", leave=False, disable=io.no_bar(progress)
+        ) as bar,
     ):
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start : start + CHUNK]

@@ -188,8 +188,29 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
+def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from comp import io
+
+        io.QUIET = True
+
+
+def quiet_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--quiet: no progress bars and no line per epoch, only what a stage ends with."""
+    return click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_quiet,
+        help="No progress bars and no line per epoch (bars are off anyway when output is not a terminal).",
+    )(f)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="comp")
+@quiet_option
 @click.option(
     "-w",
     "--workspace",
@@ -219,6 +240,7 @@ def cli(ctx: click.Context, workspace: Path | None) -> None:
 
 
 @cli.command()
+@quiet_option
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--data",
@@ -260,6 +282,7 @@ def init(directory: Path, data: Path, holdout: float, force: bool, **kwargs: Any
 
 
 @cli.command()
+@quiet_option
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--size", default=32, show_default=True, help="Side of the upscaled RGB images.")
 @click.option("--force", is_flag=True, help="Replace DIRECTORY if it is not empty.")
@@ -288,6 +311,7 @@ def demo(directory: Path, size: int, force: bool) -> None:
 
 
 @cli.command()
+@quiet_option
 @config_flags("n_splits", "seed")
 @click.option(
     "--groups",
@@ -490,6 +514,7 @@ def pd_codes(values: list[Any]) -> Any:
 
 
 @cli.command()
+@quiet_option
 @config_flags(
     *TRAINING_FLAGS,
     *TEACHING_FLAGS,
@@ -693,6 +718,7 @@ def launch_distributed(
 
 
 @cli.command()
+@quiet_option
 @config_flags(*TRAINING_FLAGS, "num_workers", "device")
 @click.option(
     "--trials",
@@ -846,6 +872,7 @@ def tune(
 
 
 @cli.command()
+@quiet_option
 @click.argument("run")
 @config_flags(
     *TRAINING_FLAGS,
@@ -935,6 +962,7 @@ def blend(ctx: click.Context, runs: tuple[str, ...], name: str, weights: str) ->
 
 
 @cli.command()
+@quiet_option
 @click.argument("run", required=False)
 @click.pass_context
 @friendly_errors
@@ -965,6 +993,7 @@ def report(ctx: click.Context, run: str | None) -> None:
 
 
 @cli.command()
+@quiet_option
 @click.argument("run", required=False)
 @config_flags("tta", "adjust", "device")
 @click.option(

@@ -20,6 +20,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from comp import io
 from comp.config import Config, suggest
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -214,7 +215,14 @@ def load_images(
     with ThreadPoolExecutor(workers) as pool:
         it = pool.map(lambda p: read_image(p, size, centre=centre), paths, chunksize=64)
         for i, arr in enumerate(
-            tqdm(it, total=len(paths), desc=desc, unit="img", leave=False, disable=not progress)
+            tqdm(
+                it,
+                total=len(paths),
+                desc=desc,
+                unit="img",
+                leave=False,
+                disable=io.no_bar(progress),
+            )
         ):
             out[i] = arr
     return out

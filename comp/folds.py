@@ -331,7 +331,7 @@ def choose_folds(
             continue  # no grouping, or the same as a lower rung
         seen.add(int(groups.max()) + 1)
         candidates.append(Candidate(f"groups within distance {t:g}", t, groups))
-    for c in tqdm(candidates, desc="candidate folds", leave=False, disable=not progress):
+    for c in tqdm(candidates, desc="candidate folds", leave=False, disable=io.no_bar(progress)):
         try:
             c.folds = make_folds(labels, n_splits=n_splits, seed=seed, groups=c.groups)
         except DataError as e:

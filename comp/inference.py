@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 # starts a second pass over the data (and draws from the loader's seeded generator).
 from tqdm import tqdm
 
+from comp import io
 from comp.distributed import Dist, gather
 from comp.transforms import ImageDataset, to_input
 
@@ -62,7 +63,9 @@ def predict_probs(
     """Softmax probabilities over a loader, and the mean cross-entropy where targets are known."""
     model.eval()
     out, total_loss, seen = [], 0.0, 0
-    for xb, yb in tqdm(loader, desc=desc, leave=False, unit="batch", disable=desc is None):
+    for xb, yb in tqdm(
+        loader, desc=desc, leave=False, unit="batch", disable=io.no_bar(desc is not None)
+    ):
         x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
         with autocast():
             logits = model(x).float()
@@ -116,7 +119,7 @@ def extract_features(
             desc=f"{desc} view {view + 1}/{views}",
             leave=False,
             unit="batch",
-            disable=not progress,
+            disable=io.no_bar(progress),
         ):
             x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
             with autocast():

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from comp import io
 from comp.data import DataError, read_image
 
 METHODS = ("subject", "colour", "thumb", "phash", "embed")
@@ -130,7 +131,9 @@ def subject_features(
     paths = list(paths)
     out = np.zeros((2, len(paths), 512), dtype=np.float32)
     colours = np.zeros((len(paths), 108), dtype=np.float32)
-    bar = tqdm(total=len(paths), desc="subjects", unit="img", leave=False, disable=not progress)
+    bar = tqdm(
+        total=len(paths), desc="subjects", unit="img", leave=False, disable=io.no_bar(progress)
+    )
     chunks = [paths[i : i + 1024] for i in range(0, len(paths), 1024)]
 
     def decode(chunk: Sequence[Path]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
@@ -187,7 +190,7 @@ def phashes(paths: Sequence[Path], *, progress: bool = True) -> np.ndarray:
                 desc="hash",
                 unit="img",
                 leave=False,
-                disable=not progress,
+                disable=io.no_bar(progress),
             )
         )
     return np.stack(rows) if rows else np.zeros((0, 64), dtype=bool)
@@ -391,7 +394,7 @@ def nearest(
     # About 32 MB of similarities at a time.
     block = max(1, min(4096, 64_000_000 // max(1, n_base)))
     starts = range(0, len(queries), block)
-    for start in tqdm(starts, desc=desc, unit="block", leave=False, disable=not progress):
+    for start in tqdm(starts, desc=desc, unit="block", leave=False, disable=io.no_bar(progress)):
         rows = slice(start, start + block)
         qk = torch.from_numpy(np.array(query_keys[rows])) if query_keys is not None else None
         same = None

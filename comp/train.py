@@ -580,7 +580,8 @@ def train_fold(
                     f, run, best, rows, epoch=epoch + 1, out_dir=out_dir, classes=classes
                 )
                 saved_at = time.perf_counter()
-            echo(epoch_line(f, rows[-1], improved))
+            if not io.QUIET:
+                echo(epoch_line(f, rows[-1], improved))
             if on_epoch is not None:
                 on_epoch(fold, epoch + 1, valid["valid_macro_f1"])
             if best.stale >= cfg.patience:
@@ -885,7 +886,7 @@ def image_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
         desc=f"fold {f.number} epoch {epoch + 1}/{f.cfg.epochs} stage {run.stage.number}",
         leave=False,
         unit="batch",
-        disable=not f.progress,
+        disable=io.no_bar(f.progress),
     )
     for i, (xb, yb) in enumerate(bar):
         x = to_input(xb, mean=f.mean, std=f.std, device=f.device, channels_last=True)
