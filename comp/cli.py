@@ -68,6 +68,7 @@ TRAINING_FLAGS = (
     "amp",
     "n_splits",
     "seed",
+    "tracker",
 )
 # Learning from an earlier run: `comp train` and `comp distill`.
 TEACHING_FLAGS = (
@@ -934,9 +935,12 @@ def distill(ctx: click.Context, run: str, name: str | None, **kwargs: Any) -> No
     show_default=True,
     help="fit: weights that minimise the OOF log-loss; equal: a plain average.",
 )
+@config_flags("tracker")
 @click.pass_context
 @friendly_errors
-def blend(ctx: click.Context, runs: tuple[str, ...], name: str, weights: str) -> None:
+def blend(
+    ctx: click.Context, runs: tuple[str, ...], name: str, weights: str, **kwargs: Any
+) -> None:
     """Blend RUNS on their out-of-fold predictions into a new run, and report its CV.
 
     `comp predict NAME` then applies the same weights to the runs' test
@@ -948,9 +952,12 @@ def blend(ctx: click.Context, runs: tuple[str, ...], name: str, weights: str) ->
     """
     from comp.ensemble import blend as blend_runs
     from comp.predict import find_run
+    from comp.track import require
 
-    root = find_workspace(ctx.obj.get("workspace"))
+    root, cfg = workspace_config(ctx, kwargs)
+    require(cfg.tracker)
     summary = blend_runs(root, [find_run(root, r) for r in runs], name=name, weights=weights)
+    _track_blend(root, cfg, summary)
     for member, facts in summary["members"].items():
         cv = facts["cv_macro_f1"]
         click.echo(
@@ -959,6 +966,32 @@ def blend(ctx: click.Context, runs: tuple[str, ...], name: str, weights: str) ->
             else f"  {member}: weight {facts['weight']:.3f}"
         )
     click.echo(f"blend {name}: CV macro-F1 {summary['cv_macro_f1']:.4f}; next: comp predict {name}")
+
+
+def _track_blend(root: Path, cfg: Config, summary: dict[str, Any]) -> None:
+    """A blend as a tracker run: its members and weights, CV, and the runs it came from."""
+    from comp.track import experiment_name, open_run
+
+    run_dir = root / "runs" / summary["run"]
+    trackers = open_run(
+        root,
+        cfg.tracker,
+        run=summary["run"],
+        experiment=experiment_name(root, cfg.competition),
+        run_dir=run_dir,
+        echo=click.echo,
+    )
+    if not trackers:
+        return
+    members = summary["members"]
+    trackers.params({f"weight/{m}": f["weight"] for m, f in members.items()} | {"kind": "blend"})
+    trackers.tags({"built_from": "blend of " + ", ".join(members), "parents": ",".join(members)})
+    trackers.metrics(
+        {"cv_macro_f1": summary["cv_macro_f1"], "cv_accuracy": summary["cv_accuracy"]}
+        | {f"fold{k}/best_macro_f1": v for k, v in summary["fold_macro_f1"].items()}
+    )
+    trackers.artifacts([run_dir / "cv.json", run_dir / "blend.json"])
+    trackers.close()
 
 
 @cli.command()
@@ -1029,6 +1062,41 @@ def predict(
     facts = predict_run(root, cfg, run=run, batch_size=batch_size, out=out, echo=click.echo)
     cv = f" (CV macro-F1 {facts['cv_macro_f1']:.4f})" if facts["cv_macro_f1"] is not None else ""
     click.echo(f"submission: {facts['file']}{cv}")
+
+
+def _track_scores(root: Path, cfg: Config, run: Any, scores: dict[str, Any]) -> None:
+    """Leaderboard scores, as they arrive, on the tracker run of the run that made them."""
+    from comp.track import experiment_name, log_scores
+
+    if run:
+        log_scores(
+            root,
+            cfg.tracker,
+            run_dir=root / "runs" / str(run),
+            experiment=experiment_name(root, cfg.competition),
+            scores=scores,
+            echo=click.echo,
+        )
+
+
+def _merge_tracker(root: Path, pulled: Path, run: str) -> None:
+    """A kernel's tracker folder into the local trackers, so its run sits beside local ones."""
+    from comp.config import load_config
+    from comp.track import experiment_name, merge_pulled
+
+    if not pulled.is_dir():
+        return
+    cfg = load_config(root)
+    merged = merge_pulled(
+        root,
+        cfg.tracker,
+        pulled,
+        run_dir=root / "runs" / run,
+        experiment=experiment_name(root, cfg.competition),
+        echo=click.echo,
+    )
+    if merged:
+        click.echo(f"tracker: {', '.join(merged)} of the kernel merged into the local ones")
 
 
 def _sha256(path: Path) -> str:
@@ -1150,6 +1218,7 @@ def submit(
         click.echo(
             f"submission #{row}: {cv_text} | public {scores.get('public', float('nan')):.4f} | private {scores.get('private', float('nan')):.4f}"
         )
+        _track_scores(root, cfg, record["run"], scores)
         return
 
     slug = _competition(cfg, competition)
@@ -1220,7 +1289,12 @@ def submissions(ctx: click.Context, refresh: bool, plot: bool, competition: str 
     if refresh:
         slug = _competition(cfg, competition)
         remote = _kaggle().submissions(slug)
+        before = {r["id"]: (r["public"], r["private"]) for r in ledger.rows()}
         updated, added = ledger.merge_kaggle(slug, remote)
+        for r in ledger.rows():
+            scores = (r["public"], r["private"])
+            if r["run"] and r["public"] is not None and before.get(r["id"]) != scores:
+                _track_scores(root, cfg, r["run"], {"public": scores[0], "private": scores[1]})
         click.echo(
             f"{slug}: {len(remote)} submission(s) on Kaggle; {updated} updated, {added} new in the ledger"
         )
@@ -1499,6 +1573,7 @@ def kernel_pull(
                 continue
             facts = import_output(root, bundle, pulled)
             click.echo(f"{ref}: {', '.join(facts['folds']) or 'no folds'} -> runs/{facts['run']}")
+            _merge_tracker(root, pulled / "runs" / facts["run"] / "tracker", facts["run"])
         finally:
             shutil.rmtree(pulled, ignore_errors=True)
     run_dir = root / "runs" / read_info(bundles[0])["run"]

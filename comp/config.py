@@ -239,6 +239,12 @@ class Config:
         "predict",
     )
 
+    tracker: str = _key(
+        "none",
+        "log runs to none, mlflow, wandb or tensorboard (or several, comma-separated); "
+        "pip install 'comp[mlflow]' etc.",
+        "train",
+    )
     competition: str | None = _key(
         None,
         "Kaggle competition slug, as in kaggle.com/competitions/<slug> (for download, kernel, submit)",
@@ -404,6 +410,9 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(message)
     if cfg.time_limit is not None:
         parse_duration(cfg.time_limit)
+    from comp.track import parse
+
+    parse(cfg.tracker)
     return cfg
 
 

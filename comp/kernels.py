@@ -478,6 +478,10 @@ def ensure_packages():
     import importlib.util
 
     missing = [pip for mod, pip in NEEDS.items() if importlib.util.find_spec(mod) is None]
+    # The trackers comp.yaml names: they log among the outputs, and pull merges them.
+    for name in str(CONFIG.get("tracker") or "none").split(","):
+        if name.strip() in ("mlflow", "wandb", "tensorboard") and importlib.util.find_spec(name.strip()) is None:
+            missing.append(name.strip())
     try:
         import albumentations
         if int(albumentations.__version__.split(".")[0]) < 2:
@@ -520,6 +524,9 @@ def main():
         PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]),
         # The decoded-image cache on scratch space, never among the kernel's outputs.
         COMP_CACHE=str(TEMP / "comp-cache"),
+        # Trackers write among the run's outputs; `comp kernel pull` merges them locally.
+        COMP_TRACKER_DIR=str(WORKING / "runs" / RUN / "tracker"),
+        WANDB_MODE=os.environ.get("WANDB_MODE", "offline"),
     )
     folds = [a for k in FOLDS or [] for a in ("--fold", str(k))]
     comp("train", "--name", RUN, *folds, env=env)

@@ -21,6 +21,7 @@ optimizer and schedule; ``train_epoch`` and ``step`` train; ``evaluate`` scores.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 import time
@@ -137,6 +138,9 @@ def train(
     reports to Optuna through it, and may stop the run by raising.
     """
     t_start = time.perf_counter()
+    from comp.track import require
+
+    require(cfg.tracker)
     comp = load_competition(root, cfg)
     table = read_folds(folds_path(root, cfg), labels=comp.train)
     classes = comp.classes
@@ -239,6 +243,7 @@ def train(
             from comp.teach import write_lineage
 
             write_lineage(run_dir, teaching)
+    trackers = start_tracking(root, cfg, run_dir=run_dir, teaching=teaching, dist_=dist_, echo=echo)
 
     if cfg.head != "linear":
         if dist_.world > 1:
@@ -259,7 +264,9 @@ def train(
             echo=echo,
             progress=progress,
         )
-        return summarise(run_dir, classes=classes, n_folds=len(all_folds))
+        summary = summarise(run_dir, classes=classes, n_folds=len(all_folds))
+        finish_tracking(trackers, summary, run_dir)
+        return summary
 
     for k in folds:
         if k not in todo:
@@ -289,6 +296,7 @@ def train(
             echo=echo,
             on_epoch=on_epoch,
             resume=resume,
+            on_row=functools.partial(log_row, trackers, k),
         )
         if dist_.main:
             oof = table.iloc[valid_idx][["Id", "label", "fold"]].reset_index(drop=True)
@@ -301,6 +309,7 @@ def train(
         )
     summary = summarise(run_dir, classes=classes, n_folds=len(all_folds)) if dist_.main else {}
     barrier(dist_)
+    finish_tracking(trackers, summary, run_dir)
     if full:
         train_full(
             cfg,
@@ -361,6 +370,67 @@ def train_full(
         # Last: `comp predict` takes the model only once it has trained to the end.
         io.write_json(out_dir / "done.json", {"epochs": fcfg.epochs, "rows": len(f.train_idx)})
     barrier(dist_)
+
+
+def start_tracking(
+    root: Path, cfg: Config, *, run_dir: Path, teaching: Any, dist_: Dist, echo: Echo
+) -> Any:
+    """The run's trackers (the first process only), given its config and lineage."""
+    from comp.track import Trackers, experiment_name, open_run
+
+    if not dist_.main:
+        return Trackers({}, echo=echo)
+    trackers = open_run(
+        root,
+        cfg.tracker,
+        run=run_dir.name,
+        experiment=experiment_name(root, cfg.competition),
+        run_dir=run_dir,
+        echo=echo,
+    )
+    if trackers:
+        trackers.params(to_dict(cfg))
+        trackers.tags(lineage_tags(root, cfg, teaching))
+        echo(f"tracking: {cfg.tracker}")
+    return trackers
+
+
+def lineage_tags(root: Path, cfg: Config, teaching: Any) -> dict[str, Any]:
+    """Where a run comes from: its folds file and their grouping, and the runs it learnt from."""
+    path = folds_path(root, cfg)
+    report = path.with_suffix(".json")
+    grouping = None
+    if report.exists():
+        facts = json.loads(report.read_text())
+        grouping = facts.get("used") or facts.get("chosen", {}).get("name")
+    tags: dict[str, Any] = {"folds_file": str(path.relative_to(root)), "folds_grouping": grouping}
+    if teaching is not None:
+        from comp.teach import describe
+
+        tags["built_from"] = describe(teaching.lineage)
+        tags["parent"] = teaching.lineage.get("parent")
+    return tags
+
+
+def log_row(trackers: Any, fold: int, row: dict[str, Any]) -> None:
+    """One epoch's metrics, as fold{k}/<metric> at step <epoch>."""
+    skip = ("epoch", "stage")
+    trackers.metrics(
+        {f"fold{fold}/{k}": v for k, v in row.items() if k not in skip}, step=row["epoch"]
+    )
+
+
+def finish_tracking(trackers: Any, summary: dict[str, Any], run_dir: Path) -> None:
+    if not trackers:
+        return
+    trackers.metrics(
+        {k: summary.get(k) for k in ("cv_macro_f1", "adjusted_macro_f1", "cv_accuracy")}
+        | {f"fold{k}/best_macro_f1": v for k, v in summary.get("fold_macro_f1", {}).items()}
+    )
+    trackers.artifacts(
+        run_dir / name for name in ("cv.json", "config.yaml", "curves.png", "lineage.json")
+    )
+    trackers.close()
 
 
 def resolve_run_config(
@@ -530,6 +600,7 @@ def train_fold(
     on_epoch: EpochHook | None = None,
     resume: bool = False,
     select: bool = True,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> FoldResult:
     """Train one fold, stage after stage and epoch after epoch, keeping the best epoch's weights.
 
@@ -582,6 +653,8 @@ def train_fold(
                 saved_at = time.perf_counter()
             if not io.QUIET:
                 echo(epoch_line(f, rows[-1], improved))
+            if on_row is not None and f.dist.main:
+                on_row(rows[-1])
             if on_epoch is not None:
                 on_epoch(fold, epoch + 1, valid["valid_macro_f1"])
             if best.stale >= cfg.patience:

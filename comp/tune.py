@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import math
 import shutil
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -203,7 +204,8 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float:
         params = {d.key: d.suggest(trial, cfg=cfg) for d in space}
-        trial_cfg = dataclasses.replace(cfg, **params)
+        # The study's trackers log each trial (TuneTracking); its runs log nothing of their own.
+        trial_cfg = dataclasses.replace(cfg, **params, tracker="none")
         run = f".tune/{study}/trial-{trial.number:04d}"
         best: dict[int, float] = {}
 
@@ -289,14 +291,25 @@ def optimize(
     if left <= 0:
         echo(f"study {study_name} already has {finished(study)} finished trials")
         return study
-    study.optimize(
-        make_objective(root, cfg, study=study_name, echo=echo),
-        n_trials=left,
-        callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED)],
-        catch=(),
-        show_progress_bar=progress,
-        gc_after_trial=True,
+    from comp.track import TuneTracking, experiment_name
+
+    tracking = TuneTracking(
+        root, cfg.tracker, study=study_name, experiment=experiment_name(root, cfg.competition)
     )
+    try:
+        study.optimize(
+            make_objective(root, cfg, study=study_name, echo=echo),
+            n_trials=left,
+            callbacks=[
+                optuna.study.MaxTrialsCallback(trials, states=FINISHED),
+                *tracking.callbacks,
+            ],
+            catch=(),
+            show_progress_bar=progress and not io.QUIET and sys.stderr.isatty(),
+            gc_after_trial=True,
+        )
+    finally:
+        tracking.close()
     return study
 
 

@@ -45,7 +45,10 @@ def planted(
     """The stand-in accepting the planted token and key, both of them where the client looks."""
     data = make_kaggle(tmp_path / "data", n_per_class=6, n_test=6)
     ws = tmp_path / "ws"
-    init_workspace(ws, data, overrides={**TINY, "competition": SLUG})
+    # Every tracker too: their stores lie under the workspace, and are searched with it.
+    init_workspace(
+        ws, data, overrides={**TINY, "competition": SLUG, "tracker": "mlflow,wandb,tensorboard"}
+    )
     config = isolated / ".kaggle" / "kaggle.json"
     config.write_text(json.dumps({"username": USERNAME, "key": KEY}))
     config.chmod(0o600)
@@ -116,6 +119,9 @@ def test_no_secret_in_any_output_or_file_of_a_full_run(
                 assert leaks(path.read_bytes()) == [], path
                 scanned += 1
     assert (ws / "submissions" / "ledger.sqlite").is_file()
+    # The trackers' stores were among the files searched.
+    assert (ws / "mlflow.db").is_file() and any((ws / "tensorboard" / "r").iterdir())
+    assert any((ws / "wandb").glob("offline-run-*/run-*.wandb"))
     assert (ws / "kernels" / "dry").is_dir() and (ws / "kernels" / "pushed").is_dir()
     assert any((ws / "runs" / "r").rglob("best.pt"))
     assert scanned > 30
