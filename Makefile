@@ -22,7 +22,7 @@ demo: install
 	rm -rf $(DEMO); \
 	$(BIN)/comp demo $(DEMO); \
 	$(BIN)/comp -w $(DEMO) folds; \
-	$(BIN)/comp -w $(DEMO) train --name demo; \
+	$(BIN)/comp -w $(DEMO) -q train --name demo; \
 	$(BIN)/comp -w $(DEMO) report demo; \
 	$(BIN)/comp -w $(DEMO) predict demo; \
 	$(BIN)/comp -w $(DEMO) submit $(DEMO)/submissions/demo.csv --local -m "make demo"; \
