@@ -151,6 +151,17 @@ class Mlflow:
         self.client.set_terminated(self.id)
 
 
+def wandb_mode() -> str:
+    """Offline unless the user asked for the network: an API key, or WANDB_MODE."""
+    return os.environ.get("WANDB_MODE") or (
+        "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    )
+
+
+def wandb_project(experiment: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", experiment)
+
+
 class Wandb:
     """One W&B run; offline unless an API key is set, so nothing waits on the network."""
 
@@ -164,21 +175,18 @@ class Wandb:
         parent: str | None = None,
     ):
         wandb = _need("wandb", "wandb")
-        mode = os.environ.get("WANDB_MODE") or (
-            "online" if os.environ.get("WANDB_API_KEY") else "offline"
-        )
         folder = tracker_dir(root)
         folder.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.run = wandb.init(
-                project=re.sub(r"[^A-Za-z0-9_.-]", "-", experiment),
+                project=wandb_project(experiment),
                 name=run,
                 id=run_id,
                 resume="allow" if run_id else None,
                 group=parent,
                 dir=str(folder),
-                mode=mode,
+                mode=wandb_mode(),
                 reinit="create_new",
                 settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
             )
@@ -363,17 +371,14 @@ class TuneTracking:
         if "wandb" in names:
             _need("wandb", "wandb")
             oi = _need("optuna_integration", "wandb")
-            mode = os.environ.get("WANDB_MODE") or (
-                "online" if os.environ.get("WANDB_API_KEY") else "offline"
-            )
             self.callbacks.append(
                 oi.WeightsAndBiasesCallback(
                     metric_name="cv_macro_f1",
                     wandb_kwargs={
-                        "project": re.sub(r"[^A-Za-z0-9_.-]", "-", experiment),
+                        "project": wandb_project(experiment),
                         "group": f"tune {study}",
                         "dir": str(tracker_dir(root)),
-                        "mode": mode,
+                        "mode": wandb_mode(),
                     },
                     as_multirun=True,
                 )
