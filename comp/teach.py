@@ -350,6 +350,30 @@ class Teaching:
     lineage: dict[str, Any]
     pseudo: pd.DataFrame | None  # per test image, for pseudo.csv
 
+    @classmethod
+    def plain(
+        cls, images: np.ndarray, targets: np.ndarray, fold_of: np.ndarray, *, n_classes: int
+    ) -> Teaching:
+        """A run that learns from its labels alone: fold k trains on the other folds."""
+        return cls(
+            n_train=len(targets),
+            n_classes=n_classes,
+            images=images,
+            base_targets=targets,
+            fold_of=fold_of,
+            pseudo_probs=None,
+            keep=None,
+            barred=None,
+            soft_pseudo=False,
+            packed=False,
+            smoothing=0.0,
+            teacher=None,
+            full_teacher=None,
+            weight=0.0,
+            lineage={},
+            pseudo=None,
+        )
+
     def _slot(self, k: int | None) -> int:
         assert self.keep is not None
         return len(self.keep) - 1 if k is None else k

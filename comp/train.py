@@ -79,6 +79,7 @@ from comp.models import (
 from comp.plots import plot_curves
 from comp.recipe import Recipe
 from comp.recipe import resolve as resolve_recipe
+from comp.teach import Teaching, describe, prepare, write_lineage
 from comp.transforms import ImageDataset, create_transform, to_input
 
 EpochHook = Callable[[int, int, float], None]
@@ -189,13 +190,10 @@ def train(
     targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
     fold_of = table["fold"].to_numpy()
     todo = [k for k in folds if not (resume and (run_dir / f"fold{k}" / "oof.csv").exists())]
-    teaching = None
+    teaching = Teaching.plain(images, targets, fold_of, n_classes=len(classes))
     if cfg.pseudo or cfg.distill:
-        from comp.teach import prepare
-
         # The time limit is the run's own: nested teachers train once, for every student.
         t_teach = time.perf_counter()
-
         # Pseudo-labelled test images join as rows of their own (fold -1: never validated).
         teaching = prepare(
             root,
@@ -212,8 +210,8 @@ def train(
             echo=echo,
             progress=progress,
         )
-        images, targets, fold_of = teaching.images, teaching.targets(None), teaching.fold_of
         t_start += time.perf_counter() - t_teach
+    images, targets, fold_of = teaching.images, teaching.targets(None), teaching.fold_of
 
     before = yaml.safe_load(saved.read_text()) if saved.exists() else None
     if cfg.time_limit is not None and cfg.head == "linear":
@@ -239,9 +237,7 @@ def train(
         io.write_yaml(run_dir / "config.yaml", resolved)
         io.write_json(run_dir / "classes.json", classes)
         io.write_json(run_dir / "transforms.json", A.to_dict(transform))
-        if teaching is not None:
-            from comp.teach import write_lineage
-
+        if teaching.lineage:
             write_lineage(run_dir, teaching)
     trackers = start_tracking(root, cfg, run_dir=run_dir, teaching=teaching, dist_=dist_, echo=echo)
 
@@ -279,15 +275,15 @@ def train(
             cfg,
             fold=k,
             images=images,
-            targets=targets if teaching is None else teaching.targets(k),
-            train_idx=np.flatnonzero(fold_of != k) if teaching is None else teaching.train_idx(k),
+            targets=teaching.targets(k),
+            train_idx=teaching.train_idx(k),
             valid_idx=valid_idx,
             n_classes=len(classes),
             device=device,
             transform=transform,
             dist_=dist_,
             progress=progress,
-            soft=None if teaching is None else teaching.soft(k),
+            soft=teaching.soft(k),
         )
         result = train_fold(
             fold_,
@@ -333,7 +329,7 @@ def train_full(
     run_dir: Path,
     images: np.ndarray,
     targets: np.ndarray,
-    teaching: Any,
+    teaching: Teaching,
     classes: list[str],
     device: torch.device,
     transform: A.Compose,
@@ -347,7 +343,7 @@ def train_full(
     fcfg = fixed_config(run_dir, cfg)
     out_dir = run_dir / "full"
     echo(
-        f"full model: every image{' and pseudo-label' if teaching is not None else ''}, "
+        f"full model: every image{' and pseudo-label' if teaching.keep is not None else ''}, "
         f"{fcfg.epochs} epochs (the folds' median best), last weights -> {out_dir}"
     )
     f = setup_fold(
@@ -355,14 +351,14 @@ def train_full(
         fold=cfg.n_splits,
         images=images,
         targets=targets,
-        train_idx=np.arange(len(targets)) if teaching is None else teaching.train_idx(None),
+        train_idx=teaching.train_idx(None),
         valid_idx=np.zeros(0, dtype=np.int64),
         n_classes=len(classes),
         device=device,
         transform=transform,
         dist_=dist_,
         progress=progress,
-        soft=None if teaching is None else teaching.soft(None),
+        soft=teaching.soft(None),
     )
     train_fold(f, classes=classes, out_dir=out_dir, echo=echo, select=False)
     if dist_.main:
@@ -373,7 +369,7 @@ def train_full(
 
 
 def start_tracking(
-    root: Path, cfg: Config, *, run_dir: Path, teaching: Any, dist_: Dist, echo: Echo
+    root: Path, cfg: Config, *, run_dir: Path, teaching: Teaching, dist_: Dist, echo: Echo
 ) -> Any:
     """The run's trackers (the first process only), given its config and lineage."""
     from comp.track import Trackers, experiment_name, open_run
@@ -395,7 +391,7 @@ def start_tracking(
     return trackers
 
 
-def lineage_tags(root: Path, cfg: Config, teaching: Any) -> dict[str, Any]:
+def lineage_tags(root: Path, cfg: Config, teaching: Teaching) -> dict[str, Any]:
     """Where a run comes from: its folds file and their grouping, and the runs it learnt from."""
     path = folds_path(root, cfg)
     report = path.with_suffix(".json")
@@ -404,9 +400,7 @@ def lineage_tags(root: Path, cfg: Config, teaching: Any) -> dict[str, Any]:
         facts = json.loads(report.read_text())
         grouping = facts.get("used") or facts.get("chosen", {}).get("name")
     tags: dict[str, Any] = {"folds_file": str(path.relative_to(root)), "folds_grouping": grouping}
-    if teaching is not None:
-        from comp.teach import describe
-
+    if teaching.lineage:
         tags["built_from"] = describe(teaching.lineage)
         tags["parent"] = teaching.lineage.get("parent")
     return tags
