@@ -412,6 +412,156 @@ class Teaching:
         return np.concatenate([first, second], axis=1)
 
 
+@dataclass
+class PseudoRows:
+    """Every test image as a training row: each fold's labels for it, and whether it keeps it."""
+
+    probs: np.ndarray  # (n_folds + 1, n_test, C): each fold model's, then the ensemble's
+    keep: np.ndarray  # (n_folds + 1, n_test)
+    barred: np.ndarray  # (n_test, n_folds)
+    table: pd.DataFrame  # for pseudo.csv
+    images: np.ndarray
+    lineage: dict[str, Any]
+
+
+def pseudo_rows(
+    root: Path,
+    cfg: Config,
+    *,
+    comp: Competition,
+    table: pd.DataFrame,
+    classes: list[str],
+    report_path: Path,
+    echo: Echo,
+    progress: bool,
+) -> PseudoRows:
+    """The test images as rows for ``--pseudo``: labelled per fold by the parent's fold-k model,
+    kept where confident enough and not a near-twin of one of fold k's images."""
+    from comp.cache import cache_dir, cached_images
+
+    assert cfg.pseudo is not None
+    fold_of = table["fold"].to_numpy()
+    n_folds = int(fold_of.max()) + 1
+    parent = find_parent(root, cfg.pseudo, classes=classes, what="--pseudo")
+    if not same_split(parent, table):
+        raise ConfigError(
+            f"--pseudo {parent.name}: it was trained on other folds than "
+            f"{report_path.with_suffix('.csv').name}; its fold-k model saw some of this "
+            "run's fold-k images, so its pseudo-labels would leak them. Pseudo-label from a "
+            "run of this split"
+        )
+    test_ids = comp.test_ids()
+    pseudo_probs = fold_test_probs(
+        root, parent, classes=classes, test_ids=test_ids, n_folds=n_folds
+    )
+    barred, twins = barred_folds(
+        cfg,
+        comp,
+        fold_of=fold_of,
+        test_ids=test_ids,
+        report_path=report_path,
+        progress=progress,
+    )
+    confident = pseudo_probs.max(axis=2) >= cfg.pseudo_threshold
+    keep = confident & np.c_[~barred, np.ones(len(test_ids), dtype=bool)].T
+    test_images = cached_images(
+        comp.test_paths(test_ids),
+        cfg.img_size,
+        cache_dir=cache_dir(root, enabled=cfg.cache_images),
+        centre=cfg.centre,
+        desc="decode test",
+        progress=progress,
+    )
+    ensemble = pseudo_probs[-1]
+    pseudo = pd.DataFrame(
+        {
+            "Id": test_ids,
+            "label": np.asarray(classes)[ensemble.argmax(axis=1)],
+            "confidence": ensemble.max(axis=1).round(6),
+            "used_in_folds": [";".join(str(k) for k in np.flatnonzero(r)) for r in keep[:-1].T],
+            "barred_from_folds": [";".join(str(k) for k in np.flatnonzero(r)) for r in barred],
+        }
+    )
+    per_fold = keep[:-1].sum(axis=1)
+    counts = pd.Series(
+        np.asarray(classes)[pseudo_probs[:-1].argmax(axis=2)[keep[:-1]]]
+    ).value_counts()
+    lineage = {
+        "run": parent.name,
+        "cv_macro_f1": summary_of(parent).get("cv_macro_f1"),
+        "threshold": cfg.pseudo_threshold,
+        "soft": cfg.pseudo_soft,
+        "labelled_by": "the parent's fold-k model for fold k; its ensemble for a model on every image",
+        "test_images": len(test_ids),
+        "images": round(float(per_fold.mean()), 1),
+        "images_per_fold": {str(k): int(n) for k, n in enumerate(per_fold)},
+        "per_class": {c: int(counts.get(c, 0)) for c in classes},
+        "barred_per_fold": {str(k): int(barred[:, k].sum()) for k in range(n_folds)},
+        **twins,
+        "built_from": summary_of(parent).get("built_from"),
+    }
+    echo(
+        f"pseudo-labels from {parent.name} (fold k's from its fold-k model): "
+        f"{', '.join(str(int(n)) for n in per_fold)} of {len(test_ids)} test images per fold "
+        f"({'probabilities' if cfg.pseudo_soft else 'top class'}, confidence >= "
+        f"{cfg.pseudo_threshold:g}); near-twins of a fold's images left out of that fold: "
+        f"{', '.join(str(int(b)) for b in barred.sum(axis=0))} "
+        f"(within {twins['twin_distance']:g}: {twins['grouping']})"
+    )
+
+    return PseudoRows(pseudo_probs, keep, barred, pseudo, test_images, lineage)
+
+
+def distill_targets(
+    root: Path,
+    cfg: Config,
+    *,
+    comp: Competition,
+    table: pd.DataFrame,
+    classes: list[str],
+    device: Any,
+    dist_: Dist,
+    echo: Echo,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """For ``--distill``: the nested teachers' probabilities per student fold, the parent's
+    OOF for a model trained on everything (both softened), and their lineage."""
+    assert cfg.distill is not None
+    parent = find_parent(root, cfg.distill, classes=classes, what="--distill")
+    probs, how = nested_teachers(
+        root,
+        parent,
+        comp=comp,
+        table=table,
+        classes=classes,
+        device=device,
+        dist_=dist_,
+        echo=echo,
+        progress=progress,
+    )
+    teacher = np.stack([soften(p, cfg.distill_temperature) for p in probs])
+    # With no validation images to keep clean, the parent's own OOF teaches.
+    oof = read_csv(parent / "oof.csv").set_index("Id")
+    full_teacher = soften(
+        oof.loc[list(table["Id"]), classes].astype(np.float64).to_numpy(),
+        cfg.distill_temperature,
+    )
+    lineage = {
+        "run": parent.name,
+        "cv_macro_f1": summary_of(parent).get("cv_macro_f1"),
+        "weight": cfg.distill_weight,
+        "temperature": cfg.distill_temperature,
+        "teachers": how,
+        "built_from": summary_of(parent).get("built_from"),
+    }
+    echo(
+        f"distillation from {parent.name}: {cfg.distill_weight:g} teacher, "
+        f"{1 - cfg.distill_weight:g} labels, temperature {cfg.distill_temperature:g}"
+    )
+
+    return teacher, full_teacher, lineage
+
+
 def prepare(
     root: Path,
     cfg: Config,
@@ -429,9 +579,7 @@ def prepare(
     progress: bool,
 ) -> Teaching:
     """The pseudo-labelled rows and soft targets ``cfg`` asks for, and their lineage."""
-    from comp.cache import cache_dir, cached_images
-
-    n_train, n_folds = len(table), int(fold_of.max()) + 1
+    n_train = len(table)
     lineage: dict[str, Any] = {}
     if cfg.distill:
         # Checked before the (long) pseudo-label features and nested teachers.
@@ -446,81 +594,25 @@ def prepare(
     pseudo_probs = keep = barred = pseudo = None
     all_fold_of = fold_of
     if cfg.pseudo:
-        parent = find_parent(root, cfg.pseudo, classes=classes, what="--pseudo")
-        if not same_split(parent, table):
-            raise ConfigError(
-                f"--pseudo {parent.name}: it was trained on other folds than "
-                f"{report_path.with_suffix('.csv').name}; its fold-k model saw some of this "
-                "run's fold-k images, so its pseudo-labels would leak them. Pseudo-label from a "
-                "run of this split"
-            )
-        test_ids = comp.test_ids()
-        pseudo_probs = fold_test_probs(
-            root, parent, classes=classes, test_ids=test_ids, n_folds=n_folds
-        )
-        barred, twins = barred_folds(
+        rows = pseudo_rows(
+            root,
             cfg,
-            comp,
-            fold_of=fold_of,
-            test_ids=test_ids,
+            comp=comp,
+            table=table,
+            classes=classes,
             report_path=report_path,
+            echo=echo,
             progress=progress,
         )
-        confident = pseudo_probs.max(axis=2) >= cfg.pseudo_threshold
-        keep = confident & np.c_[~barred, np.ones(len(test_ids), dtype=bool)].T
-        test_images = cached_images(
-            comp.test_paths(test_ids),
-            cfg.img_size,
-            cache_dir=cache_dir(root, enabled=cfg.cache_images),
-            centre=cfg.centre,
-            desc="decode test",
-            progress=progress,
-        )
-        images = np.concatenate([np.asarray(images), np.asarray(test_images)])
-        all_fold_of = np.concatenate([fold_of, np.full(len(test_ids), -1)])
-        ensemble = pseudo_probs[-1]
-        pseudo = pd.DataFrame(
-            {
-                "Id": test_ids,
-                "label": np.asarray(classes)[ensemble.argmax(axis=1)],
-                "confidence": ensemble.max(axis=1).round(6),
-                "used_in_folds": [";".join(str(k) for k in np.flatnonzero(r)) for r in keep[:-1].T],
-                "barred_from_folds": [";".join(str(k) for k in np.flatnonzero(r)) for r in barred],
-            }
-        )
-        per_fold = keep[:-1].sum(axis=1)
-        counts = pd.Series(
-            np.asarray(classes)[pseudo_probs[:-1].argmax(axis=2)[keep[:-1]]]
-        ).value_counts()
-        lineage["pseudo"] = {
-            "run": parent.name,
-            "cv_macro_f1": summary_of(parent).get("cv_macro_f1"),
-            "threshold": cfg.pseudo_threshold,
-            "soft": cfg.pseudo_soft,
-            "labelled_by": "the parent's fold-k model for fold k; its ensemble for a model on every image",
-            "test_images": len(test_ids),
-            "images": round(float(per_fold.mean()), 1),
-            "images_per_fold": {str(k): int(n) for k, n in enumerate(per_fold)},
-            "per_class": {c: int(counts.get(c, 0)) for c in classes},
-            "barred_per_fold": {str(k): int(barred[:, k].sum()) for k in range(n_folds)},
-            **twins,
-            "built_from": summary_of(parent).get("built_from"),
-        }
-        echo(
-            f"pseudo-labels from {parent.name} (fold k's from its fold-k model): "
-            f"{', '.join(str(int(n)) for n in per_fold)} of {len(test_ids)} test images per fold "
-            f"({'probabilities' if cfg.pseudo_soft else 'top class'}, confidence >= "
-            f"{cfg.pseudo_threshold:g}); near-twins of a fold's images left out of that fold: "
-            f"{', '.join(str(int(b)) for b in barred.sum(axis=0))} "
-            f"(within {twins['twin_distance']:g}: {twins['grouping']})"
-        )
-
+        pseudo_probs, keep, barred, pseudo = rows.probs, rows.keep, rows.barred, rows.table
+        lineage["pseudo"] = rows.lineage
+        images = np.concatenate([np.asarray(images), np.asarray(rows.images)])
+        all_fold_of = np.concatenate([fold_of, np.full(len(pseudo), -1)])
     teacher = full_teacher = None
     if cfg.distill:
-        parent = find_parent(root, cfg.distill, classes=classes, what="--distill")
-        probs, how = nested_teachers(
+        teacher, full_teacher, lineage["distill"] = distill_targets(
             root,
-            parent,
+            cfg,
             comp=comp,
             table=table,
             classes=classes,
@@ -528,25 +620,6 @@ def prepare(
             dist_=dist_,
             echo=echo,
             progress=progress,
-        )
-        teacher = np.stack([soften(p, cfg.distill_temperature) for p in probs])
-        # With no validation images to keep clean, the parent's own OOF teaches.
-        oof = read_csv(parent / "oof.csv").set_index("Id")
-        full_teacher = soften(
-            oof.loc[list(table["Id"]), classes].astype(np.float64).to_numpy(),
-            cfg.distill_temperature,
-        )
-        lineage["distill"] = {
-            "run": parent.name,
-            "cv_macro_f1": summary_of(parent).get("cv_macro_f1"),
-            "weight": cfg.distill_weight,
-            "temperature": cfg.distill_temperature,
-            "teachers": how,
-            "built_from": summary_of(parent).get("built_from"),
-        }
-        echo(
-            f"distillation from {parent.name}: {cfg.distill_weight:g} teacher, "
-            f"{1 - cfg.distill_weight:g} labels, temperature {cfg.distill_temperature:g}"
         )
 
     parent_name = cfg.distill or cfg.pseudo
