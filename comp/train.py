@@ -270,14 +270,13 @@ def train(
             continue
         if not resume and (run_dir / f"fold{k}" / "last.pt").exists():
             echo(f"fold {k}: was interrupted; training it again (--resume would go on from it)")
-        valid_idx = np.flatnonzero(fold_of == k)
         fold_ = setup_fold(
             cfg,
             fold=k,
             images=images,
             targets=teaching.targets(k),
             train_idx=teaching.train_idx(k),
-            valid_idx=valid_idx,
+            valid_idx=np.flatnonzero(fold_of == k),
             n_classes=len(classes),
             device=device,
             transform=transform,
@@ -294,15 +293,7 @@ def train(
             resume=resume,
             on_row=functools.partial(log_row, trackers, k),
         )
-        if dist_.main:
-            oof = table.iloc[valid_idx][["Id", "label", "fold"]].reset_index(drop=True)
-            oof = pd.concat([oof, pd.DataFrame(result.valid_probs, columns=classes)], axis=1)
-            io.write_csv(run_dir / f"fold{k}" / "oof.csv", oof)
-            # A finished fold is never resumed; its optimizer state would only take space.
-            (run_dir / f"fold{k}" / "last.pt").unlink(missing_ok=True)
-        echo(
-            f"fold {k}: best macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch} ({result.epochs_run} epochs run)"
-        )
+        finish_fold(fold_, result, run_dir=run_dir, table=table, classes=classes, echo=echo)
     summary = summarise(run_dir, classes=classes, n_folds=len(all_folds)) if dist_.main else {}
     barrier(dist_)
     finish_tracking(trackers, summary, run_dir)
@@ -321,6 +312,29 @@ def train(
             progress=progress,
         )
     return summary
+
+
+def finish_fold(
+    f: Fold,
+    result: FoldResult,
+    *,
+    run_dir: Path,
+    table: pd.DataFrame,
+    classes: list[str],
+    echo: Echo,
+) -> None:
+    """A trained fold's out-of-fold probabilities, written last: they mark it finished."""
+    out_dir = run_dir / f"fold{f.number}"
+    if f.dist.main:
+        oof = table.iloc[f.valid_idx][["Id", "label", "fold"]].reset_index(drop=True)
+        oof = pd.concat([oof, pd.DataFrame(result.valid_probs, columns=classes)], axis=1)
+        io.write_csv(out_dir / "oof.csv", oof)
+        # A finished fold is never resumed; its optimizer state would only take space.
+        (out_dir / "last.pt").unlink(missing_ok=True)
+    echo(
+        f"fold {f.number}: best macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch} "
+        f"({result.epochs_run} epochs run)"
+    )
 
 
 def train_full(
