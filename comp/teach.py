@@ -656,11 +656,6 @@ def write_lineage(run_dir: Path, teaching: Teaching) -> None:
         io.write_csv(run_dir / "pseudo.csv", teaching.pseudo)
 
 
-def read_lineage(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / LINEAGE_FILE
-    return dict(json.loads(path.read_text())) if path.exists() else None
-
-
 def describe(built_from: dict[str, Any] | None) -> str:
     """One line of a run's lineage, for the ledger: 'pseudo r1 (top class >= 0.9, 812/1500) <- ...'."""
     if not built_from:

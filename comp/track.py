@@ -53,13 +53,12 @@ def require(spec: str | None) -> None:
     import importlib.util
 
     for name in parse(spec):
-        module = {"tensorboard": "tensorboard"}.get(name, name)
         try:
-            found = importlib.util.find_spec(module) is not None
+            found = importlib.util.find_spec(name) is not None
         except ValueError:  # in sys.modules as None: taken away on purpose
             found = False
         if not found:
-            _need(module, name)
+            _need(name, name)
 
 
 def tracker_dir(root: Path) -> Path:
@@ -73,7 +72,8 @@ def _need(module: str, name: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise ConfigError(
-            f"tracker {name} needs the {name} package: pip install 'comp[{name}]'"
+            f"tracker {name} needs the {module.replace('_', '-')} package: "
+            f"pip install 'comp[{name}]'"
         ) from None
 
 

@@ -79,7 +79,7 @@ from comp.models import (
 from comp.plots import plot_curves
 from comp.recipe import Recipe
 from comp.recipe import resolve as resolve_recipe
-from comp.teach import Teaching, describe, prepare, write_lineage
+from comp.teach import LINEAGE_FILE, Teaching, describe, prepare, write_lineage
 from comp.transforms import ImageDataset, create_transform, to_input
 
 EpochHook = Callable[[int, int, float], None]
@@ -436,7 +436,7 @@ def finish_tracking(trackers: Any, summary: dict[str, Any], run_dir: Path) -> No
         | {f"fold{k}/best_macro_f1": v for k, v in summary.get("fold_macro_f1", {}).items()}
     )
     trackers.artifacts(
-        run_dir / name for name in ("cv.json", "config.yaml", "curves.png", "lineage.json")
+        run_dir / name for name in ("cv.json", "config.yaml", "curves.png", LINEAGE_FILE)
     )
     trackers.close()
 
@@ -1159,7 +1159,7 @@ def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, A
         "complete": len(parts) == n_folds,
         "n_oof": len(oof),
     }
-    lineage = run_dir / "lineage.json"
+    lineage = run_dir / LINEAGE_FILE
     if lineage.exists():
         # What the run learnt from besides its labels: pseudo-labels, a teacher.
         summary["built_from"] = json.loads(lineage.read_text())
