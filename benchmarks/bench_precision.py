@@ -23,7 +23,7 @@ import time
 import timm
 import torch
 
-from comp.hardware import cpu_bf16
+from comp.hardware.precision import cpu_bf16
 
 
 def throughput(model_name: str, size: int, batch: int, steps: int, bf16: bool) -> tuple[float, float]:

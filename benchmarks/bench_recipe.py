@@ -115,7 +115,7 @@ def main() -> None:
 def machine() -> str:
     import torch
 
-    from comp.hardware import cpu_bf16
+    from comp.hardware.precision import cpu_bf16
 
     return (f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
             f"native bf16: {cpu_bf16() or 'none'}, torch {torch.__version__}")

@@ -226,9 +226,9 @@ def build_competition(data: Path, *, n_train: int, n_test: int, seed: int = 0) -
 def make_workspace(root: Path, data: Path, base: dict[str, Any]) -> dict[str, Any]:
     """A comp workspace around ``data`` with its folds file; returns fold 0's facts."""
     from comp.config import load_config
-    from comp.data import load_competition
-    from comp.folds import folds_path, make_folds, write_folds
-    from comp.workspace import init_workspace
+    from comp.data.competition import load_competition
+    from comp.data.workspace import init_workspace
+    from comp.folds.split import folds_path, make_folds, write_folds
 
     init_workspace(root, data, overrides=base, force=True)
     cfg = load_config(root, base)
@@ -317,7 +317,7 @@ def measure_ceiling(
 
 def measure_cache(root: Path, paths: list[Path], size: int) -> dict[str, Any]:
     """First (cold: nothing cached yet) and second (warm) build of the train image cache."""
-    from comp.cache import cache_key, cached_images
+    from comp.data.cache import cache_key, cached_images
 
     cache_dir = root / "cache" / "images"
     (cache_dir / f"{cache_key(paths, size)}.npy").unlink(missing_ok=True)
@@ -343,7 +343,7 @@ def measure_cache(root: Path, paths: list[Path], size: int) -> dict[str, Any]:
 def train_run(root: Path, overrides: dict[str, Any], name: str) -> tuple[pd.DataFrame, float]:
     """One fold of a ``comp.train.train`` run; its metrics.csv and the call's wall seconds."""
     from comp.config import load_config
-    from comp.train import train
+    from comp.train.run import train
 
     cfg = load_config(root, overrides)
     shutil.rmtree(root / "runs" / name, ignore_errors=True)
@@ -467,7 +467,7 @@ def measure_stage1(root: Path, base: dict[str, Any], *, name: str) -> dict[str, 
 
 def measure_predict(root: Path, base: dict[str, Any], *, run: str, n_test: int) -> dict[str, Any]:
     from comp.config import load_config
-    from comp.predict import predict
+    from comp.predict.predict import predict
 
     cfg = load_config(root, base)
     n_ckpt = len(list((root / "runs" / run).glob("fold*/best.pt")))
@@ -574,8 +574,8 @@ def rss_child(folder: Path, n: int, *, steps: int, device: torch.device) -> dict
     training DataLoader, whose last ``steps`` batches train a resnet18."""
     import timm
 
-    from comp.cache import cached_images
-    from comp.transforms import ImageDataset, create_transform, to_input
+    from comp.data.cache import cached_images
+    from comp.data.transforms import ImageDataset, create_transform, to_input
 
     sampler = MemorySampler()
     sampler.start()

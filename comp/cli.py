@@ -27,13 +27,13 @@ from comp.config import (
     AUTO_KEYS,
     KEYS,
     Config,
-    ConfigError,
     find_workspace,
     load_config,
     parse_sets,
     read_config_file,
     validate,
 )
+from comp.errors import ConfigError
 
 ERRORS: tuple[type[Exception], ...] = (ConfigError, FileExistsError)
 # The settings of a training run, as flags of every command that trains (here or on Kaggle).
@@ -83,10 +83,7 @@ TEACHING_FLAGS = (
 
 def _library_errors() -> tuple[type[Exception], ...]:
     # Imported lazily: these modules pull in pandas and torch.
-    from comp.data import DataError
-    from comp.kaggle_io import KaggleError
-    from comp.models import ModelError
-    from comp.submission import SubmissionError
+    from comp.errors import DataError, KaggleError, ModelError, SubmissionError
 
     return (*ERRORS, DataError, ModelError, SubmissionError, KaggleError)
 
@@ -191,9 +188,9 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:
-        from comp import io
+        from comp import files
 
-        io.QUIET = True
+        files.QUIET = True
 
 
 def quiet_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -269,7 +266,7 @@ def init(directory: Path, data: Path, holdout: float, force: bool, **kwargs: Any
     Example:
         comp init pokemon-ws --data ~/data/pokemon-types
     """
-    from comp.workspace import init_workspace
+    from comp.data.workspace import init_workspace
 
     overrides = _overrides(kwargs)
     seed = int(overrides.pop("seed", 42))
@@ -300,7 +297,7 @@ def demo(directory: Path, size: int, force: bool) -> None:
     Example:
         comp demo digits && cd digits && comp folds && comp train
     """
-    from comp.demo import write_demo
+    from comp.data.demo import write_demo
 
     facts = write_demo(directory, size=size, force=force)
     click.echo(
@@ -368,8 +365,15 @@ def folds(
         comp folds --method subject,embed        # add the backbone's view
         comp folds --threshold 0.05              # group within a fixed distance
     """
-    from comp.data import DataError, load_competition, read_csv, resolve
-    from comp.folds import check_class_counts, fold_counts, folds_path, make_folds, write_folds
+    from comp.data.competition import load_competition, read_csv, resolve
+    from comp.errors import DataError
+    from comp.folds.split import (
+        check_class_counts,
+        fold_counts,
+        folds_path,
+        make_folds,
+        write_folds,
+    )
 
     root, cfg = workspace_config(ctx, kwargs)
     comp = load_competition(root, cfg)
@@ -409,10 +413,10 @@ def _matched_folds(
 ) -> tuple[Any, str, Callable[[], None]]:
     """Distance-matched folds (or plain ones, reported alike), how they were made, and a
     function that writes the report and picture beside them."""
-    from comp import io
-    from comp.folds import choose_folds, fold_report, similarity_features
-    from comp.leaks import METHODS
-    from comp.plots import plot_fold_distances
+    from comp import files
+    from comp.folds.similarity import METHODS
+    from comp.folds.split import choose_folds, fold_report, similarity_features
+    from comp.report.plots import plot_fold_distances
 
     methods = [m.strip() for m in method.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
@@ -457,7 +461,7 @@ def _matched_folds(
         click.secho(f"WARNING: {warning}", fg="red", bold=True, err=True)
 
     def write_report() -> None:
-        io.write_json(path.with_suffix(".json"), report)
+        files.write_json(path.with_suffix(".json"), report)
         plot_fold_distances(
             report, {k: v for k, v in distances.items() if v is not None}, path.with_suffix(".png")
         )
@@ -471,7 +475,7 @@ def _matched_folds(
 def _fold_report_text(report: dict[str, Any], distances: dict[str, Any], path: Path) -> str:
     import numpy as np
 
-    from comp.folds import QUANTILES
+    from comp.folds.split import QUANTILES
 
     lines = [
         f"similarity on {'+'.join(report['features'])} features: {report['train_images']} train, "
@@ -602,10 +606,10 @@ def train(
         comp train --model simple_cnn --freeze-epochs 0 --centre true
         comp train --head extratrees --features-from effb0   # on effb0's fold backbones
     """
-    from comp.train import train as train_run
+    from comp.train.run import train as train_run
 
     if resume:
-        from comp.predict import run_config
+        from comp.runs import read_config
 
         if name is None:
             raise click.ClickException("--resume needs --name: the run to continue")
@@ -617,7 +621,7 @@ def train(
         root = find_workspace(ctx.obj.get("workspace"))
         if not (root / "runs" / name / "config.yaml").exists():
             raise click.ClickException(f"--resume: no run {name} in {root / 'runs'}")
-        cfg = run_config(root / "runs" / name)
+        cfg = read_config(root / "runs" / name)
     else:
         root, cfg = workspace_config(ctx, kwargs)
     if (devices > 1 or nnodes > 1) and "LOCAL_RANK" not in os.environ:
@@ -645,7 +649,7 @@ def train(
 
 def _print_summary(summary: dict[str, Any], seconds: float) -> None:
     """A run's CV, per fold, with priors, and against the run it was built from."""
-    from comp.teach import describe, gain_over_parent
+    from comp.teach.lineage import describe, gain_over_parent
 
     adjusted = summary.get("adjusted_macro_f1")
     scope = (
@@ -792,8 +796,8 @@ def tune(
     """
     import tempfile
 
-    from comp import tune as tuning
     from comp.config import to_dict
+    from comp.tune import study as tuning
 
     root, cfg = workspace_config(ctx, kwargs)
     tuning.search_space(cfg)
@@ -904,7 +908,7 @@ def distill(ctx: click.Context, run: str, name: str | None, **kwargs: Any) -> No
     """
     from datetime import datetime
 
-    from comp.train import train as train_run
+    from comp.train.run import train as train_run
 
     # Every test image teaches, unless a threshold is asked for.
     threshold = kwargs.get("pseudo_threshold")
@@ -950,9 +954,9 @@ def blend(
     Example:
         comp blend effb0 resnet50 vit --name trio && comp predict trio
     """
-    from comp.ensemble import blend as blend_runs
-    from comp.predict import find_run
-    from comp.track import require
+    from comp.predict.ensemble import blend as blend_runs
+    from comp.runs import find_run
+    from comp.track.trackers import require
 
     root, cfg = workspace_config(ctx, kwargs)
     require(cfg.tracker)
@@ -970,7 +974,7 @@ def blend(
 
 def _track_blend(root: Path, cfg: Config, summary: dict[str, Any]) -> None:
     """A blend as a tracker run: its members and weights, CV, and the runs it came from."""
-    from comp.track import experiment_name, open_run
+    from comp.track.trackers import experiment_name, open_run
 
     run_dir = root / "runs" / summary["run"]
     trackers = open_run(
@@ -1010,9 +1014,9 @@ def report(ctx: click.Context, run: str | None) -> None:
     Example:
         comp report effb0 && open runs/effb0/report/README.md
     """
-    from comp.data import load_competition
-    from comp.predict import find_run
-    from comp.report import write_report
+    from comp.data.competition import load_competition
+    from comp.report.report import write_report
+    from comp.runs import find_run
 
     root, cfg = workspace_config(ctx, {})
     run_dir = find_run(root, run)
@@ -1056,7 +1060,7 @@ def predict(
         comp predict
         comp predict resnet18-20261122-101500 --tta hflip,vflip
     """
-    from comp.predict import predict as predict_run
+    from comp.predict.predict import predict as predict_run
 
     root, cfg = workspace_config(ctx, kwargs)
     facts = predict_run(root, cfg, run=run, batch_size=batch_size, out=out, echo=click.echo)
@@ -1066,7 +1070,7 @@ def predict(
 
 def _track_scores(root: Path, cfg: Config, run: Any, scores: dict[str, Any]) -> None:
     """Leaderboard scores, as they arrive, on the tracker run of the run that made them."""
-    from comp.track import experiment_name, log_scores
+    from comp.track.trackers import experiment_name, log_scores
 
     if run:
         log_scores(
@@ -1082,7 +1086,7 @@ def _track_scores(root: Path, cfg: Config, run: Any, scores: dict[str, Any]) -> 
 def _merge_tracker(root: Path, pulled: Path, run: str) -> None:
     """A kernel's tracker folder into the local trackers, so its run sits beside local ones."""
     from comp.config import load_config
-    from comp.track import experiment_name, merge_pulled
+    from comp.track.trackers import experiment_name, merge_pulled
 
     if not pulled.is_dir():
         return
@@ -1104,7 +1108,7 @@ def _sha256(path: Path) -> str:
 
 
 def _kaggle() -> Any:
-    from comp.kaggle_io import Kaggle
+    from comp.kaggle.client import Kaggle
 
     return Kaggle(echo=lambda m: click.echo(m, err=True))
 
@@ -1123,7 +1127,7 @@ def _owner(owner: str | None, *, dry_run: bool, what: str) -> tuple[str, Any]:
 
     Returns the client too when finding the user needed one, so it signs in once.
     """
-    from comp.kaggle_io import find_credentials
+    from comp.kaggle.client import find_credentials
 
     if owner:
         return owner, None
@@ -1173,9 +1177,9 @@ def submit(
         comp submit submissions/effb0.csv -m "effb0, 5 folds, hflip TTA"
         comp submit submissions/demo.csv --local -m "first try"
     """
-    from comp.data import load_competition, resolve
+    from comp.data.competition import load_competition, resolve
     from comp.ledger import Ledger, ledger_path
-    from comp.submission import read_submission, score_local, validate_submission
+    from comp.predict.submission import read_submission, score_local, validate_submission
 
     root, cfg = workspace_config(ctx, {})
     comp = load_competition(root, cfg)
@@ -1196,7 +1200,7 @@ def submit(
         "message": message,
     }
     if record["run"] and (root / "runs" / str(record["run"])).is_dir():
-        from comp.teach import lineage_text
+        from comp.teach.lineage import lineage_text
 
         # What the run learnt from (pseudo-labels, a teacher, blend members), as it was then.
         record["lineage"] = lineage_text(root / "runs" / str(record["run"])) or None
@@ -1243,7 +1247,7 @@ def submit(
             raise click.ClickException(
                 f"no submissions left for {slug} {'in total' if limits['limited_by_total'] else 'today (the quota resets at 00:00 UTC)'}; nothing was submitted"
             )
-    from comp.kaggle_io import KaggleUncertain
+    from comp.errors import KaggleUncertain
 
     try:
         ref = kaggle.submit(file, competition=slug, message=message)
@@ -1330,7 +1334,7 @@ def submissions(ctx: click.Context, refresh: bool, plot: bool, competition: str 
     elif best["public"]:
         click.echo("private scores appear when the competition ends; refresh then")
     if plot:
-        from comp.plots import plot_leaderboard
+        from comp.report.plots import plot_leaderboard
 
         out = plot_leaderboard(rows, root / "submissions" / "leaderboard.png")
         click.echo(
@@ -1423,7 +1427,7 @@ def kernel_push(
     """
     from datetime import datetime
 
-    from comp.kernels import build_bundles, record_push, slugify
+    from comp.kaggle.kernels import build_bundles, record_push, slugify
 
     root, cfg = workspace_config(ctx, kwargs)
     owner, kaggle = _owner(owner, dry_run=dry_run, what="kernel")
@@ -1464,7 +1468,7 @@ def kernel_push(
 def _wait_for(
     kaggle: Any, bundles: list[Path], *, wait: bool, interval: float, timeout: float
 ) -> dict[Path, tuple[str, str | None]]:
-    from comp.kernels import read_info
+    from comp.kaggle.kernels import read_info
 
     start = time.monotonic()
     seen: dict[Path, tuple[str, str | None]] = {}
@@ -1513,7 +1517,7 @@ def kernel_status(
     Example:
         comp kernel status effb0 --wait --interval 60
     """
-    from comp.kernels import bundles_of
+    from comp.kaggle.kernels import bundles_of
 
     root = find_workspace(ctx.obj.get("workspace"))
     states = _wait_for(
@@ -1547,8 +1551,9 @@ def kernel_pull(
     import shutil
     import tempfile
 
-    from comp.kernels import bundles_of, combine_fan_out, import_output, read_info
-    from comp.train import summarise
+    from comp.kaggle.kernels import bundles_of, combine_fan_out, import_output, read_info
+    from comp.runs import CLASSES_FILE, read_classes
+    from comp.train.run import summarise
 
     root = find_workspace(ctx.obj.get("workspace"))
     bundles = bundles_of(root, name)
@@ -1577,11 +1582,11 @@ def kernel_pull(
         finally:
             shutil.rmtree(pulled, ignore_errors=True)
     run_dir = root / "runs" / read_info(bundles[0])["run"]
-    if not (run_dir / "classes.json").exists():
+    if not (run_dir / CLASSES_FILE).exists():
         raise click.ClickException(f"no run was pulled for {name}")
     summary = summarise(
         run_dir,
-        classes=json.loads((run_dir / "classes.json").read_text()),
+        classes=read_classes(run_dir),
         n_folds=int(read_info(bundles[0])["n_splits"]),
     )
     scope = (
@@ -1628,7 +1633,7 @@ def kernel_dataset(
         comp kernel dataset --weights weights/effb0.pth
         comp kernel push --code-dataset me/comp-code --pretrained-file weights/effb0.pth
     """
-    from comp.kernels import build_code_dataset
+    from comp.kaggle.kernels import build_code_dataset
 
     root = find_workspace(ctx.obj.get("workspace"))
     owner, kaggle = _owner(owner, dry_run=dry_run, what="dataset")
@@ -1667,7 +1672,7 @@ def download(competition: str, directory: Path, force: bool, **kwargs: Any) -> N
     import tempfile
 
     from comp.config import CONFIG_FILE
-    from comp.workspace import init_workspace, unpack
+    from comp.data.workspace import init_workspace, unpack
 
     data = directory / "data"
     for existing in (data, directory / CONFIG_FILE):

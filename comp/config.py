@@ -22,9 +22,12 @@ from typing import Any
 
 import yaml
 
-from comp import io
+from comp import files
+from comp.errors import ConfigError
 
 CONFIG_FILE = "comp.yaml"
+# The experiment trackers the ``tracker`` key may name (comp.track.trackers drives them).
+TRACKERS = ("mlflow", "wandb", "tensorboard")
 # "auto" in comp.yaml: the training recipe (comp/recipe.py) picks the value, from whether
 # the model starts from pretrained weights, the device and the data. Stored as AUTO.
 AUTO = -1
@@ -41,10 +44,6 @@ AUTO_KEYS = (
 RECIPES = ("auto", "scratch", "finetune")
 AUG_PRESETS = ("none", "shift", "light", "medium", "heavy")
 HEADS = ("linear", "logreg", "extratrees", "rf", "hgb", "xgb")
-
-
-class ConfigError(ValueError):
-    """A config file, key or value that cannot be used."""
 
 
 def _key(default: Any, help: str, section: str) -> Any:
@@ -410,10 +409,20 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(message)
     if cfg.time_limit is not None:
         parse_duration(cfg.time_limit)
-    from comp.track import parse
-
-    parse(cfg.tracker)
+    parse_trackers(cfg.tracker)
     return cfg
+
+
+def parse_trackers(spec: str | None) -> list[str]:
+    """The trackers a ``tracker`` value names, checked."""
+    names = [n.strip().lower() for n in (spec or "none").split(",") if n.strip()]
+    names = [n for n in names if n != "none"]
+    unknown = sorted(set(names) - set(TRACKERS))
+    if unknown:
+        raise ConfigError(
+            f"tracker '{unknown[0]}' must be none, {', '.join(TRACKERS)} (or several)"
+        )
+    return list(dict.fromkeys(names))
 
 
 def parse_duration(text: str) -> float:
@@ -492,7 +501,7 @@ def render(values: dict[str, Any], header: str = "") -> str:
 
 
 def write_workspace_config(path: Path, cfg: Config, header: str = "") -> None:
-    io.write_text(path, render(to_dict(cfg), header))
+    files.write_text(path, render(to_dict(cfg), header))
 
 
 def find_workspace(start: Path | None = None) -> Path:

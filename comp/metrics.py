@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import f1_score
 
-from comp import io
-from comp.data import DataError
+from comp import files
+from comp.errors import DataError
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -54,7 +54,7 @@ def fit_priors(probs: np.ndarray, y: np.ndarray, *, n_classes: int, passes: int 
 def write_priors(run_dir: Path, probs: np.ndarray, y: np.ndarray, *, classes: list[str]) -> None:
     """Fit class priors on all of a run's OOF and keep them as adjust.json, for predict --adjust."""
     fitted = fit_priors(probs, y, n_classes=len(classes)).round(6).tolist()
-    io.write_json(run_dir / "adjust.json", dict(zip(classes, fitted, strict=True)))
+    files.write_json(run_dir / "adjust.json", dict(zip(classes, fitted, strict=True)))
 
 
 def load_priors(run_dir: Path, classes: list[str]) -> np.ndarray:

@@ -123,7 +123,7 @@ def workspace(tmp_path: Path) -> Callable[..., Path]:
     """A workspace made by ``comp init`` around a competition of odd image modes, sizes and
     extensions, with tiny-model overrides."""
     odd_comp = make_kaggle(tmp_path / "odd", odd=True)
-    from comp.workspace import init_workspace
+    from comp.data.workspace import init_workspace
 
     def make(**overrides: object) -> Path:
         root = tmp_path / "ws"

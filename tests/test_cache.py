@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comp import cache
-from comp.cache import cached_images
+from comp.data import cache
+from comp.data.cache import cached_images
 from tests.conftest import draw
 
 

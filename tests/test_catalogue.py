@@ -37,9 +37,9 @@ from PIL import Image
 from comp import cli as cli_module
 from comp.cli import cli
 from comp.config import load_config, to_dict
-from comp.data import read_image
-from comp.kaggle_io import Kaggle
-from comp.workspace import init_workspace
+from comp.data.images import read_image
+from comp.data.workspace import init_workspace
+from comp.kaggle.client import Kaggle
 from tests.conftest import TINY, make_kaggle
 from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn
 
@@ -114,7 +114,7 @@ class World:
         """A trained run of one finished fold whose checkpoint is of ``model`` for ``classes``."""
         import torch
 
-        from comp.models import save_checkpoint
+        from comp.models.factory import save_checkpoint
 
         run = self.ws / "runs" / name
         (run / "fold0").mkdir(parents=True)
@@ -796,8 +796,9 @@ def test_the_catalogue_covers_the_issue() -> None:
 
 
 def test_publishing_nan_probabilities_is_refused_and_writes_nothing(world: World) -> None:
-    from comp.data import DataError, load_competition
-    from comp.predict import publish
+    from comp.data.competition import load_competition
+    from comp.errors import DataError
+    from comp.predict.predict import publish
 
     run = world.ws / "runs" / "k"
     run.mkdir(parents=True)
@@ -834,7 +835,7 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_old_one(
     import timm
     import torch
 
-    from comp.models import save_checkpoint
+    from comp.models.factory import save_checkpoint
 
     net = timm.create_model(RUN_MODEL, pretrained=False, num_classes=3)
     target = tmp_path / "fold0" / "best.pt"
@@ -864,13 +865,13 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_old_one(
 def test_a_full_disk_while_writing_a_table_keeps_the_old_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    from comp import io
+    from comp import files
 
     target = tmp_path / f"out.{kind}"
     write: dict[str, Callable[[], None]] = {
-        "csv": lambda: io.write_csv(target, pd.DataFrame({"Id": ["a", "b"], "p": [0.1, 0.9]})),
-        "json": lambda: io.write_json(target, {"cv": 0.9}),
-        "text": lambda: io.write_text(target, "x" * 1000),
+        "csv": lambda: files.write_csv(target, pd.DataFrame({"Id": ["a", "b"], "p": [0.1, 0.9]})),
+        "json": lambda: files.write_json(target, {"cv": 0.9}),
+        "text": lambda: files.write_text(target, "x" * 1000),
     }
     target.write_text("the old one")
     if kind == "csv":

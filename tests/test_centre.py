@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comp.centre import alpha_channel, centre_object
-from comp.data import load_images, read_image
+from comp.data.cache import cached_images
+from comp.data.images import read_image
+from comp.data.subject import alpha_channel, centre_object
 
 BG = (30, 120, 40)
 FG = (230, 200, 60)
@@ -103,7 +104,9 @@ def test_read_image_centres_before_resizing(tmp_path: Path) -> None:
     # Transparent pixels were black: the alpha channel, not the colour, found the subject.
     assert_centred(b, side=30, margin=0.1, bg=WHITE)
     assert (b[0, 0] == 255).all()
-    both = load_images([tmp_path / "a.png", tmp_path / "b.png"], 24, centre=True, progress=False)
+    both = cached_images(
+        [tmp_path / "a.png", tmp_path / "b.png"], 24, cache_dir=None, centre=True, progress=False
+    )
     assert np.array_equal(both[0], a)
     plain = read_image(tmp_path / "a.png", 24)
     assert not np.array_equal(plain, a)

@@ -6,7 +6,6 @@ import yaml
 from comp.config import (
     CONFIG_FILE,
     Config,
-    ConfigError,
     coerce,
     find_workspace,
     load_config,
@@ -16,6 +15,7 @@ from comp.config import (
     to_dict,
     write_workspace_config,
 )
+from comp.errors import ConfigError
 
 
 def test_defaults_are_valid() -> None:

@@ -4,16 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comp.data import (
-    DataError,
-    image_paths,
-    index_images,
-    load_images,
-    read_image,
-    read_labels,
-    sorted_classes,
-    to_rgb,
-)
+from comp.data.cache import cached_images
+from comp.data.competition import image_paths, index_images, read_labels, sorted_classes
+from comp.data.images import read_image, to_rgb
+from comp.errors import DataError
 
 
 def write(path: Path, text: str) -> Path:
@@ -98,11 +92,11 @@ def test_unreadable_images_name_the_file(tmp_path: Path) -> None:
             read_image(tmp_path / name, 8)
 
 
-def test_load_images_keeps_order(tmp_path: Path) -> None:
+def test_cached_images_without_cache_keeps_order(tmp_path: Path) -> None:
     paths = []
     for k in range(5):
         Image.new("RGB", (12 + k, 9), (k * 40, 0, 0)).save(tmp_path / f"{k}.png")
         paths.append(tmp_path / f"{k}.png")
-    arr = load_images(paths, 8)
+    arr = cached_images(paths, 8, cache_dir=None)
     assert arr.shape == (5, 8, 8, 3)
     assert [int(a[..., 0].mean()) for a in arr] == [0, 40, 80, 120, 160]

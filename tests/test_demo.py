@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from comp.demo import write_demo
+from comp.data.demo import write_demo
 
 
 def test_demo_is_a_kaggle_competition(tmp_path: Path) -> None:

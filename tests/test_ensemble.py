@@ -11,7 +11,7 @@ import pandas as pd
 from click.testing import CliRunner
 
 from comp.cli import cli
-from comp.ensemble import fit_weights
+from comp.predict.ensemble import fit_weights
 
 
 def test_fitted_weights_prefer_the_better_model() -> None:

@@ -10,9 +10,16 @@ from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from comp.cli import cli
-from comp.data import DataError
-from comp.folds import fold_counts, make_folds, match_score, read_folds, shift_score, write_folds
-from comp.workspace import init_workspace
+from comp.data.workspace import init_workspace
+from comp.errors import DataError
+from comp.folds.split import (
+    fold_counts,
+    make_folds,
+    match_score,
+    read_folds,
+    shift_score,
+    write_folds,
+)
 from tests.conftest import TINY
 from tests.sprites import write_sprites
 

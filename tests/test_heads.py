@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from comp.config import ConfigError, load_config
-from comp.heads import make_head
-from comp.models import ModelError
-from comp.predict import predict
-from comp.train import train
+from comp.config import load_config
+from comp.errors import ConfigError, ModelError
+from comp.predict.predict import predict
+from comp.train.heads import make_head
+from comp.train.run import train
 from tests.test_train import with_folds
 
 quiet = lambda s: None  # noqa: E731

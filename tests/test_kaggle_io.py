@@ -11,9 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from comp.cli import cli
-from comp.kaggle_io import Kaggle, KaggleError, find_credentials
+from comp.data.workspace import init_workspace, unpack
+from comp.errors import KaggleError
+from comp.kaggle.client import Kaggle, find_credentials
 from comp.ledger import Ledger, ledger_path
-from comp.workspace import init_workspace, unpack
 from tests.conftest import TINY, make_kaggle
 from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn
 
@@ -190,7 +191,7 @@ def test_no_credentials_and_loose_permissions_are_reported(isolated: Path) -> No
     config = isolated / ".kaggle" / "kaggle.json"
     config.write_text(json.dumps({"username": "someone", "key": "k"}))
     config.chmod(0o644)
-    from comp.kaggle_io import loose_permissions
+    from comp.kaggle.client import loose_permissions
 
     assert [c.username for c in find_credentials()] == ["someone"]
     assert loose_permissions() == [config]
@@ -286,7 +287,7 @@ def test_download_makes_a_workspace(standin: KaggleStandIn, tmp_path: Path) -> N
 def test_unpack_refuses_paths_outside_the_folder(tmp_path: Path) -> None:
     import zipfile
 
-    from comp.data import DataError
+    from comp.errors import DataError
 
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as z:

@@ -15,9 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from comp.cli import cli
-from comp.config import ConfigError, load_config
-from comp.kernels import build_bundles, data_layout, kernel_groups, slugify
-from comp.workspace import init_workspace
+from comp.config import load_config
+from comp.data.workspace import init_workspace
+from comp.errors import ConfigError
+from comp.kaggle.kernels import build_bundles, data_layout, kernel_groups, slugify
 from tests.conftest import TINY, make_kaggle
 from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn, script_runner
 

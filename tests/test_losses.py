@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from comp.config import make_config
-from comp.losses import Mixing
-from comp.train import train
+from comp.train.losses import Mixing
+from comp.train.run import train
 from tests.test_resume import Interrupt, same_run
 from tests.test_train import with_folds
 
@@ -88,7 +88,7 @@ def test_a_time_limit_sizes_the_epochs(workspace: Callable[..., Path]) -> None:
 
 
 def test_a_time_limit_too_short_is_refused(workspace: Callable[..., Path]) -> None:
-    from comp.config import ConfigError
+    from comp.errors import ConfigError
 
     root, cfg = with_folds(workspace(epochs="auto", time_limit="0.01s"))
     with pytest.raises(ConfigError, match="an epoch takes about"):

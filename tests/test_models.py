@@ -5,8 +5,8 @@ import pytest
 import timm
 import torch
 
-from comp.models import (
-    ModelError,
+from comp.errors import ModelError
+from comp.models.factory import (
     create_model,
     load_checkpoint,
     normalisation,
@@ -87,7 +87,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
 def test_offline_auto_uses_cached_hub_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import comp.models as models
+    import comp.models.factory as models
 
     monkeypatch.setattr(models, "_hub_reachable", lambda: False)
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
@@ -163,9 +163,9 @@ def test_baseline_nets_have_no_pretrained_weights(tmp_path: Path) -> None:
 
 def test_simple_cnn_trains_end_to_end(workspace: Callable[..., Path]) -> None:
     from comp.config import load_config
-    from comp.data import load_competition
-    from comp.folds import folds_path, make_folds, write_folds
-    from comp.train import train
+    from comp.data.competition import load_competition
+    from comp.folds.split import folds_path, make_folds, write_folds
+    from comp.train.run import train
 
     root = workspace(model="simple_cnn", epochs=1, freeze_epochs=0, aug="none")
     cfg = load_config(root)

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from comp.config import load_config
-from comp.data import DataError
-from comp.predict import find_run, predict
-from comp.train import train
+from comp.errors import DataError
+from comp.predict.predict import predict
+from comp.runs import find_run
+from comp.train.run import train
 from tests.test_train import with_folds
 
 QUIET = {"echo": lambda s: None}

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from comp.data import DataError, read_labels
-from comp.submission import (
-    SubmissionError,
+from comp.data.competition import read_labels
+from comp.errors import DataError, SubmissionError
+from comp.predict.submission import (
     build_submission,
     read_submission,
     validate_submission,

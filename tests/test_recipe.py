@@ -8,11 +8,12 @@ import pytest
 import torch
 import yaml
 
-from comp.config import AUTO, ConfigError, load_config, make_config, parse_duration, render
-from comp.hardware import amp_dtype, cpu_bf16
-from comp.recipe import FINETUNE, SCRATCH, resolve, with_epochs
-from comp.train import train
-from comp.workspace import init_workspace
+from comp.config import AUTO, load_config, make_config, parse_duration, render
+from comp.data.workspace import init_workspace
+from comp.errors import ConfigError
+from comp.hardware.precision import amp_dtype, cpu_bf16
+from comp.train.recipe import FINETUNE, SCRATCH, resolve, with_epochs
+from comp.train.run import train
 from tests.test_train import with_folds
 
 SPRITE_SIZES = np.array([[64, 64]] * 10)

@@ -15,9 +15,9 @@ from torch import nn
 
 from comp.cli import cli
 from comp.config import load_config
-from comp.data import load_competition
-from comp.models import create_model, save_checkpoint
-from comp.report import grad_cam, plot_gradcam
+from comp.data.competition import load_competition
+from comp.models.factory import create_model, save_checkpoint
+from comp.report.report import grad_cam, plot_gradcam
 
 
 def test_report_of_a_run(workspace: Callable[..., Path]) -> None:
@@ -111,7 +111,7 @@ def test_grad_cam_of_a_small_image_uses_a_map_with_room() -> None:
     import timm
     import torch
 
-    from comp.report import grad_cam
+    from comp.report.report import grad_cam
 
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", num_classes=3)

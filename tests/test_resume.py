@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from comp.train import train
+from comp.train.run import train
 from tests.test_train import with_folds
 
 COMPARED = ["epoch", "stage", "lr", "train_loss", "train_acc", "valid_loss", "valid_macro_f1"]
@@ -60,7 +60,7 @@ def test_an_interrupted_fold_resumes_to_the_same_end(
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
     """The real thing: SIGKILL a `comp train` process while it is inside an epoch."""
-    from comp.demo import write_demo
+    from comp.data.demo import write_demo
 
     root = tmp_path / "ws"
     write_demo(root)

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from comp.submission import SubmissionError, build_submission, score_local, validate_submission
+from comp.errors import SubmissionError
+from comp.predict.submission import build_submission, score_local, validate_submission
 
 SAMPLE = pd.DataFrame({"Id": ["x", "y", "z"], "label": ["a", "a", "a"]})
 CLASSES = ["a", "b"]

@@ -15,14 +15,17 @@ import yaml
 from click.testing import CliRunner
 from timm.loss import SoftTargetCrossEntropy
 
-import comp.train
+import comp.teach.nested
+import comp.train.loop
+import comp.train.run
 from comp.cli import cli
-from comp.config import ConfigError, load_config, make_config
-from comp.data import load_competition, resolve
-from comp.folds import folds_path, make_folds, write_folds
+from comp.config import load_config, make_config
+from comp.data.competition import load_competition, resolve
+from comp.errors import ConfigError
+from comp.folds.split import folds_path, make_folds, write_folds
 from comp.ledger import Ledger
-from comp.losses import Mixing, TeacherLoss, soften
-from comp.teach import describe, gain_over_parent
+from comp.teach.lineage import describe, gain_over_parent
+from comp.train.losses import Mixing, TeacherLoss, soften
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -70,17 +73,18 @@ def answers(root: Path) -> pd.DataFrame:
 
 
 class Spy:
-    """Records every fold comp.train sets up: its rows and targets."""
+    """Records every fold set up, a run's and its nested teachers': its rows and targets."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.calls: list[dict[str, Any]] = []
-        real = comp.train.setup_fold
+        real = comp.train.loop.setup_fold
 
         def spy(cfg: Any, **kw: Any) -> Any:
             self.calls.append(kw)
             return real(cfg, **kw)
 
-        monkeypatch.setattr(comp.train, "setup_fold", spy)
+        for module in (comp.train.run, comp.teach.nested):
+            monkeypatch.setattr(module, "setup_fold", spy)
 
 
 def test_pseudo_rows_train_only_and_twins_barred(
@@ -102,7 +106,7 @@ def test_pseudo_rows_train_only_and_twins_barred(
     fake_parent(root, "parent")
     spy = Spy(monkeypatch)
     cfg = load_config(root, {"pseudo": "parent", "pseudo_threshold": 0.9})
-    summary = comp.train.train(root, cfg, name="p", echo=lambda s: None, progress=False)
+    summary = comp.train.run.train(root, cfg, name="p", echo=lambda s: None, progress=False)
 
     n_train = len(comp_.train)
     folds = pd.read_csv(folds_path(root, cfg))
@@ -138,7 +142,7 @@ def test_pseudo_refuses_a_parent_of_another_split(workspace: Callable[..., Path]
     oof = pd.read_csv(parent / "oof.csv")
     oof.assign(fold=1 - oof["fold"]).to_csv(parent / "oof.csv", index=False)
     with pytest.raises(ConfigError, match="other folds"):
-        comp.train.train(root, load_config(root, {"pseudo": "parent"}), name="s", echo=print)
+        comp.train.run.train(root, load_config(root, {"pseudo": "parent"}), name="s", echo=print)
     assert not (root / "runs" / "s").exists()
 
 
@@ -147,10 +151,12 @@ def test_distillation_targets_come_from_teachers_blind_to_the_fold(
 ) -> None:
     root = workspace(epochs=1, freeze_epochs=0, n_splits=3)
     cfg = with_folds(root)
-    comp.train.train(root, cfg, name="teacher", echo=lambda s: None, progress=False)
+    comp.train.run.train(root, cfg, name="teacher", echo=lambda s: None, progress=False)
     spy = Spy(monkeypatch)
     student = load_config(root, {"distill": "teacher", "distill_weight": 0.5})
-    summary = comp.train.train(root, student, name="student", echo=lambda s: None, progress=False)
+    summary = comp.train.run.train(
+        root, student, name="student", echo=lambda s: None, progress=False
+    )
 
     fold_of = pd.read_csv(folds_path(root, cfg))["fold"].to_numpy()
     teachers = {c["fold"]: c for c in spy.calls if c["fold"] >= 1000}
@@ -185,20 +191,26 @@ def test_distillation_targets_come_from_teachers_blind_to_the_fold(
 def test_distill_needs_three_folds(workspace: Callable[..., Path]) -> None:
     root = workspace(epochs=1, freeze_epochs=0)
     cfg = with_folds(root)
-    comp.train.train(root, cfg, name="t", folds=[0, 1], echo=lambda s: None, progress=False)
+    comp.train.run.train(root, cfg, name="t", folds=[0, 1], echo=lambda s: None, progress=False)
     with pytest.raises(ConfigError, match="3 or more"):
-        comp.train.train(root, load_config(root, {"distill": "t"}), name="s", echo=lambda s: None)
+        comp.train.run.train(
+            root, load_config(root, {"distill": "t"}), name="s", echo=lambda s: None
+        )
     assert not (root / "runs" / "s").exists()
 
 
 def test_pseudo_needs_the_parents_test_predictions(workspace: Callable[..., Path]) -> None:
     root = workspace(epochs=1, freeze_epochs=0)
     cfg = with_folds(root)
-    comp.train.train(root, cfg, name="t", echo=lambda s: None, progress=False)
+    comp.train.run.train(root, cfg, name="t", echo=lambda s: None, progress=False)
     with pytest.raises(ConfigError, match="comp predict t"):  # no per-fold test predictions
-        comp.train.train(root, load_config(root, {"pseudo": "t"}), name="s", echo=lambda s: None)
+        comp.train.run.train(
+            root, load_config(root, {"pseudo": "t"}), name="s", echo=lambda s: None
+        )
     with pytest.raises(ConfigError, match="no run 'nope'"):
-        comp.train.train(root, load_config(root, {"pseudo": "nope"}), name="s", echo=lambda s: None)
+        comp.train.run.train(
+            root, load_config(root, {"pseudo": "nope"}), name="s", echo=lambda s: None
+        )
 
 
 def test_config_refuses_soft_targets_with_focal_and_heads() -> None:

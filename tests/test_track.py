@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from comp.cli import cli
-from comp.config import ConfigError
-from comp.track import merge_pulled, mlflow_uri, open_run
+from comp.errors import ConfigError
+from comp.track.trackers import merge_pulled, mlflow_uri, open_run
 
 
 def comp(root: Path, *args: str, ok: bool = True) -> str:

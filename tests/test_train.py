@@ -7,12 +7,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from timm.utils import random_seed
 
-from comp.config import ConfigError, load_config
-from comp.data import load_competition
-from comp.folds import folds_path, make_folds, write_folds
-from comp.models import create_model
-from comp.train import seed_everything, train
+from comp.config import load_config
+from comp.data.competition import load_competition
+from comp.errors import ConfigError
+from comp.folds.split import folds_path, make_folds, write_folds
+from comp.models.factory import create_model
+from comp.train.run import train
 
 
 def with_folds(root: Path, **overrides: object) -> tuple[Path, object]:
@@ -59,7 +61,7 @@ def test_stage_one_leaves_the_backbone_untouched(workspace: Callable[..., Path])
     state = torch.load(root / "runs" / "frozen" / "fold0" / "best.pt", weights_only=True)[
         "state_dict"
     ]
-    seed_everything(cfg.seed + 0)  # type: ignore[attr-defined]
+    random_seed(cfg.seed + 0)  # type: ignore[attr-defined]
     init, _ = create_model("resnet10t", num_classes=3, pretrained="false")
     for name, value in init.state_dict().items():
         if name.startswith("fc."):
@@ -110,7 +112,7 @@ def test_pretrained_file_is_relative_to_the_workspace(
 
 
 def test_labels_that_look_like_missing_values_survive(tmp_path: Path) -> None:
-    from comp.train import summarise
+    from comp.train.run import summarise
 
     classes = ["NA", "None"]
     fold = tmp_path / "fold0"

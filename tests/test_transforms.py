@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from comp.config import ConfigError
-from comp.transforms import PRESETS, ImageDataset, create_transform, to_input, tta_views
+from comp.data.transforms import PRESETS, ImageDataset, create_transform, to_input, tta_views
+from comp.errors import ConfigError
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -15,9 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from comp.cli import cli
-from comp.config import ConfigError, load_config
-from comp.tune import Dimension, load_study, objective_folds, optimize, parse_dimension
-from comp.workspace import init_workspace
+from comp.config import load_config
+from comp.data.workspace import init_workspace
+from comp.errors import ConfigError
+from comp.tune.study import Dimension, load_study, objective_folds, optimize, parse_dimension
 from tests.conftest import TINY, make_kaggle
 
 FAST = {**TINY, "epochs": 2, "tune_batch_size": "8,16", "tune_freeze_epochs": "0..1"}
@@ -39,7 +40,7 @@ def comp(ws: Path, *args: str) -> tuple[int, str]:
 
 def test_the_regularisers_are_tunable() -> None:
     from comp.config import make_config
-    from comp.tune import search_space
+    from comp.tune.study import search_space
 
     cfg = make_config(
         {
@@ -99,16 +100,16 @@ def test_out_of_memory_trials_are_pruned_with_their_reason(
 ) -> None:
     import torch
 
-    import comp.train
+    import comp.tune.study
 
-    real = comp.train.train
+    real = comp.tune.study.train
 
     def small_gpu(root: Path, cfg: object, **kwargs: object) -> object:
         if getattr(cfg, "batch_size") == 16:  # noqa: B009
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(root, cfg, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(comp.train, "train", small_gpu)
+    monkeypatch.setattr(comp.tune.study, "train", small_gpu)
     cfg = load_config(ws, {"tune_batch_size": "8,16"})
     study = optimize(
         ws, cfg, study_name="oom", storage=f"sqlite:///{ws / 'oom.db'}", trials=6, progress=False

@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 
 from comp.config import load_config
-from comp.data import DataError, load_competition
-from comp.workspace import init_workspace
+from comp.data.competition import load_competition
+from comp.data.workspace import init_workspace
+from comp.errors import DataError
 from tests.conftest import draw, make_imagefolder, make_kaggle
 
 
@@ -152,7 +153,7 @@ def test_a_holdout_keeps_near_duplicates_on_one_side(tmp_path: Path) -> None:
     import numpy as np
     import pandas as pd
 
-    from comp.workspace import init_workspace
+    from comp.data.workspace import init_workspace
 
     data = tmp_path / "folder"
     rng = np.random.default_rng(0)

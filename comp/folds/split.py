@@ -1,0 +1,469 @@
+"""Cross-validation folds.
+
+Reads the labels table (``train_csv``) and, for the distance-matched folds, the
+similarity features of the train and test images (comp.leaks). Writes
+``folds/folds_k{n}_seed{s}.csv`` with columns Id,label,fold (and group, when
+groups of similar images are kept together), and beside it (comp folds) a
+report as ``.json`` and ``.png``; ``comp train`` reads the file that matches its
+config, so changing n_splits or seed never mixes two splits.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from tqdm.auto import tqdm
+
+from comp import files
+from comp.config import Config
+from comp.data.competition import read_csv
+from comp.errors import DataError
+from comp.folds.similarity import Features, Space, features, nearest, neighbour_graph
+
+
+def folds_path(root: Path, cfg: Config) -> Path:
+    return root / "folds" / f"folds_k{cfg.n_splits}_seed{cfg.seed}.csv"
+
+
+def similarity_features(
+    cfg: Config, paths: list[Path], *, methods: list[str], progress: bool = True
+) -> Features:
+    """The similarity features of ``paths`` (train then test) as `comp folds` computes them."""
+    return features(
+        paths,
+        methods=methods,
+        embed={
+            "model": cfg.model,
+            "pretrained": cfg.pretrained,
+            "pretrained_file": cfg.pretrained_file,
+            # The backbone's own preferred size is unknown here; 64 px keeps it quick.
+            "img_size": cfg.img_size if cfg.img_size > 0 else 64,
+        },
+        seed=cfg.seed,
+        progress=progress,
+    )
+
+
+def check_class_counts(labels: pd.DataFrame, *, n_splits: int) -> None:
+    """Refuse a split in which some class cannot be in every validation fold."""
+    counts = labels["label"].value_counts()
+    small = counts[counts < n_splits]
+    if len(small):
+        listed = ", ".join(f"'{c}' ({n})" for c, n in small.sort_values().items())
+        raise DataError(
+            f"{len(small)} class(es) have fewer images than the {n_splits} folds: {listed}. "
+            "Lower --n-splits, or add or merge images of those classes."
+        )
+
+
+def make_folds(
+    labels: pd.DataFrame, *, n_splits: int, seed: int, groups: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Stratified K folds: every class spread evenly over the folds, reproducibly.
+
+    With ``groups``, no group is split across folds (sklearn's StratifiedGroupKFold),
+    so near-duplicates never sit on both sides of a validation split. The table then
+    has a ``group`` column.
+    """
+    check_class_counts(labels, n_splits=n_splits)
+    fold = np.full(len(labels), -1, dtype=np.int64)
+    y = labels["label"].to_numpy()
+    skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    if groups is None:
+        for k, (_, valid) in enumerate(skf.split(y, y)):
+            fold[valid] = k
+        return labels[["Id", "label"]].assign(fold=fold)
+    groups = np.asarray(groups)
+    _, codes, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    if len(sizes) < n_splits:
+        raise DataError(
+            f"only {len(sizes)} groups of images for {n_splits} folds; lower --n-splits"
+        )
+    sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    together = sizes[codes] > 1
+    alone_per_class = pd.Series(y[~together]).value_counts()
+    if together.all() or alone_per_class.max() < n_splits or len(set(codes[together])) < n_splits:
+        for k, (_, valid) in enumerate(sgkf.split(y, y, groups)):
+            fold[valid] = k
+    else:
+        # Images alone in their group are split as plain stratified folds, the groups of
+        # several as StratifiedGroupKFold: the same folds, and 100,000 singletons need not
+        # pass one by one through the group search.
+        for part, splitter in ((~together, skf), (together, sgkf)):
+            rows = np.flatnonzero(part)
+            with warnings.catch_warnings():
+                # A class with fewer lone images than folds: the groups part spreads it.
+                warnings.simplefilter("ignore", UserWarning)
+                for k, (_, valid) in enumerate(splitter.split(rows, y[rows], groups[rows])):
+                    fold[rows[valid]] = k
+    return labels[["Id", "label"]].assign(fold=fold, group=groups)
+
+
+def fold_counts(folds: pd.DataFrame) -> pd.DataFrame:
+    """Images per class (rows) and fold (columns), with totals."""
+    return pd.crosstab(folds["label"], folds["fold"], margins=True, margins_name="total")
+
+
+def _params(path: Path) -> tuple[str, str]:
+    m = re.fullmatch(r"folds_k(\d+)_seed(-?\d+)\.csv", path.name)
+    return (m.group(1), m.group(2)) if m else ("N", "S")
+
+
+def write_folds(path: Path, folds: pd.DataFrame) -> None:
+    files.write_csv(path, folds)
+
+
+def read_folds(path: Path, *, labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Read a folds file, checking that it still matches the labels table."""
+    n_splits, seed = _params(path)
+    if not path.exists():
+        raise DataError(
+            f"{path}: no folds file for this config; run `comp folds --n-splits {n_splits} --seed {seed}` first"
+        )
+    df = read_csv(path)
+    if list(df.columns[:3]) != ["Id", "label", "fold"]:
+        raise DataError(f"{path}: expected columns Id,label,fold")
+    folds = pd.to_numeric(df["fold"], errors="coerce")
+    if folds.isna().any() or (folds % 1 != 0).any():
+        row = int(np.flatnonzero(folds.isna() | (folds % 1 != 0))[0]) + 2
+        raise DataError(f"{path}: row {row} has a fold that is not a whole number")
+    df["fold"] = folds.astype(int)
+    if labels is not None:
+        merged = labels.merge(df, on="Id", how="outer", suffixes=("", "_folds"), indicator=True)
+        if (merged["_merge"] != "both").any() or (merged["label"] != merged["label_folds"]).any():
+            raise DataError(
+                f"{path}: folds no longer match the labels table; run `comp folds` again"
+            )
+    return df
+
+
+# --- distance-matched folds -----------------------------------------------------
+#
+# A validation image should sit as far from its fold's training images as a test
+# image sits from train. Each candidate split (plain folds, or groups of similar
+# images kept in one fold, joined at a ladder of distances) is scored by how far its
+# validation-to-train distances lie from the test-to-train ones: the mean gap between
+# their quantiles (quantile matching), and the closest wins. The report also gives
+# splito's MOOD score, 1 - Jensen-Shannon divergence of the two densities.
+
+# Distances below this (cosine, in the similarity features) are twins: the same image,
+# re-encoded, resized or recoloured.
+TWIN_DISTANCE = 0.01
+# Near-duplicates: frames of one clip, a subject on another backdrop. With no test set
+# to match (a hold-out cut from train), these are kept on one side.
+NEAR_DUPLICATE = 0.05
+# Distance distributions are compared from this many sampled images: enough for a
+# density, and a fixed cost however large the competition.
+SAMPLE = 2000
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+# A best shift above this (quantiles some 3x apart on average) means no split imitates
+# the test set. Seen here: 0.03-0.04 on random splits, 0.2-0.4 on unseen subjects.
+MISMATCH = 0.5
+
+
+@dataclass
+class Candidate:
+    name: str
+    threshold: float | None  # None: plain stratified folds
+    groups: np.ndarray | None
+    folds: pd.DataFrame | None = None
+    d_val: np.ndarray | None = None
+    match: float = float("nan")
+    shift: float = float("nan")
+    problem: str | None = None  # why it cannot be used
+
+    def summary(self) -> dict[str, Any]:
+        sizes = np.bincount(self.groups) if self.groups is not None else np.ones(1, dtype=int)
+        return {
+            "name": self.name,
+            "threshold": self.threshold,
+            "groups": len(sizes) if self.groups is not None else None,
+            "largest_group": int(sizes.max()),
+            "match": None if np.isnan(self.match) else round(float(self.match), 4),
+            "shift": None if np.isnan(self.shift) else round(float(self.shift), 4),
+            "d_val": quantiles(self.d_val) if self.d_val is not None else None,
+            "problem": self.problem,
+        }
+
+
+@dataclass
+class FoldChoice:
+    chosen: Candidate
+    plain: Candidate
+    candidates: list[Candidate]
+    d_test: np.ndarray | None
+    x_train: Features  # the features, each method scaled as the choice measured them
+    x_test: Features | None
+    d_train: np.ndarray  # each train image's distance to its nearest other train image
+
+
+def quantiles(d: np.ndarray) -> dict[str, float]:
+    return {f"{round(q * 100)}%": round(float(np.quantile(d, q)), 4) for q in QUANTILES}
+
+
+def _log(d: np.ndarray) -> np.ndarray:
+    # Twins at 0.001 and strangers at 0.3 are worlds apart: compare distances on a log scale.
+    return np.log10(np.asarray(d, dtype=np.float64) + 1e-3)
+
+
+def shift_score(d_val: np.ndarray, d_test: np.ndarray) -> float:
+    """How far validation distances lie from test distances: the mean gap between their
+    quantiles (1 %..99 %), in log10 units; 0 is the same distribution, 1 a tenfold gap.
+
+    A validation image nearer its training images than test images come is a leak that
+    makes CV optimistic, the costly error: gaps on that side count twice."""
+    q = np.linspace(0.01, 0.99, 99)
+    gap = np.quantile(_log(d_val), q) - np.quantile(_log(d_test), q)
+    return float(np.mean(np.where(gap < 0, -2 * gap, gap)))
+
+
+def match_score(a: np.ndarray, b: np.ndarray) -> float:
+    """1 - Jensen-Shannon divergence (base 2) between the densities of two distance samples,
+    on a log scale (twins at 0.001 and strangers at 0.3 are worlds apart): 1 is the same
+    distribution, 0 two that never overlap."""
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import gaussian_kde
+
+    la, lb = _log(a), _log(b)
+    grid = np.linspace(min(la.min(), lb.min()) - 0.5, max(la.max(), lb.max()) + 0.5, 512)
+
+    def density(x: np.ndarray) -> np.ndarray:
+        # A constant sample (all twins) has no spread to estimate: give it a narrow one.
+        if np.ptp(x) < 1e-9:
+            x = x + np.random.default_rng(0).normal(0, 0.05, len(x))
+        return np.asarray(gaussian_kde(x)(grid)) + 1e-12
+
+    jsd = float(jensenshannon(density(la), density(lb), base=2) ** 2)
+    return 1.0 - jsd
+
+
+def _problem(folds: pd.DataFrame, n_splits: int) -> str | None:
+    """Why a split cannot serve: a class missing from a fold, or folds of uneven size."""
+    present = pd.crosstab(folds["label"], folds["fold"])
+    if present.shape[1] < n_splits or (present == 0).any().any():
+        missing = present.index[(present == 0).any(axis=1)].tolist() or present.index.tolist()
+        return f"class {missing[0]!r} is missing from a fold"
+    sizes = folds["fold"].value_counts()
+    if sizes.max() > 1.5 * sizes.min():
+        return f"uneven folds ({sizes.min()} to {sizes.max()} images)"
+    return None
+
+
+def candidate_thresholds(d_test: np.ndarray | None, *, steps: int = 12) -> list[float]:
+    """A ladder of grouping distances up to beyond where most test images sit."""
+    if d_test is None or not len(d_test):
+        return []
+    top = float(min(1.0, 1.5 * np.quantile(d_test, 0.9)))
+    if top <= 2 * TWIN_DISTANCE:
+        return [TWIN_DISTANCE]
+    return [round(float(t), 4) for t in np.geomspace(TWIN_DISTANCE, top, steps)]
+
+
+def choose_folds(
+    labels: pd.DataFrame,
+    x_train: Features,
+    x_test: Features | None,
+    *,
+    n_splits: int,
+    seed: int,
+    threshold: float | None = None,
+    tolerance: float = 0.01,
+    progress: bool = True,
+) -> FoldChoice:
+    """Folds whose validation-to-train distances best match the test set's distances to train.
+
+    ``x_train``/``x_test``: similarity features (comp.leaks.features) of the images in
+    ``labels`` order and of the test images. Candidates are plain stratified folds and
+    groups joined through neighbours up to a ladder of distances (each group at most
+    N/(2K) images; comp.leaks.Graph). Each feature's distances are scaled by the test
+    set's typical distance in it, and each is matched on its own (shift_score, averaged);
+    a candidate within ``tolerance`` of the smallest shift that groups less wins, so CV
+    does not turn pessimistic on a random split. With ``threshold``, the groups are cut
+    there instead of chosen. Without test images there is nothing to match: twins
+    (TWIN_DISTANCE) are kept together.
+    """
+    check_class_counts(labels, n_splits=n_splits)
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    d_test = None
+    d_tests: list[np.ndarray] = []
+    if x_test is not None and len(x_test):
+        # A fold trains on (K-1)/K of train: measure test images against as many.
+        base = rng.choice(n, max(1, round(n * (n_splits - 1) / n_splits)), replace=False)
+        tests = rng.choice(len(x_test), min(len(x_test), SAMPLE), replace=False)
+        d_tests = [
+            nearest(Features([t]).take(tests), Features([s]).take(base))[0][:, 0]
+            for s, t in zip(x_train.spaces, x_test.spaces, strict=True)
+        ]
+        # Each method's distances in the first one's units: a test image's typical distance
+        # to train is the same in all.
+        typical = [max(1e-4, float(np.median(d))) for d in d_tests]
+        scales = [t / typical[0] for t in typical]
+        x_train, x_test = x_train.scaled(scales), x_test.scaled(scales)
+        d_tests = [d / k for d, k in zip(d_tests, scales, strict=True)]
+        d_test = np.minimum.reduce(d_tests)
+    queries = np.sort(rng.choice(n, min(n, SAMPLE), replace=False))
+    graph = neighbour_graph(x_train, progress=progress)
+    d_train = np.full(n, np.inf)
+    np.minimum.at(d_train, graph.a, graph.distance)
+    cap = max(2, n // (2 * n_splits))
+    if threshold is not None:
+        ladder = [threshold]
+    elif d_test is None:
+        ladder = [TWIN_DISTANCE]
+    else:
+        ladder = candidate_thresholds(d_test)
+    plain = Candidate("plain stratified folds", None, None)
+    candidates = [plain]
+    seen: set[int] = set()
+    for t, groups in zip(ladder, graph.groups(ladder, cap=cap), strict=True):
+        if int(groups.max()) + 1 in seen or int(groups.max()) + 1 == n:
+            continue  # no grouping, or the same as a lower rung
+        seen.add(int(groups.max()) + 1)
+        candidates.append(Candidate(f"groups within distance {t:g}", t, groups))
+    for c in tqdm(candidates, desc="candidate folds", leave=False, disable=files.no_bar(progress)):
+        try:
+            c.folds = make_folds(labels, n_splits=n_splits, seed=seed, groups=c.groups)
+        except DataError as e:
+            c.problem = str(e)
+            continue
+        c.problem = _problem(c.folds, n_splits)
+        fold = c.folds["fold"].to_numpy()
+        # Each method on its own: folds should copy the test set in every way of looking.
+        d_vals = [
+            nearest(
+                Features([space]).take(queries),
+                Features([space]),
+                query_keys=fold[queries],
+                base_keys=fold,
+            )[0][:, 0]
+            for space in x_train.spaces
+        ]
+        c.d_val = np.minimum.reduce(d_vals)
+        if d_test is not None:
+            c.match = float(
+                np.mean([match_score(v, t) for v, t in zip(d_vals, d_tests, strict=True)])
+            )
+            c.shift = float(
+                np.mean([shift_score(v, t) for v, t in zip(d_vals, d_tests, strict=True)])
+            )
+    usable = [c for c in candidates if c.problem is None and c.folds is not None]
+    if threshold is not None or d_test is None:
+        # Nothing to match: the one grouping asked for (or twins) when it can serve.
+        chosen = usable[-1] if usable else plain
+    else:
+        best = min(c.shift for c in usable)
+        chosen = next(c for c in usable if c.shift <= best + tolerance)
+    return FoldChoice(
+        chosen=chosen,
+        plain=plain,
+        candidates=candidates,
+        d_test=d_test,
+        x_train=x_train,
+        x_test=x_test,
+        d_train=d_train,
+    )
+
+
+def adversarial_auc(x_train: Features, x_test: Features, *, threshold: float, seed: int) -> float:
+    """Cross-validated ROC AUC of a classifier told to tell test images from train ones
+    on the similarity features: 0.5 when it cannot, 1.0 when test is another world.
+
+    Images within ``threshold`` of each other share a fold of this CV too; otherwise
+    the classifier tells test from train by recognising test subjects it saw in training.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
+
+    rng = np.random.default_rng(seed)
+    a = rng.choice(len(x_train), min(len(x_train), SAMPLE), replace=False)
+    b = rng.choice(len(x_test), min(len(x_test), SAMPLE), replace=False)
+    if min(len(a), len(b)) < 20:
+        return float("nan")  # a fold of the CV would hold only one side
+    both = Features(
+        [
+            Space(
+                np.concatenate([s.x[a], t.x[b]]),
+                None
+                if s.mirror is None or t.mirror is None
+                else np.concatenate([s.mirror[a], t.mirror[b]]),
+                s.scale,
+            )
+            for s, t in zip(x_train.spaces, x_test.spaces, strict=True)
+        ]
+    )
+    y = np.r_[np.zeros(len(a)), np.ones(len(b))]
+    groups = neighbour_graph(both).groups([threshold], cap=max(2, len(y) // 10))[0]
+    model = HistGradientBoostingClassifier(max_iter=50, random_state=seed)
+    cv = StratifiedGroupKFold(5, shuffle=True, random_state=seed)
+    return float(cross_val_score(model, both.x, y, groups=groups, cv=cv, scoring="roc_auc").mean())
+
+
+def auc_meaning(auc: float) -> str:
+    if np.isnan(auc):
+        return "too few images to tell"
+    if auc < 0.6:
+        return "a classifier cannot tell test images from train ones: same kind of images"
+    if auc < 0.75:
+        return "a classifier tells test from train a little: some shift between them"
+    return (
+        "a classifier tells test from train easily: the test set differs from train "
+        "(other sources, styles or conditions), so CV will be optimistic"
+    )
+
+
+def fold_report(
+    choice: FoldChoice,
+    *,
+    methods: list[str],
+    n_splits: int,
+    seed: int,
+) -> dict[str, Any]:
+    """What `comp folds` found and chose, as written to folds_k{n}_seed{s}.json."""
+    x_train, x_test = choice.x_train, choice.x_test
+    report: dict[str, Any] = {
+        "features": methods,
+        "scales": [s.scale for s in x_train.spaces],
+        "n_splits": n_splits,
+        "seed": seed,
+        "train_images": len(x_train),
+        "test_images": len(x_test) if x_test is not None else 0,
+        "chosen": choice.chosen.summary(),
+        "candidates": [c.summary() for c in choice.candidates],
+        "d_test": quantiles(choice.d_test) if choice.d_test is not None else None,
+        "twin_distance": TWIN_DISTANCE,
+        "warnings": [],
+    }
+    report["train_with_twin"] = int((choice.d_train <= TWIN_DISTANCE).sum())
+    if x_test is not None and len(x_test):
+        d_full = nearest(x_test, x_train)[0][:, 0]
+        report["test_with_twin"] = int((d_full <= TWIN_DISTANCE).sum())
+        auc = adversarial_auc(
+            x_train, x_test, threshold=choice.chosen.threshold or TWIN_DISTANCE, seed=seed
+        )
+        report["adversarial_auc"] = None if np.isnan(auc) else round(auc, 3)
+        report["adversarial_meaning"] = auc_meaning(auc)
+        if auc >= 0.75:
+            report["warnings"].append(f"adversarial validation AUC {auc:.2f}: {auc_meaning(auc)}")
+        if choice.chosen.shift > MISMATCH and choice.chosen.d_val is not None:
+            val, test = float(np.median(choice.chosen.d_val)), float(np.median(d_full))
+            report["warnings"].append(
+                "no split imitates the test set: validation images sit "
+                f"{'nearer to' if val < test else 'further from'} their training images than "
+                f"test images do from train (median distance {val:.3g} against {test:.3g}). "
+                "The test set differs from train in a way folds cannot copy (domain shift): "
+                "expect CV to miss the leaderboard"
+            )
+    else:
+        report["warnings"].append(
+            "no test images to match: only twins are kept together, so CV can only be as "
+            "honest as the test set is like train"
+        )
+    return report

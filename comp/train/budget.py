@@ -1,0 +1,144 @@
+"""A time budget: time a fold's first epoch, then size every fold's epochs to fit.
+
+Reads the config (``time_limit``), the decoded training images and a fold's split;
+writes nothing. A Kaggle session (9 or 12 hours, or a code competition's limit)
+or a laptop's lunch break is the budget; no fold is cut mid-schedule.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+from torch.utils.data import DataLoader
+
+from comp.config import AUTO_KEYS, Config, parse_duration
+from comp.data.transforms import ImageDataset, create_transform, to_input
+from comp.errors import ConfigError
+from comp.files import Echo
+from comp.hardware.distributed import Dist
+from comp.hardware.precision import make_autocast
+from comp.models.factory import create_model, normalisation
+from comp.models.inference import predict_probs
+from comp.train.recipe import Recipe, with_epochs
+
+
+def fit_time_limit(
+    cfg: Config,
+    recipe: Recipe,
+    *,
+    images: np.ndarray,
+    targets: np.ndarray,
+    fold_of: np.ndarray,
+    folds: list[int],
+    spent: float,
+    device: torch.device,
+    dist_: Dist,
+    echo: Echo,
+) -> Config:
+    """``cfg`` with as many epochs as let every fold in ``folds`` end within ``cfg.time_limit``.
+
+    A fold's first epoch is timed on a throwaway copy of its model (a full epoch where
+    that is quick, a few dozen steps otherwise), so the schedule is fixed before any
+    fold starts and no fold is cut short. A user's own ``epochs`` is an upper bound.
+    """
+    budget = parse_duration(cfg.time_limit or "0") - spent
+    k = folds[0]
+    train_idx, valid_idx = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+    epoch_s, frozen_s = measure_epoch(
+        cfg,
+        images=images,
+        targets=targets,
+        train_idx=train_idx,
+        valid_idx=valid_idx,
+        device=device,
+        dist_=dist_,
+    )
+    # Each fold also builds its model and, with a frozen stage, embeds its images once.
+    per_fold = budget / len(folds) - frozen_s - 2.0
+    fits = int(per_fold // epoch_s)
+    cap = None if "epochs" in recipe.filled else cfg.epochs
+    epochs = min(fits, cap) if cap is not None else fits
+    least = cfg.freeze_epochs + 1 if "freeze_epochs" not in recipe.filled else 1
+    if epochs < least:
+        raise ConfigError(
+            f"time_limit {cfg.time_limit}: an epoch takes about {epoch_s:.0f}s, so {len(folds)} folds "
+            f"need at least {len(folds) * (least * epoch_s + frozen_s) + spent:.0f}s; "
+            "raise the limit, train fewer folds (--fold) or use a smaller img_size or model"
+        )
+    sized = with_epochs(cfg, epochs, auto=set(recipe.filled) & set(AUTO_KEYS))
+    echo(
+        f"time limit {cfg.time_limit}: an epoch takes about {epoch_s:.1f}s, so {sized.epochs} epochs per fold "
+        f"({sized.freeze_epochs} frozen, warmup {sized.warmup_epochs}) fit {len(folds)} folds"
+    )
+    return sized
+
+
+def measure_epoch(
+    cfg: Config,
+    *,
+    images: np.ndarray,
+    targets: np.ndarray,
+    train_idx: np.ndarray,
+    valid_idx: np.ndarray,
+    device: torch.device,
+    dist_: Dist,
+    steps: int = 24,
+) -> tuple[float, float]:
+    """Seconds of one all-layers epoch (train + validate), and of a fold's frozen-stage set-up."""
+    # Global random state is drawn from here; each fold re-seeds it before it trains.
+    model, _ = create_model(
+        cfg.model,
+        num_classes=int(targets.max()) + 1,
+        pretrained="false",
+        drop_path_rate=cfg.drop_path_rate,
+    )
+    model = model.to(device).to(memory_format=torch.channels_last)
+    mean, std = (t.to(device) for t in normalisation(model))
+    autocast = make_autocast(device, cfg.amp, img_size=cfg.img_size)
+    transform = create_transform(cfg.aug, img_size=cfg.img_size)
+    optimizer = create_optimizer_v2(
+        model, opt=cfg.optimizer, lr=1e-4, weight_decay=cfg.weight_decay
+    )
+    n_batches = -(-len(train_idx) // cfg.batch_size)
+    loader = DataLoader(
+        ImageDataset(images, targets, transform, index=train_idx),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+    )
+    timed, seconds = 0, 0.0
+    model.train()
+    t0 = time.perf_counter()
+    for i, (xb, yb) in enumerate(loader):
+        if i >= min(steps, n_batches) + 2:
+            break
+        # Timed from the previous step's end, so loading and augmenting count too.
+        x = to_input(xb, mean=mean, std=std, device=device, channels_last=True)
+        with autocast():
+            loss = nn.functional.cross_entropy(model(x), yb.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # the first steps pay for allocation and kernel choice
+            timed, seconds = timed + 1, seconds + time.perf_counter() - t0
+        t0 = time.perf_counter()
+    step_s = seconds / max(timed, 1) / dist_.world
+    probe = DataLoader(
+        ImageDataset(images, targets, index=valid_idx[: cfg.batch_size * 4]),
+        batch_size=cfg.batch_size * 2,
+    )
+    t0 = time.perf_counter()
+    predict_probs(
+        model, probe, mean=mean, std=std, device=device, autocast=autocast, channels_last=True
+    )
+    per_image = (time.perf_counter() - t0) / max(1, min(len(valid_idx), cfg.batch_size * 4))
+    epoch_s = n_batches * step_s + len(valid_idx) * per_image / dist_.world
+    frozen_s = 0.0
+    if cfg.freeze_epochs and cfg.cache_features:
+        frozen_s = (cfg.feature_views * len(train_idx) + len(valid_idx)) * per_image
+    return epoch_s * 1.05, frozen_s  # a margin for what a short measurement misses
