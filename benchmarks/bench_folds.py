@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import machine  # noqa: E402  (benchmarks/common.py)
 
 from tests.sprites import write_sprites  # noqa: E402
 
@@ -67,8 +68,7 @@ def main() -> None:
                 "seconds": round(seconds, 1),
                 "peak_rss_gb": round(peak_gb, 2),
                 "chosen": report["chosen"]["name"],
-                "machine": f"{platform.processor() or platform.machine()}, "
-                f"{len(__import__('os').sched_getaffinity(0))} cores",
+                "machine": machine(),
             }
         )
     )

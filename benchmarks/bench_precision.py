@@ -17,13 +17,11 @@ time is measured by bench_recipe.py (``--configs new,new-fp32``).
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import timm
 import torch
-
-from comp.hardware.precision import cpu_bf16
+from common import machine  # benchmarks/common.py
 
 
 def throughput(model_name: str, size: int, batch: int, steps: int, bf16: bool) -> tuple[float, float]:
@@ -71,8 +69,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=4)
     a = p.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, native bf16: {cpu_bf16() or 'none'}\n")
+    print(f"{machine()}, {torch.get_num_threads()} threads\n")
     print("| model | px | train fp32 | train bf16 | ratio | infer fp32 | infer bf16 | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in a.models.split(","):

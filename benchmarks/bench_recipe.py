@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import machine, run_comp  # noqa: E402  (benchmarks/common.py)
 
 from tests.sprites import write_sprites  # noqa: E402
 
@@ -54,13 +53,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def comp(ws: Path, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "comp", "-w", str(ws), *args],
-        capture_output=True, text=True,
-    )
-    if out.returncode:
-        raise SystemExit(f"comp {' '.join(args)} failed:\n{out.stderr[-3000:]}")
-    return out.stdout
+    return run_comp(ws, *args)
 
 
 def main() -> None:
@@ -110,15 +103,6 @@ def main() -> None:
             a.out.write_text(json.dumps({"machine": machine(), "data": data_note(a), "rows": results}, indent=1))
     print(table(results))
     plot(results, HERE / "recipe.png")
-
-
-def machine() -> str:
-    import torch
-
-    from comp.hardware.precision import cpu_bf16
-
-    return (f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
-            f"native bf16: {cpu_bf16() or 'none'}, torch {torch.__version__}")
 
 
 def data_note(a: argparse.Namespace) -> str:

@@ -11,38 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from common import machine, run_comp  # benchmarks/common.py
 
 from comp.ledger import Ledger, ledger_path
 
 
 def comp(ws: Path, *args: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "comp", "-w", str(ws), *args],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run_comp(ws, *args)
     return time.perf_counter() - t0
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    flags = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name") and cpu == platform.machine():
-            cpu = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = line
-    bf16 = ", AVX512-BF16" if "avx512_bf16" in flags else ""
-    bf16 += ", AMX" if "amx_bf16" in flags else ""
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores{bf16}, no GPU"
 
 
 def main() -> None:

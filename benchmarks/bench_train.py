@@ -58,7 +58,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import socket
@@ -68,9 +67,9 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stderr
+from contextlib import nullcontext, redirect_stderr
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -78,104 +77,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from common import GB, machine_info, precision, sync, timer  # benchmarks/common.py
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    # Run as a script from anywhere, against this checkout's comp.
-    sys.path.insert(0, str(REPO))
+from comp.hardware.distributed import pick_device
+from comp.hardware.precision import amp_dtype, make_autocast, precision_name
 
 N_CLASSES = 8
 PHOTO_SIZE = 256
 N_SPLITS = 4
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-GB = 1e9
 TARGETS = {"b_over_a_64": 0.9, "b_over_c": 2.0, "stage1_speedup": 20.0, "rss_anon_gb": 2.0}
 
 
 def noop(_: str) -> None:
     pass
-
-
-# --- machine --------------------------------------------------------------------
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = int(line.split()[1]) * 1024 / GB
-    except OSError:
-        pass
-    import albumentations
-    import timm
-    import torchvision
-
-    return {
-        "host": socket.gethostname(),
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "cpu_count": os.cpu_count(),
-        "ram_gb": round(ram, 1) if ram else None,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "device": str(device),
-        "amp": str(amp_dtype(device)).replace("torch.", "") if amp_dtype(device) else "none",
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "torchvision": torchvision.__version__,
-        "albumentations": albumentations.__version__,
-    }
-
-
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: CUDA is not available here")
-    return torch.device(spec)
-
-
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast(device: torch.device) -> AbstractContextManager[Any]:
-    dtype = amp_dtype(device)
-    return torch.autocast("cuda", dtype=dtype) if dtype is not None else nullcontext()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextmanager
-def timer(device: torch.device | None = None) -> Iterator[list[float]]:
-    """``with timer(dev) as t: ...`` leaves the seconds in ``t[0]`` (CUDA work included)."""
-    out = [0.0]
-    if device is not None:
-        sync(device)
-    start = time.perf_counter()
-    yield out
-    if device is not None:
-        sync(device)
-    out[0] = time.perf_counter() - start
 
 
 # --- data -----------------------------------------------------------------------
@@ -266,7 +185,8 @@ def measure_ceiling(
     steps: int,
     channels_last: bool = True,
 ) -> dict[str, Any]:
-    """Model-only training images/s on synthetic batches already on the device."""
+    """Model-only training images/s on synthetic batches already on the device, in the
+    precision comp train chooses here at this size (recorded as ``a_precision``)."""
     import timm
 
     torch.manual_seed(0)
@@ -274,7 +194,9 @@ def measure_ceiling(
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device).to(memory_format=layout).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
+    dtype = amp_dtype(device, True, img_size=size)
+    autocast = make_autocast(device, True, img_size=size)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = nn.CrossEntropyLoss()
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
@@ -286,7 +208,7 @@ def measure_ceiling(
 
     def step(i: int) -> None:
         x, y = batches[i % len(batches)]
-        with autocast(device):
+        with autocast():
             loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -309,6 +231,7 @@ def measure_ceiling(
         "a_img_s": per_window * batch_size / float(np.min(windows)),
         "a_mean_img_s": timed * batch_size / sum(windows),
         "a_steps": timed,
+        "a_precision": precision_name(dtype),
     }
 
 
@@ -353,7 +276,13 @@ def train_run(root: Path, overrides: dict[str, Any], name: str) -> tuple[pd.Data
 
 
 def measure_comp_train(
-    root: Path, base: dict[str, Any], *, name: str, n_train: int, epochs: int = 3
+    root: Path,
+    base: dict[str, Any],
+    *,
+    name: str,
+    n_train: int,
+    device: torch.device,
+    epochs: int = 3,
 ) -> dict[str, Any]:
     metrics, wall = train_run(root, {**base, "epochs": epochs, "freeze_epochs": 0}, name)
     n = images_per_epoch(n_train, base["batch_size"])
@@ -367,6 +296,7 @@ def measure_comp_train(
         "b_wall_img_s": n * len(metrics) / wall,
         "b_wall_s": wall,
         "b_run": name,
+        "b_precision": precision(device, amp=bool(base["amp"]), img_size=int(base["img_size"])),
     }
 
 
@@ -439,7 +369,7 @@ def measure_naive(
     epoch(limit=warmup_batches)
     with timer(device) as t:
         seen = epoch()
-    return {"c_img_s": seen / t[0], "c_seconds": t[0]}
+    return {"c_img_s": seen / t[0], "c_seconds": t[0], "c_precision": "fp32"}
 
 
 # --- (d) stage 1 with and without cached features ---------------------------------
@@ -586,6 +516,7 @@ def rss_child(folder: Path, n: int, *, steps: int, device: torch.device) -> dict
     mean = torch.tensor(IMAGENET_MEAN, device=device)
     std = torch.tensor(IMAGENET_STD, device=device)
     paths = rss_paths(folder, n)
+    autocast = make_autocast(device, True, img_size=64)
     with tempfile.TemporaryDirectory(dir=folder, prefix="cache-") as cache_dir:
         sampler.mark("cache build")
         with timer() as build:
@@ -606,7 +537,7 @@ def rss_child(folder: Path, n: int, *, steps: int, device: torch.device) -> dict
                 pass_s = time.perf_counter() - t0
                 sampler.mark("train steps")
             x = to_input(xb, mean=mean, std=std, device=device, channels_last=True)
-            with autocast(device):
+            with autocast():
                 loss = nn.functional.cross_entropy(model(x), yb.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -624,6 +555,7 @@ def rss_child(folder: Path, n: int, *, steps: int, device: torch.device) -> dict
         "pass_img_s": passed / pass_s if passed and pass_s else None,
         "train_steps": min(steps, math.ceil(n / 256)),
         "device": str(device),
+        "precision": precision(device, amp=True, img_size=64),
         "peak": peak,
         "phases": sampler.peaks,
         "samples": sampler.samples,
@@ -650,6 +582,7 @@ COLUMNS = [
     ("a img/s", "a_img_s", 1),
     ("b img/s", "b_img_s", 1),
     ("b/a", "b_over_a", 2),
+    ("precision a/b/c", "precisions", None),
     ("c img/s", "c_img_s", 1),
     ("b/c", "b_over_c", 2),
     ("b_wall img/s", "b_wall_img_s", 1),
@@ -738,7 +671,9 @@ def report(result: dict[str, Any]) -> str:
         f"{m['ram_gb']} GB RAM{gpu}; host {m['host']}",
         f"- software: python {m['python']}, torch {m['torch']}, timm {m['timm']}, "
         f"torchvision {m['torchvision']}, albumentations {m['albumentations']}; "
-        f"device {m['device']}, AMP {m['amp']}, {m['torch_threads']} torch threads",
+        f"device {m['device']}, native bf16 {m['native_bf16'] or 'none'}, "
+        f"{m['torch_threads']} torch threads; precision per row (a/b/c), as comp train "
+        "chooses it at that size (c: the naive pipeline, always fp32)",
         f"- command: `{result['command']}`",
         f"- data: {d['n_images']} photo crops ({PHOTO_SIZE}x{PHOTO_SIZE} JPEG q90, {N_CLASSES} classes); "
         f"fold 0: {d['n_train']} train, {d['n_valid']} valid; {d['n_test']} test; "
@@ -852,7 +787,9 @@ def measure_row(
     row |= attempt(
         errors,
         f"b {tag}",
-        lambda: measure_comp_train(root, cfg, name=f"b-{tag}", n_train=ws["n_train"]),
+        lambda: measure_comp_train(
+            root, cfg, name=f"b-{tag}", n_train=ws["n_train"], device=device
+        ),
     )
     row |= attempt(
         errors,
@@ -875,6 +812,8 @@ def measure_row(
         )
     row["b_over_a"] = ratio(row.get("b_img_s"), row.get("a_img_s"))
     row["b_over_c"] = ratio(row.get("b_img_s"), row.get("c_img_s"))
+    # Ratios between measurements in different precisions say so in their row.
+    row["precisions"] = "/".join(str(row.get(f"{k}_precision", "?")) for k in "abc")
     row["errors"] = errors
     return row
 

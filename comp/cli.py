@@ -1,22 +1,25 @@
 """The ``comp`` command line: one click group, one command a stage.
 
 Each command reads the workspace's comp.yaml, applies its flags and ``--set``
-overrides, and calls one library function. Heavy libraries (torch, timm) are
-imported inside the commands, so ``comp --help`` stays fast.
+overrides, calls one or two library functions, and maps their errors: every
+``comp.errors.CompError``, ``FileExistsError`` and ``OSError`` becomes one line
+and a non-zero exit. Library modules (and through them torch, timm) are imported
+inside the commands, so ``comp --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
-import hashlib
-import json
 import os
-import subprocess
+import re
 import sys
 import time
 import typing
+import warnings
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +36,8 @@ from comp.config import (
     read_config_file,
     validate,
 )
-from comp.errors import ConfigError
+from comp.errors import CompError
 
-ERRORS: tuple[type[Exception], ...] = (ConfigError, FileExistsError)
 # The settings of a training run, as flags of every command that trains (here or on Kaggle).
 TRAINING_FLAGS = (
     "model",
@@ -81,45 +83,32 @@ TEACHING_FLAGS = (
 )
 
 
-def _library_errors() -> tuple[type[Exception], ...]:
-    # Imported lazily: these modules pull in pandas and torch.
-    from comp.errors import DataError, KaggleError, ModelError, SubmissionError
-
-    return (*ERRORS, DataError, ModelError, SubmissionError, KaggleError)
-
-
 def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Re-raise library errors as one-line click errors with a non-zero exit."""
+    """Re-raise library errors (CompError, FileExistsError, OSError with an errno) as
+    one-line click errors with a non-zero exit; anything else is a bug and shows its traceback."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return f(*args, **kwargs)
-        except ERRORS as e:
+        except (CompError, FileExistsError) as e:
             raise click.ClickException(_one_line(str(e))) from None
-        except Exception as e:
-            if isinstance(e, _library_errors()):
-                raise click.ClickException(_one_line(str(e))) from None
-            if isinstance(e, OSError) and e.errno is not None:
-                # A full disk, a read-only folder, a missing file: one line naming the file.
-                raise click.ClickException(_os_error(e)) from None
-            raise
+        except OSError as e:
+            if e.errno is None:
+                raise
+            # A full disk, a read-only folder, a missing file: one line naming the file.
+            raise click.ClickException(_os_error(e)) from None
 
     return wrapper
 
 
 def _one_line(message: str, limit: int = 600) -> str:
     """An error as one line, however many a library below put in it (and no colour codes)."""
-    import re
-
     text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", message).split())
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def _os_error(e: OSError) -> str:
-    import errno
-    import os
-
     what = e.strerror or (os.strerror(e.errno) if e.errno else str(e))
     hint = {
         errno.ENOSPC: "; free some space and run it again (nothing half-written was kept)",
@@ -365,157 +354,29 @@ def folds(
         comp folds --method subject,embed        # add the backbone's view
         comp folds --threshold 0.05              # group within a fixed distance
     """
-    from comp.data.competition import load_competition, read_csv, resolve
-    from comp.errors import DataError
-    from comp.folds.split import (
-        check_class_counts,
-        fold_counts,
-        folds_path,
-        make_folds,
-        write_folds,
-    )
+    from comp.folds.report import UnknownMethod, workspace_folds
 
     root, cfg = workspace_config(ctx, kwargs)
-    comp = load_competition(root, cfg)
-    # Before the similarity search, which reads every image.
-    check_class_counts(comp.train, n_splits=cfg.n_splits)
-    ids = list(comp.train["Id"])
-    path = folds_path(root, cfg)
-    if groups not in ("auto", "none"):
-        table = read_csv(resolve(root, cfg.train_csv))  # type: ignore[arg-type]
-        if groups not in table.columns:
-            raise DataError(
-                f"{cfg.train_csv}: no column '{groups}' for --groups (columns: {', '.join(table.columns)})"
-            )
-        by_id = dict(zip(table[cfg.id_column], table[groups], strict=False))
-        group_ids = pd_codes([by_id.get(i) for i in ids])
-        folds_table = make_folds(comp.train, n_splits=cfg.n_splits, seed=cfg.seed, groups=group_ids)
-        how = f"stratified, grouped by column {groups}"
-        write_folds(path, folds_table)
-    else:
-        folds_table, how, write_report = _matched_folds(cfg, comp, groups, method, threshold, path)
-        # The folds first: a report never stands beside folds that were not written.
-        write_folds(path, folds_table)
-        write_report()
-    click.echo(fold_counts(folds_table).to_string())
+    try:
+        facts = workspace_folds(
+            root,
+            cfg,
+            groups=groups,
+            methods=[m.strip() for m in method.split(",") if m.strip()],
+            threshold=threshold,
+            echo=click.echo,
+            warn=_warn,
+        )
+    except UnknownMethod as e:
+        raise click.BadParameter(str(e), param_hint="--method") from None
+    click.echo(facts["counts"].to_string())
     click.echo(
-        f"\n{cfg.n_splits} folds ({how}) of {len(folds_table)} images -> {path.relative_to(root)}"
+        f"\n{cfg.n_splits} folds ({facts['how']}) of {len(facts['folds'])} images -> {facts['path'].relative_to(root)}"
     )
 
 
-def _matched_folds(
-    cfg: Config,
-    comp: Any,
-    groups: str,
-    method: str,
-    threshold: float | None,
-    path: Path,
-) -> tuple[Any, str, Callable[[], None]]:
-    """Distance-matched folds (or plain ones, reported alike), how they were made, and a
-    function that writes the report and picture beside them."""
-    from comp import files
-    from comp.folds.similarity import METHODS
-    from comp.folds.split import choose_folds, fold_report, similarity_features
-    from comp.report.plots import plot_fold_distances
-
-    methods = [m.strip() for m in method.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown or not methods:
-        raise click.BadParameter(
-            f"similarity methods are {', '.join(METHODS)}, not {', '.join(unknown) or 'none'}",
-            param_hint="--method",
-        )
-    test_ids = comp.test_ids() if comp.test_dir is not None else []
-    ids = list(comp.train["Id"])
-    feats = similarity_features(
-        cfg,
-        [*comp.train_paths(ids), *(comp.test_paths(test_ids) if test_ids else [])],
-        methods=methods,
-    )
-    x_train = feats.take(slice(0, len(ids)))
-    x_test = feats.take(slice(len(ids), None)) if test_ids else None
-    choice = choose_folds(
-        comp.train, x_train, x_test, n_splits=cfg.n_splits, seed=cfg.seed, threshold=threshold
-    )
-    report = fold_report(
-        choice,
-        methods=methods,
-        n_splits=cfg.n_splits,
-        seed=cfg.seed,
-    )
-    used = choice.plain if groups == "none" else choice.chosen
-    report["used"] = used.name
-    if groups == "none" and choice.chosen is not choice.plain:
-        report["warnings"].append(
-            f"--groups none: plain folds, although {choice.chosen.name} match the test set "
-            "better; expect CV above the leaderboard"
-        )
-    distances = {
-        "test -> train": choice.d_test,
-        "plain folds: validation -> train": choice.plain.d_val,
-    }
-    if used is not choice.plain:
-        distances["chosen: validation -> train"] = used.d_val
-    click.echo(_fold_report_text(report, distances, path))
-    for warning in report["warnings"]:
-        click.secho(f"WARNING: {warning}", fg="red", bold=True, err=True)
-
-    def write_report() -> None:
-        files.write_json(path.with_suffix(".json"), report)
-        plot_fold_distances(
-            report, {k: v for k, v in distances.items() if v is not None}, path.with_suffix(".png")
-        )
-
-    assert used.folds is not None
-    if used.groups is None:
-        return used.folds, "stratified", write_report
-    return used.folds, f"stratified, {used.name} kept together", write_report
-
-
-def _fold_report_text(report: dict[str, Any], distances: dict[str, Any], path: Path) -> str:
-    import numpy as np
-
-    from comp.folds.split import QUANTILES
-
-    lines = [
-        f"similarity on {'+'.join(report['features'])} features: {report['train_images']} train, "
-        f"{report['test_images']} test images",
-        f"train images with a twin in train (distance <= {report['twin_distance']:g}): "
-        f"{report['train_with_twin']} of {report['train_images']}",
-    ]
-    if report["test_images"]:
-        lines.append(
-            f"test images with a twin in train: {report['test_with_twin']} of {report['test_images']}"
-        )
-    head = " ".join(f"{round(q * 100):>5}%" for q in QUANTILES)
-    lines.append(f"\ndistance to the nearest training image   {head}")
-    for name, d in distances.items():
-        if d is not None:
-            row = " ".join(f"{np.quantile(d, q):6.3f}" for q in QUANTILES)
-            lines.append(f"  {name:<38} {row}")
-    lines.append("\ncandidate                              groups  largest   shift  match")
-    for c in report["candidates"]:
-        mark = "*" if c["name"] == report["used"] else " "
-        groups = "-" if c["groups"] is None else str(c["groups"])
-        shift = "-" if c["shift"] is None else f"{c['shift']:.3f}"
-        match = "-" if c["match"] is None else f"{c['match']:.3f}"
-        note = f"  ({c['problem']})" if c["problem"] else ""
-        lines.append(
-            f"{mark} {c['name']:<36} {groups:>6} {c['largest_group']:>8} {shift:>7} {match:>6}{note}"
-        )
-    lines.append("  (shift: gap to the test distances, lower is better; match: 1 - Jensen-Shannon)")
-    if report.get("adversarial_auc") is not None:
-        lines.append(
-            f"\nadversarial validation AUC {report['adversarial_auc']:.2f}: {report['adversarial_meaning']}"
-        )
-    lines.append(f"report: {path.with_suffix('.json').name}, {path.with_suffix('.png').name}\n")
-    return "\n".join(lines)
-
-
-def pd_codes(values: list[Any]) -> Any:
-    import pandas as pd
-
-    return pd.factorize(pd.Series(values, dtype=object).fillna("__none__"))[0]
+def _warn(message: str) -> None:
+    click.secho(f"WARNING: {message}", fg="red", bold=True, err=True)
 
 
 @cli.command()
@@ -627,6 +488,8 @@ def train(
     if (devices > 1 or nnodes > 1) and "LOCAL_RANK" not in os.environ:
         # This process only launches: torchrun starts one `comp train` per device, each
         # of which joins the process group from the environment torchrun sets.
+        from comp.train.launch import launch_distributed
+
         ctx.exit(
             launch_distributed(
                 sys.argv[1:],
@@ -676,50 +539,6 @@ def _print_summary(summary: dict[str, Any], seconds: float) -> None:
             f"against {gain['parent']}: mean gain per fold {gain['mean_gain']:+.4f}{spread}, "
             f"{gain['verdict']}"
         )
-
-
-def launch_distributed(
-    args: list[str],
-    *,
-    devices: int,
-    nnodes: int,
-    node_rank: int,
-    master_addr: str,
-    master_port: int,
-    device: str,
-) -> int:
-    """Run ``comp <args>`` under torchrun, ``devices`` processes here; return its exit code."""
-    import torch
-
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda and devices > torch.cuda.device_count():
-        raise click.ClickException(
-            f"--devices {devices}: only {torch.cuda.device_count()} GPU(s) here"
-        )
-    env = dict(os.environ)
-    # torchrun would pin every process to one thread; on CPU they share the cores instead.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
-    rendezvous = (
-        ["--standalone"]
-        if nnodes == 1
-        else [
-            f"--nnodes={nnodes}",
-            f"--node-rank={node_rank}",
-            f"--master-addr={master_addr}",
-            f"--master-port={master_port}",
-        ]
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        *rendezvous,
-        f"--nproc-per-node={devices}",
-        "-m",
-        "comp",
-        *args,
-    ]
-    return subprocess.call(cmd, env=env)
 
 
 @cli.command()
@@ -794,86 +613,30 @@ def tune(
         comp tune --trials 50 --n-workers 2 --set tune_aug=light,medium,heavy
         comp tune --show && comp train --config tune/comp-best.yaml
     """
-    import tempfile
-
-    from comp.config import to_dict
-    from comp.tune import study as tuning
+    from comp.tune.workers import run_study, show_study
 
     root, cfg = workspace_config(ctx, kwargs)
-    tuning.search_space(cfg)
-    tuning.objective_folds(cfg)
-    url = tuning.storage_url(root, study_name, storage)
-    shown_url = url.split("@")[-1] if "://" in url and "@" in url else url
     if show:
-        study = tuning.load_study(
-            url, study_name, pruner=cfg.tune_pruner, seed=cfg.seed, heartbeat=heartbeat
-        )
-        facts = tuning.show(root, cfg, study)
-        click.echo(
-            f"study {study_name} ({shown_url}): "
-            + ", ".join(f"{v} {k}" for k, v in sorted(facts["counts"].items()))
-        )
-        rows = [
-            {"trial": t.number, "macro_f1": t.value, **{k: _param(v) for k, v in t.params.items()}}
-            for t in facts["top"]
-        ]
-        click.echo(format_table(rows, list(rows[0])))
-        click.echo(
-            f"best config: {_relative(facts['best'], root)}  (comp train --config {_relative(facts['best'], root)})"
-        )
-        for plot in facts["plots"]:
-            click.echo(f"plot: {_relative(plot, root)}")
-        return
-
-    t0 = time.perf_counter()
-    study = tuning.load_study(
-        url, study_name, pruner=cfg.tune_pruner, seed=cfg.seed, heartbeat=heartbeat
-    )
-    before = tuning.finished(study)
-    click.echo(f"study {study_name} ({shown_url}): {before} of {trials} trials finished")
-    if n_workers > 1 and not worker:
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=root / "tune", delete=False) as f:
-            import yaml
-
-            yaml.safe_dump(to_dict(cfg), f)
-        base = [sys.executable, "-m", "comp", "-w", str(root), "tune", "--config", f.name]
-        base += ["--trials", str(trials), "--study", study_name, "--storage", url]
-        base += ["--heartbeat", str(heartbeat)]
-        try:
-            # Worker i draws from its own seed stream: no two workers replay one another.
-            procs = [subprocess.Popen([*base, "--worker", str(i + 1)]) for i in range(n_workers)]
-            codes = [p.wait() for p in procs]
-        finally:
-            Path(f.name).unlink(missing_ok=True)
-        if any(codes):
-            raise click.ClickException(f"a worker failed (exit codes {codes})")
-    else:
-        study = tuning.optimize(
+        show_study(
             root,
             cfg,
             study_name=study_name,
-            storage=url,
-            trials=trials,
+            storage=storage,
             heartbeat=heartbeat,
             echo=click.echo,
-            progress=not worker,
-            stream=worker,
         )
-    if worker:
         return
-    study = tuning.load_study(
-        url, study_name, pruner=cfg.tune_pruner, seed=cfg.seed, heartbeat=heartbeat
+    run_study(
+        root,
+        cfg,
+        study_name=study_name,
+        storage=storage,
+        trials=trials,
+        n_workers=n_workers,
+        heartbeat=heartbeat,
+        worker=worker,
+        echo=click.echo,
     )
-    c = tuning.counts(study)
-    click.echo(
-        f"\nstudy {study_name}: "
-        + ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
-        + f" ({time.perf_counter() - t0:.0f}s)"
-    )
-    if c.get("complete"):
-        best = study.best_trial
-        click.echo(f"best: trial {best.number}, macro-F1 {best.value:.4f}, {best.params}")
-        click.echo("next: comp tune --show, then comp train --config tune/<study>-best.yaml")
 
 
 @cli.command()
@@ -906,8 +669,6 @@ def distill(ctx: click.Context, run: str, name: str | None, **kwargs: Any) -> No
         comp distill duo --model resnet18 --name student && comp predict student
         comp distill duo --model mobilenetv3_small_100 --distill-weight 0.7
     """
-    from datetime import datetime
-
     from comp.train.run import train as train_run
 
     # Every test image teaches, unless a threshold is asked for.
@@ -956,12 +717,13 @@ def blend(
     """
     from comp.predict.ensemble import blend as blend_runs
     from comp.runs import find_run
+    from comp.track.scores import track_blend
     from comp.track.trackers import require
 
     root, cfg = workspace_config(ctx, kwargs)
     require(cfg.tracker)
     summary = blend_runs(root, [find_run(root, r) for r in runs], name=name, weights=weights)
-    _track_blend(root, cfg, summary)
+    track_blend(root, cfg, summary=summary, echo=click.echo)
     for member, facts in summary["members"].items():
         cv = facts["cv_macro_f1"]
         click.echo(
@@ -970,32 +732,6 @@ def blend(
             else f"  {member}: weight {facts['weight']:.3f}"
         )
     click.echo(f"blend {name}: CV macro-F1 {summary['cv_macro_f1']:.4f}; next: comp predict {name}")
-
-
-def _track_blend(root: Path, cfg: Config, summary: dict[str, Any]) -> None:
-    """A blend as a tracker run: its members and weights, CV, and the runs it came from."""
-    from comp.track.trackers import experiment_name, open_run
-
-    run_dir = root / "runs" / summary["run"]
-    trackers = open_run(
-        root,
-        cfg.tracker,
-        run=summary["run"],
-        experiment=experiment_name(root, cfg.competition),
-        run_dir=run_dir,
-        echo=click.echo,
-    )
-    if not trackers:
-        return
-    members = summary["members"]
-    trackers.params({f"weight/{m}": f["weight"] for m, f in members.items()} | {"kind": "blend"})
-    trackers.tags({"built_from": "blend of " + ", ".join(members), "parents": ",".join(members)})
-    trackers.metrics(
-        {"cv_macro_f1": summary["cv_macro_f1"], "cv_accuracy": summary["cv_accuracy"]}
-        | {f"fold{k}/best_macro_f1": v for k, v in summary["fold_macro_f1"].items()}
-    )
-    trackers.artifacts([run_dir / "cv.json", run_dir / "blend.json"])
-    trackers.close()
 
 
 @cli.command()
@@ -1068,58 +804,11 @@ def predict(
     click.echo(f"submission: {facts['file']}{cv}")
 
 
-def _track_scores(root: Path, cfg: Config, run: Any, scores: dict[str, Any]) -> None:
-    """Leaderboard scores, as they arrive, on the tracker run of the run that made them."""
-    from comp.track.trackers import experiment_name, log_scores
-
-    if run:
-        log_scores(
-            root,
-            cfg.tracker,
-            run_dir=root / "runs" / str(run),
-            experiment=experiment_name(root, cfg.competition),
-            scores=scores,
-            echo=click.echo,
-        )
-
-
-def _merge_tracker(root: Path, pulled: Path, run: str) -> None:
-    """A kernel's tracker folder into the local trackers, so its run sits beside local ones."""
-    from comp.config import load_config
-    from comp.track.trackers import experiment_name, merge_pulled
-
-    if not pulled.is_dir():
-        return
-    cfg = load_config(root)
-    merged = merge_pulled(
-        root,
-        cfg.tracker,
-        pulled,
-        run_dir=root / "runs" / run,
-        experiment=experiment_name(root, cfg.competition),
-        echo=click.echo,
-    )
-    if merged:
-        click.echo(f"tracker: {', '.join(merged)} of the kernel merged into the local ones")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _kaggle() -> Any:
+    # One place that makes the client: its retry notices go to stderr, and tests swap it.
     from comp.kaggle.client import Kaggle
 
     return Kaggle(echo=lambda m: click.echo(m, err=True))
-
-
-def _competition(cfg: Config, given: str | None) -> str:
-    slug = given or cfg.competition
-    if not slug:
-        raise click.ClickException(
-            "which Kaggle competition? pass --competition SLUG or set `competition:` in comp.yaml"
-        )
-    return slug
 
 
 def _owner(owner: str | None, *, dry_run: bool, what: str) -> tuple[str, Any]:
@@ -1177,91 +866,22 @@ def submit(
         comp submit submissions/effb0.csv -m "effb0, 5 folds, hflip TTA"
         comp submit submissions/demo.csv --local -m "first try"
     """
-    from comp.data.competition import load_competition, resolve
-    from comp.ledger import Ledger, ledger_path
-    from comp.predict.submission import read_submission, score_local, validate_submission
+    from comp.predict.submit import submit_kaggle, submit_local
 
     root, cfg = workspace_config(ctx, {})
-    comp = load_competition(root, cfg)
-    df = read_submission(file)
-    validate_submission(
-        df, sample=comp.sample, classes=comp.classes, ids=comp.test_ids(), name=str(file)
-    )
-    sidecar = file.with_suffix(".json")
-    facts = json.loads(sidecar.read_text()) if sidecar.exists() else {}
-    cv = facts.get("cv_macro_f1")
-    ledger = Ledger(ledger_path(root))
-    digest = _sha256(file)
-    record = {
-        "file": _relative(file, root),
-        "sha256": digest,
-        "run": run or facts.get("run"),
-        "cv": cv,
-        "message": message,
-    }
-    if record["run"] and (root / "runs" / str(record["run"])).is_dir():
-        from comp.teach.lineage import lineage_text
-
-        # What the run learnt from (pseudo-labels, a teacher, blend members), as it was then.
-        record["lineage"] = lineage_text(root / "runs" / str(record["run"])) or None
-    cv_text = f"CV macro-F1 {cv:.4f}" if cv is not None else "CV unknown"
     if local:
-        solution = resolve(root, cfg.solution)
-        if solution is None or not solution.exists():
-            raise click.ClickException(
-                f"no solution file for local scoring (config key solution: {cfg.solution or 'not set'})"
-            )
-        scores = score_local(df, solution)
-        row = ledger.add(
-            **record,
-            public=scores.get("public"),
-            private=scores.get("private"),
-            target="local",
-            status="scored",
-        )
-        click.echo(
-            f"submission #{row}: {cv_text} | public {scores.get('public', float('nan')):.4f} | private {scores.get('private', float('nan')):.4f}"
-        )
-        _track_scores(root, cfg, record["run"], scores)
+        submit_local(root, cfg, file=file, message=message, run=run, echo=click.echo)
         return
-
-    slug = _competition(cfg, competition)
-    earlier = [
-        r
-        for r in ledger.rows()
-        if r["target"] == "kaggle" and r["sha256"] == digest and r["status"] != "error"
-    ]
-    if earlier and not force:
-        last = earlier[-1]
-        maybe = " (maybe: its upload failed midway)" if last["status"] == "unknown" else ""
-        raise click.ClickException(
-            f"{file} was already submitted as #{last['id']}{maybe}; check with `comp submissions --refresh`, or use --force to spend a submission on it again"
-        )
-    kaggle = _kaggle()
-    limits = kaggle.submission_limits(slug)
-    if limits is not None:
-        click.echo(
-            f"{slug}: {limits['today']} submission(s) made today, {limits['left_today']} left"
-        )
-        if limits["left_today"] <= 0:
-            raise click.ClickException(
-                f"no submissions left for {slug} {'in total' if limits['limited_by_total'] else 'today (the quota resets at 00:00 UTC)'}; nothing was submitted"
-            )
-    from comp.errors import KaggleUncertain
-
-    try:
-        ref = kaggle.submit(file, competition=slug, message=message)
-    except KaggleUncertain as e:
-        # Keep a trace, so a retry is caught as a duplicate and a refresh can settle it.
-        row = ledger.add(
-            **record, target="kaggle", status="unknown", competition=slug, error=str(e)
-        )
-        raise click.ClickException(f"{e} (ledger row #{row}, status unknown)") from None
-    row = ledger.add(
-        **record, target="kaggle", status="pending", competition=slug, kaggle_ref=str(ref)
-    )
-    click.echo(
-        f"submission #{row} (Kaggle ref {ref}) to {slug}: {cv_text}; scores follow with `comp submissions --refresh`"
+    submit_kaggle(
+        root,
+        cfg,
+        file=file,
+        kaggle=_kaggle(),
+        message=message,
+        competition=competition,
+        run=run,
+        force=force,
+        echo=click.echo,
     )
 
 
@@ -1286,62 +906,12 @@ def submissions(ctx: click.Context, refresh: bool, plot: bool, competition: str 
         comp submissions --refresh
         comp submissions --plot
     """
-    from comp.ledger import Ledger, compare, ledger_path
+    from comp.predict.submit import refresh_scores, show_ledger
 
     root, cfg = workspace_config(ctx, {})
-    ledger = Ledger(ledger_path(root))
     if refresh:
-        slug = _competition(cfg, competition)
-        remote = _kaggle().submissions(slug)
-        before = {r["id"]: (r["public"], r["private"]) for r in ledger.rows()}
-        updated, added = ledger.merge_kaggle(slug, remote)
-        for r in ledger.rows():
-            scores = (r["public"], r["private"])
-            if r["run"] and r["public"] is not None and before.get(r["id"]) != scores:
-                _track_scores(root, cfg, r["run"], {"public": scores[0], "private": scores[1]})
-        click.echo(
-            f"{slug}: {len(remote)} submission(s) on Kaggle; {updated} updated, {added} new in the ledger"
-        )
-    rows = ledger.rows()
-    if not rows:
-        click.echo("no submissions yet; make one with `comp submit FILE` (or --local)")
-        return
-    click.echo(
-        format_table(
-            rows,
-            ["id", "created_at", "run", "cv", "public", "private", "target", "status", "message"]
-            + (["lineage"] if any(r.get("lineage") for r in rows) else []),
-        )
-    )
-    facts = compare(rows)
-    for board in ("public", "private"):
-        rho = facts.get(f"rank_corr_{board}")
-        if f"n_{board}" in facts:
-            shown = "undefined (constant scores)" if rho is None else f"{rho:+.3f}"
-            click.echo(
-                f"rank correlation CV vs {board}: {shown} over {facts[f'n_{board}']} submissions"
-            )
-    best = {k: facts.get(f"best_{k}") for k in ("cv", "public", "private")}
-    if best["private"]:
-        won = best["private"]
-        click.echo(
-            f"best on private: #{won['id']} ({won['private']:.4f}, public {_fmt(won['public'])}, CV {_fmt(won['cv'])})"
-        )
-        if best["public"] and best["public"]["id"] != won["id"]:
-            click.echo(
-                f"  the best public, #{best['public']['id']}, scored {_fmt(best['public']['private'])} on private: a shake-up"
-            )
-    elif best["public"]:
-        click.echo("private scores appear when the competition ends; refresh then")
-    if plot:
-        from comp.report.plots import plot_leaderboard
-
-        out = plot_leaderboard(rows, root / "submissions" / "leaderboard.png")
-        click.echo(
-            f"plot: {out.relative_to(root)}"
-            if out
-            else "nothing to plot: no submission has both CV and a score"
-        )
+        refresh_scores(root, cfg, kaggle=_kaggle(), competition=competition, echo=click.echo)
+    show_ledger(root, plot=plot, echo=click.echo)
 
 
 @cli.group()
@@ -1425,8 +995,6 @@ def kernel_push(
         comp kernel push --name effb0 --folds-per-kernel 1      # 5 kernels in parallel
         comp kernel push --name try --dry-run                   # write, don't push
     """
-    from datetime import datetime
-
     from comp.kaggle.kernels import build_bundles, record_push, slugify
 
     root, cfg = workspace_config(ctx, kwargs)
@@ -1465,31 +1033,6 @@ def kernel_push(
     click.echo(f"next: comp kernel status {name} --wait && comp kernel pull {name}")
 
 
-def _wait_for(
-    kaggle: Any, bundles: list[Path], *, wait: bool, interval: float, timeout: float
-) -> dict[Path, tuple[str, str | None]]:
-    from comp.kaggle.kernels import read_info
-
-    start = time.monotonic()
-    seen: dict[Path, tuple[str, str | None]] = {}
-    while True:
-        for bundle in bundles:
-            ref = read_info(bundle)["ref"]
-            state = kaggle.kernel_status(ref)
-            if seen.get(bundle) != state:
-                msg = f": {state[1]}" if state[1] else ""
-                click.echo(f"{ref}: {state[0]}{msg}")
-            seen[bundle] = state
-        done = all(s[0] in ("complete", "error", "cancel_acknowledged") for s in seen.values())
-        if done or not wait:
-            return seen
-        if time.monotonic() - start > timeout:
-            raise click.ClickException(
-                f"kernels still running after {timeout:.0f}s; check again later"
-            )
-        time.sleep(interval)
-
-
 def _wait_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "--timeout",
@@ -1517,16 +1060,18 @@ def kernel_status(
     Example:
         comp kernel status effb0 --wait --interval 60
     """
-    from comp.kaggle.kernels import bundles_of
+    from comp.kaggle.pull import kernel_status as status
 
     root = find_workspace(ctx.obj.get("workspace"))
-    states = _wait_for(
-        _kaggle(), bundles_of(root, name), wait=wait, interval=interval, timeout=timeout
+    status(
+        root,
+        name,
+        kaggle=_kaggle(),
+        wait=wait,
+        interval=interval,
+        timeout=timeout,
+        echo=click.echo,
     )
-    if any(s[0] == "error" for s in states.values()):
-        raise click.ClickException(
-            f"a kernel of {name} failed; `comp kernel pull {name} --force` fetches its log"
-        )
 
 
 @kernel.command("pull")
@@ -1548,59 +1093,23 @@ def kernel_pull(
     Example:
         comp kernel pull effb0 --wait && comp predict effb0
     """
-    import shutil
-    import tempfile
-
-    from comp.kaggle.kernels import bundles_of, combine_fan_out, import_output, read_info
-    from comp.runs import CLASSES_FILE, read_classes
-    from comp.train.run import summarise
+    from comp.kaggle.pull import pull
 
     root = find_workspace(ctx.obj.get("workspace"))
-    bundles = bundles_of(root, name)
-    kaggle = _kaggle()
-    states = _wait_for(kaggle, bundles, wait=wait, interval=interval, timeout=timeout)
-    unfinished = [read_info(b)["ref"] for b, s in states.items() if s[0] != "complete"]
-    if unfinished and not force:
-        raise click.ClickException(
-            f"not complete: {', '.join(unfinished)}; wait with --wait, or --force to fetch what is there"
-        )
-    (root / "runs").mkdir(exist_ok=True)
-    for bundle in bundles:
-        ref = read_info(bundle)["ref"]
-        pulled = Path(tempfile.mkdtemp(prefix=".pull-", dir=root / "runs"))
-        try:
-            kaggle.kernel_output(ref, pulled)
-            if states[bundle][0] != "complete":
-                for log in pulled.glob("*.log"):
-                    target = bundle / log.name
-                    shutil.copy2(log, target)
-                    click.echo(f"{ref}: log saved to {target.relative_to(root)}")
-                continue
-            facts = import_output(root, bundle, pulled)
-            click.echo(f"{ref}: {', '.join(facts['folds']) or 'no folds'} -> runs/{facts['run']}")
-            _merge_tracker(root, pulled / "runs" / facts["run"] / "tracker", facts["run"])
-        finally:
-            shutil.rmtree(pulled, ignore_errors=True)
-    run_dir = root / "runs" / read_info(bundles[0])["run"]
-    if not (run_dir / CLASSES_FILE).exists():
-        raise click.ClickException(f"no run was pulled for {name}")
-    summary = summarise(
-        run_dir,
-        classes=read_classes(run_dir),
-        n_folds=int(read_info(bundles[0])["n_splits"]),
+    facts = pull(
+        root,
+        name,
+        kaggle=_kaggle(),
+        wait=wait,
+        interval=interval,
+        timeout=timeout,
+        force=force,
+        echo=click.echo,
     )
-    scope = (
-        "CV"
-        if summary["complete"]
-        else f"CV over {summary['folds_trained']}/{summary['n_folds']} folds"
-    )
-    click.echo(f"run {run_dir.name}: {scope} macro-F1 {summary['cv_macro_f1']:.4f}")
-    if summary["complete"] and len(bundles) > 1:
-        combine_fan_out(root, load_config(root), run_dir, n_splits=summary["n_folds"])
-    if (root / "submissions" / f"{run_dir.name}.csv").exists():
-        click.echo(f"the kernels' submission: submissions/{run_dir.name}.csv")
+    if facts["submission"] is not None:
+        click.echo(f"the kernels' submission: submissions/{facts['run']}.csv")
     else:
-        click.echo(f"next: comp predict {run_dir.name}")
+        click.echo(f"next: comp predict {facts['run']}")
 
 
 @kernel.command("dataset")
@@ -1668,58 +1177,21 @@ def download(competition: str, directory: Path, force: bool, **kwargs: Any) -> N
     Example:
         comp download pokemon-primary-type pokemon && cd pokemon && comp folds
     """
-    import shutil
-    import tempfile
+    from comp.data.download import download_workspace
 
-    from comp.config import CONFIG_FILE
-    from comp.data.workspace import init_workspace, unpack
-
-    data = directory / "data"
-    for existing in (data, directory / CONFIG_FILE):
-        if existing.exists() and not force:
-            raise click.ClickException(f"{existing} exists (use --force to replace it)")
-    kaggle = _kaggle()
-    kaggle.sign_in()  # before anything is created
-    directory.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=directory))
-    try:
-        archive = kaggle.download(competition, staging / "archive")
-        unpacked = staging / "data"
-        unpack(archive, unpacked)
-        if data.exists():
-            shutil.rmtree(data)
-        unpacked.rename(data)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    click.echo(f"{competition} -> {data}")
     overrides = _overrides(kwargs)
-    overrides["competition"] = competition
-    seed = int(overrides.pop("seed", 42))
-    _, text = init_workspace(directory, data, seed=seed, force=force, overrides=overrides)
+    text = download_workspace(
+        competition,
+        directory,
+        kaggle=_kaggle(),
+        force=force,
+        overrides=overrides,
+        echo=click.echo,
+    )
     click.echo(text)
     click.echo(
         f"\nworkspace ready: {directory}/comp.yaml. Next: cd {directory} && comp folds && comp train"
     )
-
-
-def _param(v: Any) -> Any:
-    return f"{v:.2e}" if isinstance(v, float) and abs(v) < 0.01 else v
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
-def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    def cell(v: Any) -> str:
-        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    cells = [[cell(r[c]) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
 
 
 def _one_line_warning(
@@ -1729,8 +1201,6 @@ def _one_line_warning(
 
 
 def main() -> None:
-    import warnings
-
     # Warnings are for the person at the terminal: one line, no source excerpt.
     warnings.formatwarning = _one_line_warning
     cli(prog_name="comp")

@@ -140,6 +140,15 @@ class Ledger:
         with self._connect(write=True) as conn:
             conn.execute(f"UPDATE submissions SET {sets} WHERE id = ?", (*fields.values(), row_id))
 
+    def kaggle_twins(self, sha256: str) -> list[dict[str, Any]]:
+        """Earlier Kaggle submissions of the same file (by content), oldest first. Those
+        that ended in error are left out: sending such a file again repeats nothing."""
+        return [
+            r
+            for r in self.rows()
+            if r["target"] == "kaggle" and r["sha256"] == sha256 and r["status"] != "error"
+        ]
+
     def rows(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []

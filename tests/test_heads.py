@@ -1,9 +1,12 @@
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from sklearn.ensemble import ExtraTreesClassifier
 
 from comp.config import load_config
 from comp.errors import ConfigError, ModelError
@@ -51,3 +54,74 @@ def test_features_from_needs_the_run(workspace: Callable[..., Path]) -> None:
         train(root, cfg, name="x", echo=quiet)
     with pytest.raises(ConfigError, match="did you mean 'extratrees'"):
         load_config(root, {"head": "extratree"})
+
+
+def test_fold_k_embeds_with_fold_ks_own_checkpoint(
+    workspace: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fold k's head is fitted on, and predicts from, features of runs/net/fold{k}/best.pt."""
+    import comp.train.heads as heads
+
+    root, cfg = with_folds(workspace(epochs=1, freeze_epochs=0))
+    train(root, cfg, name="net", echo=quiet)  # type: ignore[arg-type]
+    net = root / "runs" / "net"
+    ckpts = {
+        k: torch.load(net / f"fold{k}" / "best.pt", weights_only=True)["state_dict"] for k in (0, 1)
+    }
+    # The two folds' backbones differ, so the weights tell which one embedded.
+    assert any(not torch.equal(v, ckpts[1][n]) for n, v in ckpts[0].items())
+
+    def which_checkpoint(model: torch.nn.Module) -> int | None:
+        state = model.state_dict()
+        same = [
+            k
+            for k, ckpt in ckpts.items()
+            if state.keys() == ckpt.keys() and all(torch.equal(state[n], ckpt[n]) for n in ckpt)
+        ]
+        return same[0] if len(same) == 1 else None
+
+    embedded: list[tuple[int | None, np.ndarray]] = []  # (fold of the weights, features)
+    real_embed = heads.embed
+
+    def spy_embed(model: torch.nn.Module, images: np.ndarray, **kwargs: Any) -> np.ndarray:
+        fold = which_checkpoint(model)
+        feats = real_embed(model, images, **kwargs)
+        embedded.append((fold, feats))
+        return feats
+
+    # ExtraTrees is seeded with seed + k: each call names the fold whose head it is.
+    used: list[tuple[str, int, np.ndarray]] = []
+    real_fit, real_proba = ExtraTreesClassifier.fit, ExtraTreesClassifier.predict_proba
+
+    def spy_fit(self: ExtraTreesClassifier, x: np.ndarray, y: np.ndarray) -> Any:
+        used.append(("fit", self.random_state - cfg.seed, np.array(x)))  # type: ignore[attr-defined]
+        return real_fit(self, x, y)
+
+    def spy_proba(self: ExtraTreesClassifier, x: np.ndarray) -> np.ndarray:
+        used.append(("predict", self.random_state - cfg.seed, np.array(x)))  # type: ignore[attr-defined]
+        return real_proba(self, x)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(heads, "embed", spy_embed)
+    monkeypatch.setattr(ExtraTreesClassifier, "fit", spy_fit)
+    monkeypatch.setattr(ExtraTreesClassifier, "predict_proba", spy_proba)
+
+    trees = load_config(root, {"head": "extratrees", "features_from": "net"})
+    train(root, trees, name="trees", echo=quiet)
+    fitted = [(what, k) for what, k, _ in used]
+    assert sorted(set(fitted)) == [("fit", 0), ("fit", 1), ("predict", 0), ("predict", 1)]
+    n_train = len(used)
+    predict(root, trees, run="trees", tta="hflip", echo=quiet)
+    # Test time: each fold's head on both views of the test images.
+    assert sorted(k for what, k, _ in used[n_train:] if what == "predict") == [0, 0, 1, 1]
+    assert {k for k, _ in embedded} == {0, 1}
+
+    for what, k, x in used:
+        if what == "predict":
+            # Every row it scored: the features of an embedding by fold k's checkpoint.
+            assert any(fold == k and np.array_equal(f, x) for fold, f in embedded), (what, k)
+        else:
+            # Fitted on (the training rows of) an embedding by fold k's checkpoint.
+            rows = [{r.tobytes() for r in f} for fold, f in embedded if fold == k]
+            assert any(all(r.tobytes() in seen for r in x) for seen in rows), (what, k)
+            others = [{r.tobytes() for r in f} for fold, f in embedded if fold != k]
+            assert not any(all(r.tobytes() in seen for r in x) for seen in others), (what, k)

@@ -74,17 +74,33 @@ def test_an_interrupted_fold_with_ema_and_mixup_resumes_to_the_same_end(
 
 
 def test_a_time_limit_sizes_the_epochs(workspace: Callable[..., Path]) -> None:
-    root, cfg = with_folds(workspace(epochs="auto", freeze_epochs="auto", time_limit="20s"))
+    # No early stop (patience beyond any epoch count), so every fold runs its whole schedule.
+    root, cfg = with_folds(
+        workspace(epochs="auto", freeze_epochs="auto", time_limit="20s", patience=10_000)
+    )
     said: list[str] = []
     train(root, cfg, name="timed", echo=said.append)  # type: ignore[arg-type]
     (line,) = [s for s in said if s.startswith("time limit 20s")]
-    epochs = yaml.safe_load((root / "runs" / "timed" / "config.yaml").read_text())["epochs"]
-    assert f"{epochs} epochs per fold" in line and epochs >= 1
+    run = root / "runs" / "timed"
+    sized = yaml.safe_load((run / "config.yaml").read_text())
+    epochs, frozen = sized["epochs"], sized["freeze_epochs"]
+    assert f"{epochs} epochs per fold ({frozen} frozen" in line and epochs >= 1
+
+    def every_epoch_ran(k: int) -> None:
+        # Never cut mid-schedule: each fold ran every epoch it was given, stage 1 then 2.
+        metrics = pd.read_csv(run / f"fold{k}" / "metrics.csv")
+        assert metrics["epoch"].tolist() == list(range(1, epochs + 1)), (k, metrics)
+        assert metrics["stage"].tolist() == [1] * frozen + [2] * (epochs - frozen), (k, metrics)
+
     for k in (0, 1):
-        # Never cut mid-schedule: each fold ran its epochs (or stopped early on its own).
-        assert len(pd.read_csv(root / "runs" / "timed" / f"fold{k}" / "metrics.csv")) >= 1
-    # A fold trained again later under the same name keeps the run's sizing.
+        every_epoch_ran(k)
+    # A fold trained again later under the same name keeps the run's sizing: no new
+    # measurement, the same epochs in config.yaml and in the fold's metrics.
+    said.clear()
     train(root, cfg, name="timed", folds=[1], echo=said.append)  # type: ignore[arg-type]
+    assert not [s for s in said if s.startswith("time limit")], said
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == epochs
+    every_epoch_ran(1)
 
 
 def test_a_time_limit_too_short_is_refused(workspace: Callable[..., Path]) -> None:

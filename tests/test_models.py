@@ -44,15 +44,75 @@ def test_bad_weights_file_is_named(tmp_path: Path) -> None:
         create_model("resnet10t", num_classes=3, pretrained_file=tmp_path / "missing.pth")
 
 
-def test_required_pretrained_weights_fail_clearly_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    def offline(*args: object, **kwargs: object) -> None:
-        raise OSError("no network")
+@pytest.fixture
+def empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Hugging Face's and torch's hub caches, empty: no weights of an earlier online run."""
+    import huggingface_hub
 
-    monkeypatch.setattr(
-        timm, "create_model", lambda *a, pretrained=False, **k: offline() if pretrained else None
-    )
-    with pytest.raises(ModelError, match="--pretrained-file"):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def stub_timm(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """timm.create_model without the network: pretrained weights fail as offline; the
+    ``pretrained`` flag of every call is recorded."""
+    real = timm.create_model
+    asked: list[bool] = []
+
+    def create(name: str, *, pretrained: bool = False, **kwargs: object) -> torch.nn.Module:
+        asked.append(pretrained)
+        if pretrained:
+            raise OSError("no network")
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create)
+    return asked
+
+
+@pytest.mark.parametrize("reachable", [False, True], ids=["hub-unreachable", "hub-reachable"])
+def test_required_pretrained_weights_fail_clearly_offline(
+    reachable: bool, empty_caches: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import comp.models.factory as models
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda: reachable)
+    asked = stub_timm(monkeypatch)
+    # Unreachable: the empty caches are the answer, without a try through the hub client;
+    # reachable: the hub's own failure is named.
+    reason = "no network" if reachable else "the model hub cannot be reached"
+    with pytest.raises(ModelError, match=rf"\({reason}.*--pretrained-file"):
         create_model("resnet10t", num_classes=3, pretrained="true")
+    assert asked == ([True] if reachable else [])
+
+
+@pytest.mark.parametrize("reachable", [False, True], ids=["hub-unreachable", "hub-reachable"])
+def test_auto_takes_hub_weights_only_when_the_hub_answers(
+    reachable: bool, empty_caches: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import comp.models.factory as models
+    from comp.models.factory import weights_source
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda: reachable)
+    # What `comp init` prints as the recipe's starting point, before any download.
+    expected = "timm" if reachable else "random"
+    assert weights_source("resnet10t", pretrained="auto", pretrained_file=None) == expected
+    real = timm.create_model
+    asked: list[bool] = []
+
+    def create(name: str, *, pretrained: bool = False, **kwargs: object) -> torch.nn.Module:
+        asked.append(pretrained)
+        return real(name, pretrained=False, **kwargs)  # the hub's weights, stood in for
+
+    monkeypatch.setattr(timm, "create_model", create)
+    if reachable:
+        model, source = create_model("resnet10t", num_classes=3, pretrained="auto")
+        assert source == "timm" and asked == [True]
+    else:
+        with pytest.warns(UserWarning, match="cannot be reached.*training from random init"):
+            model, source = create_model("resnet10t", num_classes=3, pretrained="auto")
+        assert source == "random" and asked == [False]
+    assert model.get_classifier().out_features == 3
 
 
 def test_stage_one_freezes_all_but_the_head() -> None:
@@ -85,20 +145,22 @@ def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
 
 
 def test_offline_auto_uses_cached_hub_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, empty_caches: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import comp.models.factory as models
+    from comp.models.factory import weights_source
 
     monkeypatch.setattr(models, "_hub_reachable", lambda: False)
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     with pytest.warns(UserWarning, match="training from random init"):
         _, source = create_model("resnet10t", num_classes=3, pretrained="auto")
     assert source == "random"
     # The file name timm's pretrained_cfg url points at, as a previous online run would have cached it.
     url = timm.models.get_pretrained_cfg("resnet10t").url  # type: ignore[union-attr]
-    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (empty_caches / "checkpoints").mkdir(parents=True)
     donor = timm.create_model("resnet10t")
-    torch.save(donor.state_dict(), tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1])
+    cached = empty_caches / "checkpoints" / url.rsplit("/", 1)[1]
+    torch.save(donor.state_dict(), cached)
+    assert weights_source("resnet10t", pretrained="auto", pretrained_file=None) == f"cache:{cached}"
     model, source = create_model("resnet10t", num_classes=3, pretrained="auto")
     assert source.startswith("cache:")
     assert torch.equal(model.conv1[0].weight, donor.conv1[0].weight)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,9 @@ import uuid
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from comp.cli import cli
@@ -87,12 +90,26 @@ def test_a_small_study_then_show_and_train_with_the_best(ws: Path) -> None:
     assert code == 0, out
     best = ws / "tune" / "comp-best.yaml"
     assert best.exists() and (ws / "tune" / "comp" / "history.png").exists()
-    cfg = load_config(ws, {"epochs": 1})
+    params = study.best_trial.params
+    assert {"batch_size", "freeze_epochs"} <= set(params)
+    written = yaml.safe_load(best.read_text())
+    assert {k: written[k] for k in params} == params
+
     code, out = comp(ws, "train", "--config", str(best), "--fold", "0", "--name", "best")
     assert code == 0, out
-    trained = load_config(ws, dict(__import__("yaml").safe_load(best.read_text())))
-    assert trained.batch_size == study.best_trial.params["batch_size"]
-    assert cfg.epochs == 1
+    run = ws / "runs" / "best"
+    # The run trained with the best trial's parameters, as its own config.yaml records them.
+    trained = yaml.safe_load((run / "config.yaml").read_text())
+    assert {k: trained[k] for k in params} == params
+    assert trained["epochs"] == FAST["epochs"] and trained["model"] == FAST["model"]
+    metrics = pd.read_csv(run / "fold0" / "metrics.csv")
+    assert len(metrics) == FAST["epochs"]
+    assert (metrics["stage"] == 1).sum() == params["freeze_epochs"]
+    # ... and produced a CV over its fold, the one the command printed.
+    summary = json.loads((run / "cv.json").read_text())
+    assert summary["folds_trained"] == 1 and 0 <= summary["cv_macro_f1"] <= 1
+    assert f"CV over 1/2 folds macro-F1 {summary['cv_macro_f1']:.4f}" in out
+    assert len(pd.read_csv(run / "oof.csv")) == summary["n_oof"] > 0
 
 
 def test_out_of_memory_trials_are_pruned_with_their_reason(

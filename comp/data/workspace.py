@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
+from sklearn.model_selection import StratifiedGroupKFold
 
 from comp import files
 from comp.config import CONFIG_FILE, Config, make_config, write_workspace_config
@@ -138,63 +139,19 @@ def _id_matches(table: pd.DataFrame, index: dict[str, Path]) -> dict[str, float]
 
 
 def detect_kaggle(data: Path, root: Path, *, columns: dict[str, str]) -> Detected | None:
-    csvs = sorted(data.glob("*.csv"))
-    sample = next((p for p in csvs if "sample" in p.name.lower()), None)
-    solution = next((p for p in csvs if p.name.lower().startswith("solution")), None)
-    label_csvs = [p for p in csvs if p not in (sample, solution) and "test" not in p.name.lower()]
-    image_dirs = [(p, _unwrap(p)) for p in _subdirs(data)]
-    image_dirs = [(p, u) for p, u in image_dirs if _has_images(u)]
-    train_dir = next((u for p, u in image_dirs if "train" in p.name.lower()), None)
-    test_dir = next((u for p, u in image_dirs if "test" in p.name.lower()), None)
-    if train_dir is None:
-        # A single image folder is the training set, whatever its name (images/images/).
-        candidates = [u for p, u in image_dirs if "test" not in p.name.lower()]
-        train_dir = candidates[0] if len(candidates) == 1 else None
+    """The Kaggle layout of ``data``, or None without a labels CSV or a train image folder.
+
+    ``columns`` holds the id_column and label_column given to ``comp init``, which
+    win over what is guessed.
+    """
+    sample, solution, label_csvs = _kaggle_tables(data)
+    train_dir, test_dir = _image_folders(data)
     if not label_csvs or train_dir is None:
         return None
     index = index_images(train_dir)
-    # The labels table is the CSV, and its Id column the one, whose values name the training images.
-    best: tuple[float, int, Path, str] | None = None
-    for path in label_csvs:
-        table = read_csv(path)
-        if table.shape[1] < 2:
-            continue
-        matches = _id_matches(table, index)
-        id_col = columns.get("id_column") or max(
-            matches, key=lambda c: (matches[c], c == _pick(list(table.columns), ID_NAMES))
-        )
-        if id_col in matches and (best is None or (matches[id_col], len(table)) > best[:2]):
-            best = (matches[id_col], len(table), path, id_col)
-    if best is None or best[0] < 0.5:
-        where = (
-            f"best: '{best[3]}' of {best[2].name} matches {best[0]:.0%}"
-            if best
-            else "no CSV with two columns"
-        )
-        raise DataError(
-            f"{data}: no labels CSV names the images in {train_dir} ({where}); pass --set id_column=NAME"
-        )
-    _, _, train_csv, id_col = best
+    train_csv, id_col = _labels_table(data, label_csvs, index, train_dir, columns)
     table = read_csv(train_csv)
-    label_col = columns.get("label_column")
-    guessed: list[str] = []
-    if label_col is None:
-        others = [c for c in table.columns if c != id_col]
-        label_col = _pick(others, LABEL_NAMES)
-        if label_col is None:
-            # A label has a few repeated words: not an Id-like code, a number or a constant.
-            guessed = [
-                c
-                for c in others
-                if 2 <= table[c].nunique() <= len(table) / 2
-                and not table[c].astype(str).str.contains(r"\d").mean() > 0.5
-            ]
-            guessed = guessed or [c for c in others if table[c].nunique() >= 2]
-            if not guessed:
-                raise DataError(
-                    f"{train_csv}: no column besides '{id_col}' has two or more values to learn"
-                )
-            label_col = guessed[0]
+    label_col, guessed = _label_column(table, train_csv, id_col, columns)
     labels = read_labels(train_csv, id_column=id_col, label_column=label_col)
     if labels["label"].nunique() < 2:
         raise DataError(
@@ -221,9 +178,96 @@ def detect_kaggle(data: Path, root: Path, *, columns: dict[str, str]) -> Detecte
         det.notes.append(
             f"label column '{label_col}' is a guess among {', '.join(guessed)}; change it with --set label_column=NAME"
         )
+    det.test_count = _test_count(sample, test_dir)
+    return det
+
+
+def _kaggle_tables(data: Path) -> tuple[Path | None, Path | None, list[Path]]:
+    """The CSVs of a competition folder by role: sample submission, solution, and the
+    tables that may hold the labels."""
+    csvs = sorted(data.glob("*.csv"))
+    sample = next((p for p in csvs if "sample" in p.name.lower()), None)
+    solution = next((p for p in csvs if p.name.lower().startswith("solution")), None)
+    label_csvs = [p for p in csvs if p not in (sample, solution) and "test" not in p.name.lower()]
+    return sample, solution, label_csvs
+
+
+def _image_folders(data: Path) -> tuple[Path | None, Path | None]:
+    """The train and test image folders, through any wrapper folders (train/train/)."""
+    image_dirs = [(p, _unwrap(p)) for p in _subdirs(data)]
+    image_dirs = [(p, u) for p, u in image_dirs if _has_images(u)]
+    train_dir = next((u for p, u in image_dirs if "train" in p.name.lower()), None)
+    test_dir = next((u for p, u in image_dirs if "test" in p.name.lower()), None)
+    if train_dir is None:
+        # A single image folder is the training set, whatever its name (images/images/).
+        candidates = [u for p, u in image_dirs if "test" not in p.name.lower()]
+        train_dir = candidates[0] if len(candidates) == 1 else None
+    return train_dir, test_dir
+
+
+def _labels_table(
+    data: Path,
+    label_csvs: list[Path],
+    index: dict[str, Path],
+    train_dir: Path,
+    columns: dict[str, str],
+) -> tuple[Path, str]:
+    """The labels table and its Id column: the CSV, and its column, whose values name the
+    training images (the most of them; then the longest table)."""
+    best: tuple[float, int, Path, str] | None = None
+    for path in label_csvs:
+        table = read_csv(path)
+        if table.shape[1] < 2:
+            continue
+        matches = _id_matches(table, index)
+        id_col = columns.get("id_column") or max(
+            matches, key=lambda c: (matches[c], c == _pick(list(table.columns), ID_NAMES))
+        )
+        if id_col in matches and (best is None or (matches[id_col], len(table)) > best[:2]):
+            best = (matches[id_col], len(table), path, id_col)
+    if best is None or best[0] < 0.5:
+        where = (
+            f"best: '{best[3]}' of {best[2].name} matches {best[0]:.0%}"
+            if best
+            else "no CSV with two columns"
+        )
+        raise DataError(
+            f"{data}: no labels CSV names the images in {train_dir} ({where}); pass --set id_column=NAME"
+        )
+    return best[2], best[3]
+
+
+def _label_column(
+    table: pd.DataFrame, train_csv: Path, id_col: str, columns: dict[str, str]
+) -> tuple[str, list[str]]:
+    """The label column, and the columns it was guessed among (none when it was given or
+    has a usual name)."""
+    if columns.get("label_column") is not None:
+        return columns["label_column"], []
+    others = [c for c in table.columns if c != id_col]
+    named = _pick(others, LABEL_NAMES)
+    if named is not None:
+        return named, []
+    # A label has a few repeated words: not an Id-like code, a number or a constant.
+    guessed = [
+        c
+        for c in others
+        if 2 <= table[c].nunique() <= len(table) / 2
+        and not table[c].astype(str).str.contains(r"\d").mean() > 0.5
+    ]
+    guessed = guessed or [c for c in others if table[c].nunique() >= 2]
+    if not guessed:
+        raise DataError(
+            f"{train_csv}: no column besides '{id_col}' has two or more values to learn"
+        )
+    return guessed[0], guessed
+
+
+def _test_count(sample: Path | None, test_dir: Path | None) -> int:
+    """How many test images there are: the sample submission's rows, each checked to have
+    its image when there is a test folder; else the test folder's images."""
     if sample is not None:
         test_ids = read_csv(sample).iloc[:, 0].astype(str)
-        det.test_count = len(test_ids)
         if test_dir is not None:
             test_index = index_images(test_dir)
             absent = test_ids[~test_ids.isin(test_index)]
@@ -231,9 +275,10 @@ def detect_kaggle(data: Path, root: Path, *, columns: dict[str, str]) -> Detecte
                 raise DataError(
                     f"{sample}: {len(absent)} of {len(test_ids)} Ids have no image in {test_dir}, e.g. '{absent.iloc[0]}'"
                 )
-    elif test_dir is not None:
-        det.test_count = len(_images_under(test_dir))
-    return det
+        return len(test_ids)
+    if test_dir is not None:
+        return len(_images_under(test_dir))
+    return 0
 
 
 def detect_imagefolder(data: Path, root: Path, *, holdout: float, seed: int) -> Detected | None:
@@ -323,13 +368,11 @@ def holdout_split(
     labels: pd.DataFrame, paths: list[Path], holdout: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A stratified hold-out that keeps every group of near-duplicate images on one side
-    (on the background-invariant subject features of comp.leaks).
+    (on the background-invariant subject features of comp.folds.similarity).
 
     A twin of a held-back image left in train scores the local leaderboard on memory,
     as a leaky validation split does; one fold of a StratifiedGroupKFold avoids that.
     """
-    from sklearn.model_selection import StratifiedGroupKFold
-
     n_splits = max(2, round(1 / holdout))
     groups = near_duplicate_groups(
         paths, distance=NEAR_DUPLICATE, cap=max(2, len(paths) // (2 * n_splits))

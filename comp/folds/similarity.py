@@ -1,7 +1,8 @@
 """Image similarity for honest folds: features, exact nearest neighbours and groups.
 
-Reads the train (and test) images. Writes nothing: comp.folds turns the groups
-into folds and reports them.
+Reads the train (and test) images, and for ``embed`` a timm backbone's weights
+(comp.models.factory). Writes nothing: comp.folds turns the groups into folds
+and reports them.
 
 Every feature space gives L2-normalised vectors compared by cosine distance
 (1 - cosine similarity, 0 for twins):
@@ -30,6 +31,7 @@ one video chain into one group, and a chain never swallows the data set.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Sequence
@@ -213,29 +215,41 @@ def embeddings(
     pretrained_file: str | None,
     img_size: int,
 ) -> np.ndarray:
-    """L2-normalised pooled features of a timm backbone."""
-    # torch and timm only for --method embed: the default features need neither.
+    """L2-normalised pooled features of a timm backbone: comp.models.inference's
+    extract_features on the CPU, in float32 (no autocast), 256 images a batch."""
+    # Imported here, not at the top: torch and timm (and the comp modules that import them)
+    # only for --method embed, as the default features need neither.
     import torch
 
+    from comp.hardware.distributed import Dist
     from comp.models.factory import create_model, normalisation
+    from comp.models.inference import extract_features
 
-    net: Any
     net, _ = create_model(
         model, num_classes=1, pretrained=pretrained, pretrained_file=pretrained_file
     )
-    net.eval()
-    mean, std = (t.reshape(1, -1, 1, 1) for t in normalisation(net))
+    mean, std = normalisation(net)
     images = cached_images(paths, img_size, cache_dir=None, desc="embed")
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), 256):
-            x = torch.from_numpy(images[start : start + 256]).permute(0, 3, 1, 2).float() / 255
-            feats_batch: torch.Tensor = net.forward_head(
-                net.forward_features((x - mean) / std), pre_logits=True
-            )
-            out.append(feats_batch.float().numpy())
-    feats = np.concatenate(out) if out else np.zeros((0, 1))
-    return _unit(feats)
+    if not len(images):
+        return _unit(np.zeros((0, 1)))  # extract_features has no batch to concatenate
+    feats = extract_features(
+        net,
+        images,
+        np.arange(len(images)),
+        transform=None,
+        views=1,
+        batch_size=256,
+        mean=mean,
+        std=std,
+        device=torch.device("cpu"),
+        autocast=contextlib.nullcontext,
+        # A permuted NHWC batch is channels_last in memory: the layout these features had.
+        channels_last=True,
+        dist_=Dist(),
+        desc="embed",
+        progress=False,
+    )
+    return _unit(feats[0].numpy())
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Cross-validation folds.
 
 Reads the labels table (``train_csv``) and, for the distance-matched folds, the
-similarity features of the train and test images (comp.leaks). Writes
+similarity features of the train and test images (comp.folds.similarity). Writes
 ``folds/folds_k{n}_seed{s}.csv`` with columns Id,label,fold (and group, when
 groups of similar images are kept together), and beside it (comp folds) a
 report as ``.json`` and ``.png``; ``comp train`` reads the file that matches its
@@ -18,14 +18,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import gaussian_kde
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from tqdm.auto import tqdm
 
 from comp import files
 from comp.config import Config
 from comp.data.competition import read_csv
 from comp.errors import DataError
-from comp.folds.similarity import Features, Space, features, nearest, neighbour_graph
+from comp.folds.similarity import Features, Graph, Space, features, nearest, neighbour_graph
 
 
 def folds_path(root: Path, cfg: Config) -> Path:
@@ -228,9 +230,6 @@ def match_score(a: np.ndarray, b: np.ndarray) -> float:
     """1 - Jensen-Shannon divergence (base 2) between the densities of two distance samples,
     on a log scale (twins at 0.001 and strangers at 0.3 are worlds apart): 1 is the same
     distribution, 0 two that never overlap."""
-    from scipy.spatial.distance import jensenshannon
-    from scipy.stats import gaussian_kde
-
     la, lb = _log(a), _log(b)
     grid = np.linspace(min(la.min(), lb.min()) - 0.5, max(la.max(), lb.max()) + 0.5, 512)
 
@@ -279,97 +278,129 @@ def choose_folds(
 ) -> FoldChoice:
     """Folds whose validation-to-train distances best match the test set's distances to train.
 
-    ``x_train``/``x_test``: similarity features (comp.leaks.features) of the images in
-    ``labels`` order and of the test images. Candidates are plain stratified folds and
-    groups joined through neighbours up to a ladder of distances (each group at most
-    N/(2K) images; comp.leaks.Graph). Each feature's distances are scaled by the test
-    set's typical distance in it, and each is matched on its own (shift_score, averaged);
-    a candidate within ``tolerance`` of the smallest shift that groups less wins, so CV
-    does not turn pessimistic on a random split. With ``threshold``, the groups are cut
-    there instead of chosen. Without test images there is nothing to match: twins
-    (TWIN_DISTANCE) are kept together.
+    ``x_train``/``x_test``: similarity features (comp.folds.similarity.features) of the
+    images in ``labels`` order and of the test images. Candidates are plain stratified
+    folds and groups joined through neighbours up to a ladder of distances (each group at
+    most N/(2K) images; comp.folds.similarity.Graph). Each feature's distances are scaled
+    by the test set's typical distance in it, and each is matched on its own (shift_score,
+    averaged); a candidate within ``tolerance`` of the smallest shift that groups less
+    wins, so CV does not turn pessimistic on a random split. With ``threshold``, the
+    groups are cut there instead of chosen. Without test images there is nothing to
+    match: twins (TWIN_DISTANCE) are kept together.
     """
     check_class_counts(labels, n_splits=n_splits)
     rng = np.random.default_rng(seed)
     n = len(labels)
-    d_test = None
-    d_tests: list[np.ndarray] = []
-    if x_test is not None and len(x_test):
-        # A fold trains on (K-1)/K of train: measure test images against as many.
-        base = rng.choice(n, max(1, round(n * (n_splits - 1) / n_splits)), replace=False)
-        tests = rng.choice(len(x_test), min(len(x_test), SAMPLE), replace=False)
-        d_tests = [
-            nearest(Features([t]).take(tests), Features([s]).take(base))[0][:, 0]
-            for s, t in zip(x_train.spaces, x_test.spaces, strict=True)
-        ]
-        # Each method's distances in the first one's units: a test image's typical distance
-        # to train is the same in all.
-        typical = [max(1e-4, float(np.median(d))) for d in d_tests]
-        scales = [t / typical[0] for t in typical]
-        x_train, x_test = x_train.scaled(scales), x_test.scaled(scales)
-        d_tests = [d / k for d, k in zip(d_tests, scales, strict=True)]
-        d_test = np.minimum.reduce(d_tests)
+    x_train, x_test, d_tests = _test_distances(x_train, x_test, n_splits=n_splits, rng=rng)
+    d_test = np.minimum.reduce(d_tests) if d_tests else None
+    # Drawn after the test sample, from the same generator: the same seed, the same folds.
     queries = np.sort(rng.choice(n, min(n, SAMPLE), replace=False))
     graph = neighbour_graph(x_train, progress=progress)
     d_train = np.full(n, np.inf)
     np.minimum.at(d_train, graph.a, graph.distance)
-    cap = max(2, n // (2 * n_splits))
     if threshold is not None:
         ladder = [threshold]
     elif d_test is None:
         ladder = [TWIN_DISTANCE]
     else:
         ladder = candidate_thresholds(d_test)
-    plain = Candidate("plain stratified folds", None, None)
-    candidates = [plain]
-    seen: set[int] = set()
-    for t, groups in zip(ladder, graph.groups(ladder, cap=cap), strict=True):
-        if int(groups.max()) + 1 in seen or int(groups.max()) + 1 == n:
-            continue  # no grouping, or the same as a lower rung
-        seen.add(int(groups.max()) + 1)
-        candidates.append(Candidate(f"groups within distance {t:g}", t, groups))
+    candidates = fold_candidates(graph, ladder, n=n, n_splits=n_splits)
     for c in tqdm(candidates, desc="candidate folds", leave=False, disable=files.no_bar(progress)):
-        try:
-            c.folds = make_folds(labels, n_splits=n_splits, seed=seed, groups=c.groups)
-        except DataError as e:
-            c.problem = str(e)
-            continue
-        c.problem = _problem(c.folds, n_splits)
-        fold = c.folds["fold"].to_numpy()
-        # Each method on its own: folds should copy the test set in every way of looking.
-        d_vals = [
-            nearest(
-                Features([space]).take(queries),
-                Features([space]),
-                query_keys=fold[queries],
-                base_keys=fold,
-            )[0][:, 0]
-            for space in x_train.spaces
-        ]
-        c.d_val = np.minimum.reduce(d_vals)
-        if d_test is not None:
-            c.match = float(
-                np.mean([match_score(v, t) for v, t in zip(d_vals, d_tests, strict=True)])
-            )
-            c.shift = float(
-                np.mean([shift_score(v, t) for v, t in zip(d_vals, d_tests, strict=True)])
-            )
-    usable = [c for c in candidates if c.problem is None and c.folds is not None]
-    if threshold is not None or d_test is None:
-        # Nothing to match: the one grouping asked for (or twins) when it can serve.
-        chosen = usable[-1] if usable else plain
-    else:
-        best = min(c.shift for c in usable)
-        chosen = next(c for c in usable if c.shift <= best + tolerance)
+        _measure(c, labels, x_train, queries, d_tests, n_splits=n_splits, seed=seed)
+    # Nothing to match with a threshold given or no test set: take the grouping asked for.
+    matching = threshold is None and d_test is not None
     return FoldChoice(
-        chosen=chosen,
-        plain=plain,
+        chosen=_choose(candidates, matching=matching, tolerance=tolerance),
+        plain=candidates[0],
         candidates=candidates,
         d_test=d_test,
         x_train=x_train,
         x_test=x_test,
         d_train=d_train,
     )
+
+
+def _test_distances(
+    x_train: Features, x_test: Features | None, *, n_splits: int, rng: np.random.Generator
+) -> tuple[Features, Features | None, list[np.ndarray]]:
+    """Each method's distances from sampled test images to train, and the features scaled
+    so that those distances are alike in every method (none without test images)."""
+    if x_test is None or not len(x_test):
+        return x_train, x_test, []
+    n = len(x_train)
+    # A fold trains on (K-1)/K of train: measure test images against as many.
+    base = rng.choice(n, max(1, round(n * (n_splits - 1) / n_splits)), replace=False)
+    tests = rng.choice(len(x_test), min(len(x_test), SAMPLE), replace=False)
+    d_tests = [
+        nearest(Features([t]).take(tests), Features([s]).take(base))[0][:, 0]
+        for s, t in zip(x_train.spaces, x_test.spaces, strict=True)
+    ]
+    # Each method's distances in the first one's units: a test image's typical distance
+    # to train is the same in all.
+    typical = [max(1e-4, float(np.median(d))) for d in d_tests]
+    scales = [t / typical[0] for t in typical]
+    d_tests = [d / k for d, k in zip(d_tests, scales, strict=True)]
+    return x_train.scaled(scales), x_test.scaled(scales), d_tests
+
+
+def fold_candidates(graph: Graph, ladder: list[float], *, n: int, n_splits: int) -> list[Candidate]:
+    """Plain folds first, then one candidate per rung of ``ladder`` that groups differently."""
+    cap = max(2, n // (2 * n_splits))
+    candidates = [Candidate("plain stratified folds", None, None)]
+    seen: set[int] = set()
+    for t, groups in zip(ladder, graph.groups(ladder, cap=cap), strict=True):
+        count = int(groups.max()) + 1
+        if count in seen or count == n:
+            continue  # no grouping, or the same as a lower rung
+        seen.add(count)
+        candidates.append(Candidate(f"groups within distance {t:g}", t, groups))
+    return candidates
+
+
+def _measure(
+    c: Candidate,
+    labels: pd.DataFrame,
+    x_train: Features,
+    queries: np.ndarray,
+    d_tests: list[np.ndarray],
+    *,
+    n_splits: int,
+    seed: int,
+) -> None:
+    """Fill in a candidate's folds, whether they can serve, and how well each method's
+    validation-to-train distances (of the ``queries`` rows) match its test-to-train ones."""
+    try:
+        c.folds = make_folds(labels, n_splits=n_splits, seed=seed, groups=c.groups)
+    except DataError as e:
+        c.problem = str(e)
+        return
+    c.problem = _problem(c.folds, n_splits)
+    fold = c.folds["fold"].to_numpy()
+    # Each method on its own: folds should copy the test set in every way of looking.
+    d_vals = [
+        nearest(
+            Features([space]).take(queries),
+            Features([space]),
+            query_keys=fold[queries],
+            base_keys=fold,
+        )[0][:, 0]
+        for space in x_train.spaces
+    ]
+    c.d_val = np.minimum.reduce(d_vals)
+    if d_tests:
+        pairs = list(zip(d_vals, d_tests, strict=True))
+        c.match = float(np.mean([match_score(v, t) for v, t in pairs]))
+        c.shift = float(np.mean([shift_score(v, t) for v, t in pairs]))
+
+
+def _choose(candidates: list[Candidate], *, matching: bool, tolerance: float) -> Candidate:
+    """The least grouping within ``tolerance`` of the best match; without ``matching``, the
+    last grouping that can serve. Plain folds when none can."""
+    usable = [c for c in candidates if c.problem is None and c.folds is not None]
+    if not matching:
+        return usable[-1] if usable else candidates[0]
+    best = min(c.shift for c in usable)
+    return next(c for c in usable if c.shift <= best + tolerance)
 
 
 def adversarial_auc(x_train: Features, x_test: Features, *, threshold: float, seed: int) -> float:
@@ -379,8 +410,8 @@ def adversarial_auc(x_train: Features, x_test: Features, *, threshold: float, se
     Images within ``threshold`` of each other share a fold of this CV too; otherwise
     the classifier tells test from train by recognising test subjects it saw in training.
     """
+    # Here: sklearn.ensemble is slow to import, and only the report of `comp folds` needs it.
     from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
 
     rng = np.random.default_rng(seed)
     a = rng.choice(len(x_train), min(len(x_train), SAMPLE), replace=False)

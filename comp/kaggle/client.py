@@ -161,6 +161,9 @@ def _status(e: BaseException) -> int | None:
 
 
 def _retry_after(e: BaseException) -> float | None:
+    """The Retry-After header in seconds (a number or an HTTP date, at most MAX_RETRY_AFTER);
+    None when it is missing or unreadable, and the caller backs off on its own."""
+    # Not urllib3's Retry.parse_retry_after: it rejects "1.5" and "-5", yet takes "30 Feb" as a date.
     response = getattr(e, "response", None)
     value = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
     if value is None:

@@ -1,7 +1,8 @@
 """A model's outputs over many images: softmax probabilities, and pooled backbone features.
 
 Reads images (memory-mapped arrays) and a model; writes nothing. Used by training
-(validation, the cached frozen stage), prediction and the scikit-learn heads.
+(validation, the cached frozen stage), prediction, the scikit-learn heads and the
+``embed`` similarity features of comp.folds.
 """
 
 from __future__ import annotations

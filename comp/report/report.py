@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import yaml
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
 
 from comp import files
 from comp.data.competition import Competition
@@ -71,22 +75,28 @@ def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: list[str], out: Pat
     side = max(6.0, 0.45 * len(classes) + 3)
     fig, axes = plt.subplots(1, 2, figsize=(2 * side, side), constrained_layout=True)
     for ax, matrix, title, fmt in (
-        (axes[0], norm, "normalised by true class (recall on the diagonal)", "{:.2f}"),
-        (axes[1], counts, "counts", "{:d}"),
+        (axes[0], norm, "normalised by true class (recall on the diagonal)", ".2f"),
+        (axes[1], counts, "counts", "d"),
     ):
-        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        ax.set_xticks(range(len(classes)), classes, rotation=90 if len(classes) > 6 else 0)
-        ax.set_yticks(range(len(classes)), classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(title)
-        if len(classes) <= 30:
-            for i in range(len(classes)):
-                for j in range(len(classes)):
-                    if matrix[i, j]:
-                        colour = "white" if norm[i, j] > 0.5 else "black"
-                        text = fmt.format(int(matrix[i, j]) if fmt == "{:d}" else matrix[i, j])
-                        ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
+        shown = ConfusionMatrixDisplay(matrix, display_labels=classes).plot(
+            ax=ax,
+            cmap="Blues",
+            colorbar=False,
+            include_values=len(classes) <= 30,
+            values_format=fmt,
+            xticks_rotation=90 if len(classes) > 6 else 0,
+            im_kw={"vmin": 0, "vmax": 1},
+            text_kw={"fontsize": 7},
+        )
+        # Both panels are coloured by recall, the counts too, and so is their text.
+        shown.im_.set_data(norm)
+        if shown.text_ is not None:
+            for (i, j), text in np.ndenumerate(shown.text_):
+                if matrix[i, j]:
+                    text.set_color("white" if norm[i, j] > 0.5 else "black")
+                else:
+                    text.remove()  # empty cells stay blank
+        ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.suptitle("out-of-fold confusion matrix")
     return _save(fig, out)
 

@@ -67,7 +67,8 @@ EpochHook = Callable[[int, int, float], None]
 
 
 def _reseed_worker(_: int) -> None:
-    # Each worker gets its own augmentation stream, derived from the loader's seed.
+    # A worker starts with a copy of the transform's generators: reseeded from the loader's
+    # seed, workers draw different augmentations, and the same ones on every rerun.
     info = torch.utils.data.get_worker_info()
     if info is not None and getattr(info.dataset, "transform", None) is not None:
         info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)  # type: ignore[attr-defined]
@@ -142,8 +143,8 @@ class Fold:
     mixing: Mixing | None
     workers: int
     progress: bool
-    # With a teacher or soft pseudo-labels: every row's packed soft targets (comp.losses.
-    # TeacherLoss), and the loaders serve row numbers to look them up by.
+    # With a teacher or soft pseudo-labels: every row's packed soft targets (comp.train.
+    # losses.TeacherLoss), and the loaders serve row numbers to look them up by.
     soft: torch.Tensor | None = None
     labels: torch.Tensor | None = None
 
@@ -281,7 +282,7 @@ def setup_fold(
     """The model, loaders, loss and precision of fold ``fold``, seeded so a rerun is identical.
 
     ``soft``: packed soft targets of every row of ``images`` (comp.teach), trained on with
-    comp.losses.TeacherLoss instead of the labels alone."""
+    comp.train.losses.TeacherLoss instead of the labels alone."""
     seed_everything(cfg.seed + fold)
     transform.set_random_seed(cfg.seed + fold)
     model, source = create_model(
@@ -314,7 +315,8 @@ def setup_fold(
     batches = make_batches(
         len(train_idx), batch_size=cfg.batch_size, generator=generator, weights=weights, dist_=dist_
     )
-    # Each process scores one part of the validation fold; the parts are gathered in order.
+    # Each process scores one part of the validation fold, so validating takes a share of
+    # the time; validation_probs gathers the parts in order.
     my_valid = np.array_split(valid_idx, dist_.world)[dist_.rank]
     return Fold(
         cfg=cfg,
@@ -377,7 +379,8 @@ def begin_stage(f: Fold, stage: Stage) -> StageRun:
     set_backbone_frozen(f.model, stage.frozen)
     layer_decay = None
     if not stage.frozen and cfg.layer_decay and hasattr(f.model, "group_matcher"):
-        # timm's layer-wise decay: each block group below the head at layer_decay x the lr above.
+        # Lower blocks hold more general features and should move less: timm's layer-wise
+        # decay trains each block group at layer_decay x the lr of the group above.
         layer_decay = cfg.layer_decay
     optimizer = create_optimizer_v2(
         f.model,
@@ -530,7 +533,7 @@ def head_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
         y = f.y_train[rows_b].to(f.device)
         target = y if f.soft is None else f.soft[f.train_idx[rows_b]].to(f.device)
         if drop:
-            # What timm's forward_head does to the pooled features in train mode.
+            # The cached features skip timm's forward_head, which drops out in train mode.
             x = nn.functional.dropout(x, drop, training=True)
         loss, logits = step(f, run, head, x, target, f.loss_fn, update=first_update + i + 1)
         sum_loss += loss * len(y)
@@ -563,7 +566,7 @@ def image_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
             y = yb.to(f.device, non_blocking=True)
             target: torch.Tensor = y
         else:
-            # The loader served row numbers: the labels and soft targets of those rows.
+            # Row numbers, not labels: a row's soft targets are looked up by its number.
             assert f.labels is not None
             y, target = f.labels[yb].to(f.device), f.soft[yb].to(f.device)
         loss_fn = f.loss_fn
@@ -582,7 +585,7 @@ def image_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
         seen += len(y)
         if f.progress and i % 20 == 0:
             bar.set_postfix(loss=f"{sum_loss.item() / seen:.4f}")
-    # Each process saw its slice of every batch.
+    # Each process saw only its slice of every batch: the epoch's loss is over them all.
     totals = gather((sum_loss.item(), int(sum_correct), seen), f.dist)
     total_loss, correct, seen = (sum(v) for v in zip(*totals, strict=True))
     return total_loss / max(seen, 1), correct / max(seen, 1)

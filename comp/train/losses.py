@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from timm.data import Mixup
+from timm.data.mixup import mixup_target
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
@@ -97,10 +98,8 @@ class Mixing:
         return torch.cat([x_mixed, x[even:]]), torch.cat([mixed, soft[even:]])
 
     def _soft(self, y: torch.Tensor) -> torch.Tensor:
-        off = self.smoothing / self.n_classes
-        return torch.full((len(y), self.n_classes), off, device=y.device).scatter_(
-            1, y[:, None], 1 - self.smoothing + off
-        )
+        # Unmixed (lam 1): the label-smoothed one-hot targets that self.mixup gives mixed ones.
+        return mixup_target(y, self.n_classes, lam=1.0, smoothing=self.smoothing)
 
 
 def mixing_enabled(cfg: Config) -> bool:

@@ -1,21 +1,27 @@
 """Training: a timm model on every fold, in the stages its recipe sets, with early stopping on macro-F1.
 
 Reads the workspace config, the folds file (``comp folds``) and the training
-images. Writes one run folder, ``runs/<name>/``:
+images; with ``--pseudo``/``--distill`` a parent run (through comp.teach); with
+``--resume`` the run's own ``config.yaml``, ``fold{k}/oof.csv`` and ``fold{k}/last.pt``.
+Writes one run folder, ``runs/<name>/``:
 
 - ``config.yaml``      the resolved config (recipe included), enough to reproduce the run
 - ``classes.json``     the label space, in model-output order
 - ``transforms.json``  the training augmentation, serialised by albumentations
+- ``lineage.json``, ``pseudo.csv``  what a ``--pseudo``/``--distill`` run learnt from
 - ``fold{k}/best.pt``  the best checkpoint of fold k (by validation macro-F1; the EMA weights with ``ema``)
 - ``fold{k}/last.pt``  while fold k trains: everything ``--resume`` needs after a kill
 - ``fold{k}/metrics.csv``  one row per epoch: loss, accuracy, macro-F1, lr, seconds
 - ``fold{k}/oof.csv``  fold k's validation probabilities at its best epoch
 - ``oof.csv``, ``cv.json``  all folds' out-of-fold probabilities and the CV score
 - ``curves.png``       loss, accuracy and macro-F1 per epoch and fold
+- ``full/best.pt``, ``full/done.json``  with ``full``: one model on every image
 
 Read top to bottom: ``train`` plans the run (``plan_run``: the recipe, the images,
-what it learns from), then trains each fold through comp.train.loop and writes the
-run's summary.
+what it learns from, the epochs a time limit allows, all in a ``RunPlan``), writes
+the plan, trains each fold through comp.train.loop (``train_folds``; ``fit_heads``
+for a scikit-learn head), then writes the run's summary (``summarise``) and, if
+asked, the model on every image (``train_full``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import dataclasses
 import functools
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -49,19 +56,20 @@ from comp.data.workspace import image_stats
 from comp.errors import ConfigError, DataError
 from comp.files import Echo
 from comp.folds.split import folds_path, read_folds
-from comp.hardware.distributed import (
-    Dist,
-    barrier,
-    gather,
-    init_distributed,
-)
+from comp.hardware.distributed import Dist, barrier, gather, init_distributed
 from comp.hardware.precision import amp_dtype, precision_name
 from comp.metrics import fit_priors, macro_f1, write_priors
-from comp.models.factory import (
-    create_model,
-)
+from comp.models.factory import create_model
 from comp.report.plots import plot_curves
-from comp.runs import CLASSES_FILE, LINEAGE_FILE, OOF_FILE, SUMMARY_FILE, write_probs
+from comp.runs import (
+    CLASSES_FILE,
+    CONFIG_FILE,
+    LINEAGE_FILE,
+    OOF_FILE,
+    SUMMARY_FILE,
+    runs_dir,
+    write_probs,
+)
 from comp.teach.lineage import describe, write_lineage
 from comp.teach.nested import fixed_config
 from comp.teach.teaching import Teaching, prepare
@@ -77,7 +85,7 @@ def run_name(cfg: Config) -> str:
     return f"{cfg.model.replace('/', '_')}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-# --- the run: recipe, images, then one fold after another --------------------------------
+# --- the run: a plan, then one fold after another ----------------------------------------
 
 
 def train(
@@ -103,41 +111,208 @@ def train(
     ``on_epoch(fold, epoch, valid_macro_f1)`` is called after every epoch; tuning
     reports to Optuna through it, and may stop the run by raising.
     """
+    plan = plan_run(root, cfg, name=name, folds=folds, echo=echo, progress=progress, resume=resume)
+    write_plan(plan)
+    trackers = start_tracking(plan)
+    if plan.cfg.head == "linear":
+        train_folds(plan, trackers=trackers, on_epoch=on_epoch)
+    else:
+        fit_heads(plan)
+    summary = (
+        summarise(plan.run_dir, classes=plan.classes, n_folds=plan.n_folds)
+        if plan.dist.main
+        else {}
+    )
+    # No process returns, nor trains the full model, before the run is summarised.
+    barrier(plan.dist)
+    finish_tracking(trackers, summary, plan.run_dir)
+    if full and plan.cfg.head == "linear":
+        train_full(plan)
+    return summary
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run resolved before its first fold trains: what every fold, and every process, shares.
+
+    Its rows are the train images, then any pseudo-labelled test images (fold -1: never
+    validated); ``images``, ``targets`` and ``fold_of`` cover every row, ``table`` the
+    train images alone.
+    """
+
+    root: Path
+    cfg: Config  # recipe and time limit resolved: what config.yaml holds
+    run_dir: Path
+    table: pd.DataFrame  # the folds file: Id, label, fold
+    classes: list[str]
+    n_folds: int  # in the folds file
+    folds: list[int]  # the folds asked for
+    todo: list[int]  # the folds asked for that have not finished (with resume)
+    teaching: Teaching  # every row: its image, fold, labels and soft targets
+    transform: A.Compose
+    device: torch.device
+    dist: Dist
+    echo: Echo  # silent on every process but the first
+    progress: bool
+    resume: bool
+
+    @property
+    def images(self) -> np.ndarray:
+        return self.teaching.images
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Every row's hard label, as a model on every row sees it."""
+        return self.teaching.targets(None)
+
+    @property
+    def fold_of(self) -> np.ndarray:
+        return self.teaching.fold_of
+
+
+def plan_run(
+    root: Path,
+    cfg: Config,
+    *,
+    name: str | None,
+    folds: list[int] | None,
+    echo: Echo,
+    progress: bool,
+    resume: bool,
+) -> RunPlan:
+    """Resolve a run, writing nothing: its folds, recipe, images, teaching and epochs.
+
+    Raises ConfigError for a run that cannot go ahead: a fold not in the folds file, an
+    unknown optimizer, nothing to resume, a run folder trained with another config.
+    """
     t_start = time.perf_counter()
     require(cfg.tracker)
     comp = load_competition(root, cfg)
     table = read_folds(folds_path(root, cfg), labels=comp.train)
-    classes = comp.classes
     all_folds = sorted(int(k) for k in table["fold"].unique())
-    folds = all_folds if folds is None else folds
-    for k in folds:
-        if k not in all_folds:
-            raise ConfigError(f"--fold {k}: folds are {all_folds[0]}..{all_folds[-1]}")
+    asked = checked_folds(folds, all_folds)
     dist_, device = init_distributed(cfg.device)
     if not dist_.main:
         # One process writes the run and speaks; the others only compute.
         echo, progress = (lambda _: None), False
-    optimizers = [str(o) for o in list_optimizers()]
-    if cfg.optimizer.lower() not in optimizers:
-        raise ConfigError(
-            f"optimizer '{cfg.optimizer}' is not a timm optimizer{suggest(cfg.optimizer, optimizers)}"
-        )
+    check_optimizer(cfg.optimizer)
     # Every process must write to (and the first one name) the same run.
-    run_dir = root / "runs" / gather(name or run_name(cfg), dist_)[0]
-    saved = run_dir / "config.yaml"
+    run_dir = runs_dir(root) / gather(name or run_name(cfg), dist_)[0]
+    saved = run_dir / CONFIG_FILE
     if resume and not saved.exists():
         raise ConfigError(f"--resume: {run_dir} is not a run to resume (no config.yaml)")
 
     # The recipe is resolved once, here, so every fold (and every process) trains alike.
-    cfg, recipe = resolve_run_config(root, cfg, comp=comp, device=device, echo=echo)
+    recipe_cfg, recipe = resolve_run_config(root, cfg, comp=comp, device=device, echo=echo)
     processes = f", {dist_.world} processes" if dist_.world > 1 else ""
+    dtype = amp_dtype(device, recipe_cfg.amp, img_size=recipe_cfg.img_size)
     echo(
-        f"run {run_dir.name}: {cfg.model}, {len(classes)} classes, {len(table)} images, folds {folds}, "
-        f"device {device}{processes}, {precision_name(amp_dtype(device, cfg.amp, img_size=cfg.img_size))}"
+        f"run {run_dir.name}: {recipe_cfg.model}, {len(comp.classes)} classes, {len(table)} images, "
+        f"folds {asked}, device {device}{processes}, {precision_name(dtype)}"
+    )
+    images = decode_train(root, recipe_cfg, comp=comp, table=table, dist_=dist_, progress=progress)
+    todo = [k for k in asked if not (resume and (run_dir / f"fold{k}" / OOF_FILE).exists())]
+    teaching, teaching_s = learn_from(
+        root,
+        recipe_cfg,
+        comp=comp,
+        table=table,
+        images=images,
+        device=device,
+        dist_=dist_,
+        echo=echo,
+        progress=progress,
+    )
+    before = yaml.safe_load(saved.read_text()) if saved.exists() else None
+    run_cfg = sized_run(
+        recipe_cfg,
+        recipe,
+        before=before,
+        teaching=teaching,
+        folds=todo,
+        # The time limit is the run's own: nested teachers train once, for every student.
+        spent=time.perf_counter() - t_start - teaching_s,
+        device=device,
+        dist_=dist_,
+        echo=echo,
+    )
+    if before is not None and before != to_dict(run_cfg):
+        raise ConfigError(f"{run_dir}: this run was trained with another config; pick a new --name")
+    return RunPlan(
+        root=root,
+        cfg=run_cfg,
+        run_dir=run_dir,
+        table=table,
+        classes=comp.classes,
+        n_folds=len(all_folds),
+        folds=asked,
+        todo=todo,
+        teaching=teaching,
+        transform=create_transform(run_cfg.aug, img_size=run_cfg.img_size),
+        device=device,
+        dist=dist_,
+        echo=echo,
+        progress=progress,
+        resume=resume,
     )
 
-    # Decode every image once (and, with the cache, once across runs); each fold and
-    # epoch reads the same memory-mapped array. The first process builds the cache.
+
+def checked_folds(folds: list[int] | None, all_folds: list[int]) -> list[int]:
+    """The folds asked for (None: all), each one of the folds file's."""
+    for k in folds or []:
+        if k not in all_folds:
+            raise ConfigError(f"--fold {k}: folds are {all_folds[0]}..{all_folds[-1]}")
+    return all_folds if folds is None else folds
+
+
+def check_optimizer(name: str) -> None:
+    optimizers = [str(o) for o in list_optimizers()]
+    if name.lower() not in optimizers:
+        raise ConfigError(f"optimizer '{name}' is not a timm optimizer{suggest(name, optimizers)}")
+
+
+def resolve_run_config(
+    root: Path, cfg: Config, *, comp: Competition, device: torch.device, echo: Echo
+) -> tuple[Config, Recipe]:
+    """The config with its recipe resolved: where the weights come from, then every auto key."""
+    if cfg.pretrained_file is not None:
+        # Like every path in comp.yaml, relative to the workspace, not to where comp runs.
+        cfg = dataclasses.replace(cfg, pretrained_file=str(resolve(root, cfg.pretrained_file)))
+        weights = f"file:{cfg.pretrained_file}"
+    elif cfg.pretrained == "false":
+        weights = "random"
+    else:
+        # Find out once, not once per fold, whether pretrained weights can be had.
+        _, weights = create_model(
+            cfg.model, num_classes=len(comp.classes), pretrained=cfg.pretrained
+        )
+        echo(f"weights: {weights}")
+    sizes = None
+    if is_auto(cfg.img_size):
+        sizes = image_stats(comp.train_paths(list(comp.train["Id"])), sample=200)["sizes"]
+    n_train = len(comp.train) * (cfg.n_splits - 1) // cfg.n_splits
+    cfg, recipe = resolve_recipe(
+        cfg, weights=weights, device=device.type, sizes=sizes, n_train=n_train
+    )
+    if weights == "random":
+        # Every fold then starts from random init without asking the hub again.
+        cfg = dataclasses.replace(cfg, pretrained="false")
+    echo(recipe.describe())
+    return cfg, recipe
+
+
+def decode_train(
+    root: Path,
+    cfg: Config,
+    *,
+    comp: Competition,
+    table: pd.DataFrame,
+    dist_: Dist,
+    progress: bool,
+) -> np.ndarray:
+    """Every train image, decoded once (and, with the cache, once across runs): each fold
+    and epoch reads the same memory-mapped array."""
+    # The first process builds the cache; the others wait for it rather than decode too.
     if not dist_.main:
         barrier(dist_)
     images = cached_images(
@@ -150,214 +325,212 @@ def train(
     )
     if dist_.main:
         barrier(dist_)
+    return images
+
+
+def learn_from(
+    root: Path,
+    cfg: Config,
+    *,
+    comp: Competition,
+    table: pd.DataFrame,
+    images: np.ndarray,
+    device: torch.device,
+    dist_: Dist,
+    echo: Echo,
+    progress: bool,
+) -> tuple[Teaching, float]:
+    """What the run learns from: its labels, and with ``pseudo`` or ``distill`` the rows and
+    soft targets comp.teach adds; and the seconds that preparing those took."""
+    classes = comp.classes
     targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
     fold_of = table["fold"].to_numpy()
-    todo = [k for k in folds if not (resume and (run_dir / f"fold{k}" / "oof.csv").exists())]
-    teaching = Teaching.plain(images, targets, fold_of, n_classes=len(classes))
-    if cfg.pseudo or cfg.distill:
-        # The time limit is the run's own: nested teachers train once, for every student.
-        t_teach = time.perf_counter()
-        # Pseudo-labelled test images join as rows of their own (fold -1: never validated).
-        teaching = prepare(
-            root,
-            cfg,
-            comp=comp,
-            table=table,
-            classes=classes,
-            images=images,
-            targets=targets,
-            fold_of=fold_of,
-            report_path=folds_path(root, cfg).with_suffix(".json"),
-            device=device,
-            dist_=dist_,
-            echo=echo,
-            progress=progress,
-        )
-        t_start += time.perf_counter() - t_teach
-    images, targets, fold_of = teaching.images, teaching.targets(None), teaching.fold_of
+    if not (cfg.pseudo or cfg.distill):
+        return Teaching.plain(images, targets, fold_of, n_classes=len(classes)), 0.0
+    t_teach = time.perf_counter()
+    # Pseudo-labelled test images join as rows of their own (fold -1: never validated).
+    teaching = prepare(
+        root,
+        cfg,
+        comp=comp,
+        table=table,
+        classes=classes,
+        images=images,
+        targets=targets,
+        fold_of=fold_of,
+        report_path=folds_path(root, cfg).with_suffix(".json"),
+        device=device,
+        dist_=dist_,
+        echo=echo,
+        progress=progress,
+    )
+    return teaching, time.perf_counter() - t_teach
 
-    before = yaml.safe_load(saved.read_text()) if saved.exists() else None
-    if cfg.time_limit is not None and cfg.head == "linear":
-        cfg = sized_run(
-            cfg,
-            recipe,
-            before=before,
-            images=images,
-            targets=targets,
-            fold_of=fold_of,
-            folds=todo,
-            spent=time.perf_counter() - t_start,
-            device=device,
-            dist_=dist_,
-            echo=echo,
-        )
-    resolved = to_dict(cfg)
-    if before is not None and before != resolved:
-        raise ConfigError(f"{run_dir}: this run was trained with another config; pick a new --name")
-    transform = create_transform(cfg.aug, img_size=cfg.img_size)
-    if dist_.main:
-        # Only now that every image has been read: bad data leaves no run folder behind.
-        files.write_yaml(run_dir / "config.yaml", resolved)
-        files.write_json(run_dir / CLASSES_FILE, classes)
-        files.write_json(run_dir / "transforms.json", A.to_dict(transform))
-        if teaching.lineage:
-            write_lineage(run_dir, teaching.lineage, teaching.pseudo)
-    trackers = start_tracking(root, cfg, run_dir=run_dir, teaching=teaching, dist_=dist_, echo=echo)
 
-    if cfg.head != "linear":
-        if dist_.world > 1:
-            raise ConfigError(f"head '{cfg.head}' is fitted in one process; drop --devices")
-        train_heads(
-            root,
-            cfg,
-            run_dir=run_dir,
-            images=images,
-            targets=targets,
-            fold_of=fold_of,
-            folds=todo,
-            table=table,
-            classes=classes,
-            device=device,
-            echo=echo,
-            progress=progress,
-        )
-        summary = summarise(run_dir, classes=classes, n_folds=len(all_folds))
-        finish_tracking(trackers, summary, run_dir)
-        return summary
+def sized_run(
+    cfg: Config,
+    recipe: Recipe,
+    *,
+    before: dict[str, Any] | None,
+    teaching: Teaching,
+    folds: list[int],
+    dist_: Dist,
+    **measure: Any,
+) -> Config:
+    """``cfg`` with its epochs fitted to ``time_limit``: measured now, or as the run was sized."""
+    if cfg.time_limit is None or cfg.head != "linear":
+        return cfg
+    if before is not None and before.get("time_limit") == cfg.time_limit:
+        # The run was sized when it began (resumed, or its other folds trained apart):
+        # its epochs stand.
+        keys = ("epochs", "freeze_epochs", "warmup_epochs", "mixup_off_epoch")
+        return dataclasses.replace(cfg, **{k: before[k] for k in keys})
+    if not folds:
+        return cfg
+    sized = fit_time_limit(
+        cfg,
+        recipe,
+        images=teaching.images,
+        targets=teaching.targets(None),
+        fold_of=teaching.fold_of,
+        folds=folds,
+        dist_=dist_,
+        **measure,
+    )
+    # Every process must train the same schedule: the first one's measurement.
+    return cast(Config, gather(sized, dist_)[0])
 
-    for k in folds:
-        if k not in todo:
-            echo(f"fold {k}: already trained")
+
+def write_plan(plan: RunPlan) -> None:
+    """The run's config.yaml, classes.json, transforms.json and lineage (the first process)."""
+    # Only now that every image has been read: bad data leaves no run folder behind.
+    if not plan.dist.main:
+        return
+    files.write_yaml(plan.run_dir / CONFIG_FILE, to_dict(plan.cfg))
+    files.write_json(plan.run_dir / CLASSES_FILE, plan.classes)
+    files.write_json(plan.run_dir / "transforms.json", A.to_dict(plan.transform))
+    if plan.teaching.lineage:
+        write_lineage(plan.run_dir, plan.teaching.lineage, plan.teaching.pseudo)
+
+
+# --- the folds -----------------------------------------------------------------------------
+
+
+def train_folds(plan: RunPlan, *, trackers: Any, on_epoch: EpochHook | None) -> None:
+    """Every fold asked for, one after another, into ``fold{k}/``."""
+    for k in plan.folds:
+        if k not in plan.todo:
+            plan.echo(f"fold {k}: already trained")
             continue
-        if not resume and (run_dir / f"fold{k}" / "last.pt").exists():
-            echo(f"fold {k}: was interrupted; training it again (--resume would go on from it)")
-        fold_ = setup_fold(
-            cfg,
-            fold=k,
-            images=images,
-            targets=teaching.targets(k),
-            train_idx=teaching.train_idx(k),
-            valid_idx=np.flatnonzero(fold_of == k),
-            n_classes=len(classes),
-            device=device,
-            transform=transform,
-            dist_=dist_,
-            progress=progress,
-            soft=teaching.soft(k),
-        )
+        if not plan.resume and (plan.run_dir / f"fold{k}" / "last.pt").exists():
+            plan.echo(
+                f"fold {k}: was interrupted; training it again (--resume would go on from it)"
+            )
+        f = setup_run_fold(plan, k)
         result = train_fold(
-            fold_,
-            classes=classes,
-            out_dir=run_dir / f"fold{k}",
-            echo=echo,
+            f,
+            classes=plan.classes,
+            out_dir=plan.run_dir / f"fold{k}",
+            echo=plan.echo,
             on_epoch=on_epoch,
-            resume=resume,
+            resume=plan.resume,
             on_row=functools.partial(log_row, trackers, k),
         )
-        finish_fold(fold_, result, run_dir=run_dir, table=table, classes=classes, echo=echo)
-    summary = summarise(run_dir, classes=classes, n_folds=len(all_folds)) if dist_.main else {}
-    barrier(dist_)
-    finish_tracking(trackers, summary, run_dir)
-    if full:
-        train_full(
-            cfg,
-            run_dir=run_dir,
-            images=images,
-            targets=targets,
-            teaching=teaching,
-            classes=classes,
-            device=device,
-            transform=transform,
-            dist_=dist_,
-            echo=echo,
-            progress=progress,
-        )
-    return summary
+        finish_fold(plan, f, result)
 
 
-def finish_fold(
-    f: Fold,
-    result: FoldResult,
-    *,
-    run_dir: Path,
-    table: pd.DataFrame,
-    classes: list[str],
-    echo: Echo,
-) -> None:
+def setup_run_fold(plan: RunPlan, k: int | None, cfg: Config | None = None) -> Fold:
+    """Fold ``k`` of the run, validated on the fold file's fold k; ``k`` None: a model on
+    every row, validated on nothing (``cfg``: its own)."""
+    teaching = plan.teaching
+    return setup_fold(
+        cfg or plan.cfg,
+        fold=plan.cfg.n_splits if k is None else k,
+        images=plan.images,
+        targets=teaching.targets(k),
+        train_idx=teaching.train_idx(k),
+        valid_idx=np.zeros(0, dtype=np.int64) if k is None else np.flatnonzero(plan.fold_of == k),
+        n_classes=len(plan.classes),
+        device=plan.device,
+        transform=plan.transform,
+        dist_=plan.dist,
+        progress=plan.progress,
+        soft=teaching.soft(k),
+    )
+
+
+def finish_fold(plan: RunPlan, f: Fold, result: FoldResult) -> None:
     """A trained fold's out-of-fold probabilities, written last: they mark it finished."""
-    out_dir = run_dir / f"fold{f.number}"
+    out_dir = plan.run_dir / f"fold{f.number}"
     if f.dist.main:
-        front = table.iloc[f.valid_idx][["Id", "label", "fold"]]
-        write_probs(out_dir / OOF_FILE, front, result.valid_probs, classes)
+        front = plan.table.iloc[f.valid_idx][["Id", "label", "fold"]]
+        write_probs(out_dir / OOF_FILE, front, result.valid_probs, plan.classes)
         # A finished fold is never resumed; its optimizer state would only take space.
         (out_dir / "last.pt").unlink(missing_ok=True)
-    echo(
+    plan.echo(
         f"fold {f.number}: best macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs run)"
     )
 
 
-def train_full(
-    cfg: Config,
-    *,
-    run_dir: Path,
-    images: np.ndarray,
-    targets: np.ndarray,
-    teaching: Teaching,
-    classes: list[str],
-    device: torch.device,
-    transform: A.Compose,
-    dist_: Dist,
-    echo: Echo,
-    progress: bool,
-) -> None:
+def fit_heads(plan: RunPlan) -> None:
+    """``head`` other than linear: a scikit-learn head per fold on pooled features
+    (comp.train.heads), in place of the fold loop."""
+    if plan.dist.world > 1:
+        raise ConfigError(f"head '{plan.cfg.head}' is fitted in one process; drop --devices")
+    train_heads(
+        plan.root,
+        plan.cfg,
+        run_dir=plan.run_dir,
+        images=plan.images,
+        targets=plan.targets,
+        fold_of=plan.fold_of,
+        folds=plan.todo,
+        table=plan.table,
+        classes=plan.classes,
+        device=plan.device,
+        echo=plan.echo,
+        progress=plan.progress,
+    )
+
+
+def train_full(plan: RunPlan) -> None:
     """One model on every row, as long as the run's folds did best: ``full/best.pt``."""
-    fcfg = fixed_config(run_dir, cfg)
-    out_dir = run_dir / "full"
-    echo(
-        f"full model: every image{' and pseudo-label' if teaching.keep is not None else ''}, "
+    fcfg = fixed_config(plan.run_dir, plan.cfg)
+    out_dir = plan.run_dir / "full"
+    plan.echo(
+        f"full model: every image{' and pseudo-label' if plan.teaching.keep is not None else ''}, "
         f"{fcfg.epochs} epochs (the folds' median best), last weights -> {out_dir}"
     )
-    f = setup_fold(
-        fcfg,
-        fold=cfg.n_splits,
-        images=images,
-        targets=targets,
-        train_idx=teaching.train_idx(None),
-        valid_idx=np.zeros(0, dtype=np.int64),
-        n_classes=len(classes),
-        device=device,
-        transform=transform,
-        dist_=dist_,
-        progress=progress,
-        soft=teaching.soft(None),
-    )
-    train_fold(f, classes=classes, out_dir=out_dir, echo=echo, select=False)
-    if dist_.main:
+    f = setup_run_fold(plan, None, cfg=fcfg)
+    train_fold(f, classes=plan.classes, out_dir=out_dir, echo=plan.echo, select=False)
+    if plan.dist.main:
         (out_dir / "last.pt").unlink(missing_ok=True)
         # Last: `comp predict` takes the model only once it has trained to the end.
         files.write_json(out_dir / "done.json", {"epochs": fcfg.epochs, "rows": len(f.train_idx)})
-    barrier(dist_)
+    barrier(plan.dist)
 
 
-def start_tracking(
-    root: Path, cfg: Config, *, run_dir: Path, teaching: Teaching, dist_: Dist, echo: Echo
-) -> Any:
+# --- tracking ------------------------------------------------------------------------------
+
+
+def start_tracking(plan: RunPlan) -> Any:
     """The run's trackers (the first process only), given its config and lineage."""
-    if not dist_.main:
-        return Trackers({}, echo=echo)
+    if not plan.dist.main:
+        return Trackers({}, echo=plan.echo)
+    root, cfg = plan.root, plan.cfg
     trackers = open_run(
         root,
         cfg.tracker,
-        run=run_dir.name,
+        run=plan.run_dir.name,
         experiment=experiment_name(root, cfg.competition),
-        run_dir=run_dir,
-        echo=echo,
+        run_dir=plan.run_dir,
+        echo=plan.echo,
     )
     if trackers:
         trackers.params(to_dict(cfg))
-        trackers.tags(lineage_tags(root, cfg, teaching))
-        echo(f"tracking: {cfg.tracker}")
+        trackers.tags(lineage_tags(root, cfg, plan.teaching))
+        plan.echo(f"tracking: {cfg.tracker}")
     return trackers
 
 
@@ -392,61 +565,9 @@ def finish_tracking(trackers: Any, summary: dict[str, Any], run_dir: Path) -> No
         | {f"fold{k}/best_macro_f1": v for k, v in summary.get("fold_macro_f1", {}).items()}
     )
     trackers.artifacts(
-        run_dir / name for name in ("cv.json", "config.yaml", "curves.png", LINEAGE_FILE)
+        run_dir / name for name in (SUMMARY_FILE, CONFIG_FILE, "curves.png", LINEAGE_FILE)
     )
     trackers.close()
-
-
-def resolve_run_config(
-    root: Path, cfg: Config, *, comp: Competition, device: torch.device, echo: Echo
-) -> tuple[Config, Recipe]:
-    """The config with its recipe resolved: where the weights come from, then every auto key."""
-    if cfg.pretrained_file is not None:
-        # Like every path in comp.yaml, relative to the workspace, not to where comp runs.
-        cfg = dataclasses.replace(cfg, pretrained_file=str(resolve(root, cfg.pretrained_file)))
-        weights = f"file:{cfg.pretrained_file}"
-    elif cfg.pretrained == "false":
-        weights = "random"
-    else:
-        # Find out once, not once per fold, whether pretrained weights can be had.
-        _, weights = create_model(
-            cfg.model, num_classes=len(comp.classes), pretrained=cfg.pretrained
-        )
-        echo(f"weights: {weights}")
-    sizes = None
-    if is_auto(cfg.img_size):
-        sizes = image_stats(comp.train_paths(list(comp.train["Id"])), sample=200)["sizes"]
-    n_train = len(comp.train) * (cfg.n_splits - 1) // cfg.n_splits
-    cfg, recipe = resolve_recipe(
-        cfg, weights=weights, device=device.type, sizes=sizes, n_train=n_train
-    )
-    if weights == "random":
-        # Every fold then starts from random init without asking the hub again.
-        cfg = dataclasses.replace(cfg, pretrained="false")
-    echo(recipe.describe())
-    return cfg, recipe
-
-
-def sized_run(
-    cfg: Config,
-    recipe: Recipe,
-    *,
-    before: dict[str, Any] | None,
-    folds: list[int],
-    dist_: Dist,
-    **measure: Any,
-) -> Config:
-    """``cfg`` with its epochs fitted to ``time_limit``: measured now, or as the run was sized."""
-    if before is not None and before.get("time_limit") == cfg.time_limit:
-        # The run was sized when it began (resumed, or its other folds trained apart):
-        # its epochs stand.
-        keys = ("epochs", "freeze_epochs", "warmup_epochs", "mixup_off_epoch")
-        return dataclasses.replace(cfg, **{k: before[k] for k in keys})
-    if not folds:
-        return cfg
-    sized = fit_time_limit(cfg, recipe, folds=folds, dist_=dist_, **measure)
-    # Every process must train the same schedule: the first one's measurement.
-    return cast(Config, gather(sized, dist_)[0])
 
 
 # --- the run's summary ---------------------------------------------------------------------
@@ -456,7 +577,7 @@ def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, A
     """Gather every fold's OOF of a run into oof.csv and cv.json (folds may be trained apart)."""
     parts = []
     for k in range(n_folds):
-        path = run_dir / f"fold{k}" / "oof.csv"
+        path = run_dir / f"fold{k}" / OOF_FILE
         if path.exists():
             # As text, so labels and Ids such as "NA" or "None" stay what they are.
             part = read_csv(path)

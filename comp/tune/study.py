@@ -20,6 +20,7 @@ import math
 import shutil
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -255,10 +256,8 @@ def make_objective(
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        out[t.state.name.lower()] = out.get(t.state.name.lower(), 0) + 1
-    return out
+    """Trials per state, by lower-case state name (``complete``, ``pruned``, ``fail``...)."""
+    return dict(Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False)))
 
 
 def finished(study: optuna.Study) -> int:
