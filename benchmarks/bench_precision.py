@@ -10,7 +10,7 @@ For every timm model (random init) and image size it times training steps
 and inference batches, once in fp32 and once under ``torch.autocast("cpu",
 dtype=torch.bfloat16)``: 3 warm-up steps, then the fastest of 3 windows of
 ``--steps`` steps. It prints a Markdown table of images/s and the bf16/fp32
-ratio, and the CPU flag that comp.hardware.cpu_bf16 reads. Accuracy at equal
+ratio, and the CPU flag that comp.hardware.precision.cpu_bf16 reads. Accuracy at equal
 time is measured by bench_recipe.py (``--configs new,new-fp32``).
 """
 

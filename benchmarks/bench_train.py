@@ -11,7 +11,7 @@ Kaggle-layout competition of real photographs: random square crops, at varying
 position and scale, of scikit-learn's two sample photos (china.jpg, flower.jpg),
 resized to 256x256 and saved as JPEG quality 90, with 8 labels assigned
 round-robin, plus a test set of a quarter as many images. Around it goes a comp
-workspace (``comp.workspace.init_workspace``) with 4 stratified folds; fold 0 is
+workspace (``comp.data.workspace.init_workspace``) with 4 stratified folds; fold 0 is
 validated, so 3/4 of the images train.
 
 For every model (timm, random init) and image size it measures:

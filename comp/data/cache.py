@@ -1,6 +1,6 @@
 """The decoded-image cache: every image decoded and resized once, then memory-mapped.
 
-Reads image files (through ``comp.data.read_image``). Writes
+Reads image files (through ``comp.data.images.read_image``). Writes
 ``cache/images/<key>.npy`` in the workspace (or under ``$COMP_CACHE``): an (N, size, size, 3) uint8 array
 in numpy's own format. The key hashes the file list, each file's size and
 mtime, the size and the preprocessing, so a changed, added or removed image, or

@@ -8,7 +8,7 @@ Every feature space gives L2-normalised vectors compared by cosine distance
 (1 - cosine similarity, 0 for twins):
 
 - ``subject`` (the default): the subject alone, found by its alpha channel or
-  by the border-colour mask of comp.centre, and mirrored to
+  by the border-colour mask of comp.data.subject, and mirrored to
   a canonical side: its silhouette and its grey-level pattern (16x16). The
   background is left out, so a twin on a backdrop of another colour, a mirrored
   view or a palette swap stays close.
@@ -83,7 +83,7 @@ def _decode(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 def subject_masks(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """(B, W, W): the subject of each of a stack of images (B, W, W, 3), by its alpha channel
     (B, W, W; 255 where an image has none) where that marks one, else by the border colour
-    (comp.centre)."""
+    (comp.data.subject)."""
     mask, _ = subject_mask(rgb)
     opaque, marks = opaque_subject(alpha)
     mask = drop_specks(np.where(marks[:, None, None], opaque, mask))
@@ -126,7 +126,7 @@ def subject_features(
     paths: Sequence[Path], *, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every image's subject, found by its alpha channel or by the border-colour mask
-    (comp.centre): its silhouette and grey pattern at 16x16 (N, 512), the same in a mirror,
+    (comp.data.subject): its silhouette and grey pattern at 16x16 (N, 512), the same in a mirror,
     and its colours (N, 108; palette_rows)."""
     paths = list(paths)
     out = np.zeros((2, len(paths), 512), dtype=np.float32)

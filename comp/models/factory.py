@@ -39,7 +39,7 @@ def create_model(
 
     ``pretrained`` is "auto" (weights if they can be had, else random init with a
     warning), "true" (weights or an error) or "false" (random init). The baseline nets
-    ``mlp`` and ``simple_cnn`` (comp.nets) have no pretrained weights: they start from
+    ``mlp`` and ``simple_cnn`` (comp.models.nets) have no pretrained weights: they start from
     random init, or from ``pretrained_file``, a comp checkpoint of the same net.
     """
     if name in nets.NAMES:
@@ -269,7 +269,7 @@ def load_checkpoint(
 
 
 def _build(name: str, *, num_classes: int) -> nn.Module:
-    """A randomly initialised model by name: a baseline net of comp.nets or a timm model."""
+    """A randomly initialised model by name: a baseline net of comp.models.nets or a timm model."""
     if name in nets.NAMES:
         return nets.build(name, num_classes)
     return timm.create_model(name, pretrained=False, num_classes=num_classes)

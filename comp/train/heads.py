@@ -1,6 +1,6 @@
 """Classical heads: a scikit-learn classifier fitted per fold on a backbone's pooled features.
 
-Reads the decoded images (comp.cache) and a backbone: timm's (pretrained, or
+Reads the decoded images (comp.data.cache) and a backbone: timm's (pretrained, or
 ``pretrained_file``) or, with ``features_from: RUN``, fold k's best checkpoint of
 an earlier comp run for fold k, so no image is ever embedded by a backbone that
 trained on it. Writes into the run folder, as a neural run does:

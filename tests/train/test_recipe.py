@@ -14,7 +14,7 @@ from comp.errors import ConfigError
 from comp.hardware.precision import amp_dtype, cpu_bf16
 from comp.train.recipe import FINETUNE, SCRATCH, resolve, with_epochs
 from comp.train.run import train
-from tests.test_train import with_folds
+from tests.train.test_run import with_folds
 
 SPRITE_SIZES = np.array([[64, 64]] * 10)
 PHOTO_SIZES = np.array([[400, 300]] * 10)

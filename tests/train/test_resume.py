@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from comp.train.run import train
-from tests.test_train import with_folds
+from tests.train.test_run import with_folds
 
 COMPARED = ["epoch", "stage", "lr", "train_loss", "train_acc", "valid_loss", "valid_macro_f1"]
 

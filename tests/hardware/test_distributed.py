@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.test_train import with_folds
+from tests.train.test_run import with_folds
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import yaml
 from comp.config import make_config
 from comp.train.losses import Mixing
 from comp.train.run import train
-from tests.test_resume import Interrupt, same_run
-from tests.test_train import with_folds
+from tests.train.test_resume import Interrupt, same_run
+from tests.train.test_run import with_folds
 
 
 @pytest.mark.parametrize("batch", [8, 7, 1])

@@ -13,7 +13,7 @@ from comp.errors import ConfigError, ModelError
 from comp.predict.predict import predict
 from comp.train.heads import make_head
 from comp.train.run import train
-from tests.test_train import with_folds
+from tests.train.test_run import with_folds
 
 quiet = lambda s: None  # noqa: E731
 
