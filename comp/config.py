@@ -42,7 +42,10 @@ AUTO_KEYS = (
     "mixup_off_epoch",
 )
 RECIPES = ("auto", "scratch", "finetune")
-AUG_PRESETS = ("none", "shift", "light", "medium", "heavy")
+# What ``model: auto`` fine-tunes when its pretrained weights can be had.
+PRETRAINED_MODEL = "resnet18"
+AUG_PRESETS = ("none", "shift", "light", "crop", "medium", "heavy")
+PIPELINES = ("auto", "batch", "image")
 HEADS = ("linear", "logreg", "extratrees", "rf", "hgb", "xgb")
 
 
@@ -76,7 +79,11 @@ class Config:
     seed: int = _key(42, "seed for folds, initialisation and augmentation", "folds")
 
     model: str = _key(
-        "resnet18", "any timm model name, or a baseline net: mlp, simple_cnn", "model"
+        "auto",
+        "any timm model name, or comp's own nets: mlp, simple_cnn, airnet_xs/s/m/l (small images "
+        f"from scratch); auto: {PRETRAINED_MODEL} where pretrained weights can be had, else the "
+        "scratch recipe's net for the image size and device",
+        "model",
     )
     pretrained: str = _key(
         "auto",
@@ -109,7 +116,16 @@ class Config:
     )
 
     aug: str = _key(
-        "light", "augmentation preset: none, shift (no flips), light, medium, heavy", "train"
+        "light",
+        "augmentation preset: none, shift (no flips), light, crop (flip + shift, the small-image "
+        "records'), medium, heavy",
+        "train",
+    )
+    pipeline: str = _key(
+        "auto",
+        "batch: augment whole batches in torch on the device; image: albumentations per image in "
+        "the DataLoader; auto: batch for every preset but heavy",
+        "train",
     )
     epochs: int = _key(
         AUTO,
@@ -202,9 +218,10 @@ class Config:
     )
     num_workers: int = _key(-1, "DataLoader workers; -1 picks from the cores and device", "train")
     device: str = _key("auto", "auto, cpu, cuda or cuda:N", "train")
-    amp: bool = _key(
-        True,
-        "mixed precision: bf16 (or fp16) on CUDA, bf16 on CPUs with AMX or AVX512-BF16 from 48 px",
+    amp: str = _key(
+        "auto",
+        "mixed precision: auto times a few training steps in fp32 and bf16 (fp16 on older GPUs) "
+        "and keeps the faster, once per machine, model and size; true forces it; false is fp32",
         "train",
     )
     checkpoint_seconds: float = _key(
@@ -230,7 +247,10 @@ class Config:
     )
 
     tta: str = _key(
-        "none", "test-time augmentation: none, hflip, or a list like hflip,vflip", "predict"
+        "none",
+        "test-time augmentation: none, hflip, vflip, shift (4 views moved by 1/32 of the side), "
+        "or a list like hflip,shift",
+        "predict",
     )
     adjust: bool = _key(
         False,
@@ -299,6 +319,11 @@ def coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"unknown config key '{name}'{suggest(name, KEYS)}")
     if name in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == "auto":
         return AUTO
+    if name == "amp" and isinstance(value, bool | str):
+        text = str(value).strip().lower()
+        return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false"}.get(
+            text, {"off": "false"}.get(text, text)
+        )
     typ = _field_type(name)
     optional = isinstance(typ, types.UnionType) and type(None) in typing.get_args(typ)
     base = next(t for t in typing.get_args(typ) if t is not type(None)) if optional else typ
@@ -355,6 +380,18 @@ def validate(cfg: Config) -> Config:
         (
             cfg.aug in AUG_PRESETS,
             f"aug '{cfg.aug}' is not a preset: {', '.join(AUG_PRESETS)}{suggest(cfg.aug, list(AUG_PRESETS))}",
+        ),
+        (
+            cfg.amp in ("auto", "true", "false"),
+            f"amp must be auto, true or false, not '{cfg.amp}'",
+        ),
+        (
+            cfg.pipeline in PIPELINES,
+            f"pipeline '{cfg.pipeline}' must be one of {', '.join(PIPELINES)}",
+        ),
+        (
+            not (cfg.pipeline == "batch" and cfg.aug == "heavy"),
+            "aug heavy needs albumentations per image: use pipeline image (or auto)",
         ),
         (
             re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None,

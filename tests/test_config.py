@@ -28,8 +28,10 @@ def test_defaults_are_valid() -> None:
     [
         ("epochs", "7", 7),
         ("lr1", "3e-4", 3e-4),
-        ("amp", "false", False),
-        ("amp", "yes", True),
+        ("amp", "false", "false"),
+        ("amp", "yes", "true"),
+        ("amp", True, "true"),
+        ("amp", "auto", "auto"),
         ("solution", "null", None),
         ("pretrained", False, "false"),
     ],

@@ -8,6 +8,7 @@ batch, on the device, because uint8 batches are 4x cheaper to move than floats.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import albumentations as A
@@ -41,10 +42,19 @@ def create_transform(preset: str, *, img_size: int) -> A.Compose:
             f"unknown augmentation preset '{preset}'{suggest(preset, list(PRESETS))}; choose from {', '.join(PRESETS)}"
         )
     hole = max(1, img_size // 8)
+    pad = max(1, img_size // 8)
     ops: dict[str, list[A.BasicTransform]] = {
         "none": [],
         "shift": [_affine(1.0)],
         "light": [A.HorizontalFlip(p=0.5), _affine(1.0)],
+        # The small-image records' augmentation: flip, and a shift of up to 1/8 of the side.
+        "crop": [
+            A.HorizontalFlip(p=0.5),
+            A.PadIfNeeded(
+                min_height=img_size + 2 * pad, min_width=img_size + 2 * pad, border_mode=4
+            ),
+            A.RandomCrop(height=img_size, width=img_size),
+        ],
         "medium": [
             A.HorizontalFlip(p=0.5),
             _affine(1.5),
@@ -81,6 +91,16 @@ TTA_VIEWS: dict[str, Any] = {
     "vflip": lambda: A.VerticalFlip(p=1.0),
     "transpose": lambda: A.Transpose(p=1.0),
 }
+# ``shift``: the small-image records' translation views, the image moved by 1/32 of its
+# side (1 px at 32 px, 2 at 64) left, right, up and down, the border reflected.
+SHIFT = 1 / 32
+SHIFTS = ((SHIFT, 0.0), (-SHIFT, 0.0), (0.0, SHIFT), (0.0, -SHIFT))
+
+
+def _shift(dx: float, dy: float) -> A.BasicTransform:
+    view = A.Affine(translate_percent={"x": dx, "y": dy}, border_mode=4, p=1.0)
+    view._comp_shift = True  # named apart in tta_names
+    return view
 
 
 def tta_views(spec: str) -> list[A.Compose | None]:
@@ -88,7 +108,9 @@ def tta_views(spec: str) -> list[A.Compose | None]:
     names = [s.strip() for s in spec.split(",") if s.strip() and s.strip() != "none"]
     views: list[A.Compose | None] = [None]
     for name in names:
-        if name in TTA_VIEWS:
+        if name == "shift":
+            views.extend(A.Compose([_shift(dx, dy)]) for dx, dy in SHIFTS)
+        elif name in TTA_VIEWS:
             views.append(A.Compose([TTA_VIEWS[name]()]))
         elif isinstance(getattr(A, name, None), type):
             try:
@@ -97,10 +119,23 @@ def tta_views(spec: str) -> list[A.Compose | None]:
                 raise ConfigError(f"TTA view '{name}' cannot run without arguments ({e})") from None
         else:
             raise ConfigError(
-                f"unknown TTA view '{name}'{suggest(name, list(TTA_VIEWS))}; use none, "
-                f"{', '.join(TTA_VIEWS)} or an albumentations transform name"
+                f"unknown TTA view '{name}'{suggest(name, [*TTA_VIEWS, 'shift'])}; use none, "
+                f"{', '.join(TTA_VIEWS)}, shift or an albumentations transform name"
             )
     return views
+
+
+def tta_names(spec: str) -> list[str]:
+    """The name of each of ``tta_views(spec)``, in order: none first."""
+    shifts = iter(f"shift{dx * 32:+.0f},{dy * 32:+.0f}" for dx, dy in SHIFTS * len(spec))
+    return [
+        "none"
+        if v is None
+        else next(shifts)
+        if getattr(v.transforms[0], "_comp_shift", False)
+        else type(v.transforms[0]).__name__
+        for v in tta_views(spec)
+    ]
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -143,8 +178,12 @@ def to_input(
     std: torch.Tensor,
     device: torch.device,
     channels_last: bool = False,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """uint8 NHWC batch -> normalised float NCHW on ``device``."""
+    """uint8 NHWC batch -> normalised float NCHW on ``device``; ``augment`` (comp.data.
+    batches) sees the batch in [0, 1] first."""
     x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    if augment is not None:
+        x = augment(x)
     x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()

@@ -24,7 +24,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross
 from tqdm.auto import tqdm
 
 from comp import files
-from comp.config import Config
+from comp.config import PRETRAINED_MODEL, Config
 from comp.data.competition import read_csv
 from comp.errors import DataError
 from comp.folds.similarity import Features, Graph, Space, features, nearest, neighbour_graph
@@ -42,7 +42,7 @@ def similarity_features(
         paths,
         methods=methods,
         embed={
-            "model": cfg.model,
+            "model": PRETRAINED_MODEL if cfg.model == "auto" else cfg.model,
             "pretrained": cfg.pretrained,
             "pretrained_file": cfg.pretrained_file,
             # The backbone's own preferred size is unknown here; 64 px keeps it quick.

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from comp import files
+from comp.config import PRETRAINED_MODEL
 from comp.errors import ModelError
 from comp.models import nets
 
@@ -102,8 +103,11 @@ def create_model(
 def weights_source(name: str, *, pretrained: str, pretrained_file: str | Path | None) -> str:
     """Where ``create_model`` would find weights ("random" for none), without building the model.
 
-    For ``comp init``, which prints the recipe before anything is downloaded.
+    For ``comp init``, which prints the recipe before anything is downloaded. ``auto``
+    looks for the weights of the model it would fine-tune.
     """
+    if name == "auto":
+        name = PRETRAINED_MODEL
     if pretrained_file is not None:
         return f"file:{pretrained_file}"
     if pretrained == "false" or name in nets.NAMES or not timm.is_model(name):

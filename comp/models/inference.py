@@ -7,7 +7,7 @@ Reads images (memory-mapped arrays) and a model; writes nothing. Used by trainin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Any
 
@@ -52,7 +52,7 @@ def head_probs(
 @torch.inference_mode()
 def predict_probs(
     model: nn.Module,
-    loader: DataLoader[Any],
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     mean: torch.Tensor,
     std: torch.Tensor,

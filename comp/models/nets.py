@@ -1,4 +1,5 @@
-"""Baseline nets trained from scratch, built by name beside timm's models: ``mlp`` and ``simple_cnn``.
+"""Nets trained from scratch, built by name beside timm's models: the baselines ``mlp`` and
+``simple_cnn``, and the ``airnet`` family made for small images.
 
 Reads and writes nothing: comp.models builds these by name, and their weights are
 saved and loaded as any other comp checkpoint. Both follow timm's model interface
@@ -6,8 +7,16 @@ saved and loaded as any other comp checkpoint. Both follow timm's model interfac
 ``reset_classifier``, ``num_classes``, ``num_features``, ``pretrained_cfg``), so
 training, freezing, prediction, tuning and reports use them as they use timm's.
 
-Both work at any image size: the MLP average-pools the image to 32x32 before
-flattening it, and the CNN pools its last feature map to 4x4 before the FC layer.
+All work at any image size: the MLP average-pools the image to 32x32 before
+flattening it, the CNN pools its last feature map to 4x4 before the FC layer, and
+the airnets max-pool theirs to 1x1.
+
+The airnets follow the records for small images from scratch (KellerJordan's
+airbench, Myrtle's ResNet-9): a first 2x2 conv fixed to the whitening of the
+training images' 2x2 patches, then three wide conv-pool-BN groups with identity
+(dirac) initialisation. Their stem keeps the resolution of a 32 px image, where a
+timm ResNet's stem quarters it; above 48 px it steps 2 pixels (a 64 px sprite
+becomes a 32x32 map of whitened patches, no pixel thrown away).
 """
 
 from __future__ import annotations
@@ -18,7 +27,16 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-NAMES = ("mlp", "simple_cnn")
+# Widths of the airnets' three groups: small to large. airnet_l is airbench94's.
+AIRNETS: dict[str, tuple[int, int, int]] = {
+    "airnet_xs": (16, 32, 64),
+    "airnet_s": (32, 64, 128),
+    "airnet_m": (64, 128, 256),
+    "airnet_l": (64, 256, 256),
+}
+NAMES = ("mlp", "simple_cnn", *AIRNETS)
+# Nets that differ only in width, smallest first: a search (comp tune) may move along one.
+FAMILIES: dict[str, tuple[str, ...]] = dict.fromkeys(AIRNETS, tuple(AIRNETS))
 
 
 def _pretrained_cfg(name: str, num_classes: int, input_size: int) -> dict[str, Any]:
@@ -144,10 +162,91 @@ class SimpleCNN(BaselineNet):
         return self.fc(self.pool(x))
 
 
+class ConvGroup(nn.Sequential):
+    """Conv3x3, max-pool 2, BN, GELU, conv3x3, BN, GELU: one halving of the map (airbench)."""
+
+    def __init__(self, width_in: int, width_out: int) -> None:
+        super().__init__(
+            nn.Conv2d(width_in, width_out, 3, padding=1, bias=False),
+            nn.MaxPool2d(2, ceil_mode=True),
+            nn.BatchNorm2d(width_out),
+            nn.GELU(),
+            nn.Conv2d(width_out, width_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width_out),
+            nn.GELU(),
+        )
+        for m in self:
+            if isinstance(m, nn.Conv2d):
+                # Identity on the first channels: a deep net starts as a shallow one.
+                w = m.weight.data
+                nn.init.dirac_(w[: min(w.shape[0], w.shape[1])])
+
+
+class AirNet(BaselineNet):
+    """A whitening 2x2 conv, then three ConvGroups, a global max-pool and a linear head.
+
+    The whitening filters are a buffer, not a parameter: fixed once by
+    ``init_whitening`` from training images, they never train (their bias does).
+    ``forward_features`` gives the last group's map (N, C, H/8, W/8), which Grad-CAM
+    reads; ``forward_head(x, pre_logits=True)`` the pooled C features.
+    """
+
+    PATCH = 2
+    STRIDE_FROM = 48
+    whiten_weight: torch.Tensor  # images above this side are whitened in steps of 2 pixels
+
+    def __init__(self, num_classes: int, *, name: str, widths: tuple[int, int, int]) -> None:
+        self.name = name
+        super().__init__(num_classes, widths[-1])
+        patch = 3 * self.PATCH * self.PATCH
+        self.register_buffer("whiten_weight", torch.zeros(2 * patch, 3, self.PATCH, self.PATCH))
+        self.whiten_bias = nn.Parameter(torch.zeros(2 * patch))
+        layers: list[nn.Module] = []
+        width = 2 * patch
+        for w in widths:
+            layers.append(ConvGroup(width, w))
+            width = w
+        self.groups = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        # Until init_whitening sees data: patches pass through unwhitened, +/- each pixel.
+        eye = torch.eye(patch).view(patch, 3, self.PATCH, self.PATCH)
+        self.whiten_weight.copy_(torch.cat([eye, -eye]))
+
+    @torch.no_grad()
+    def init_whitening(self, x: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the first conv to the whitening (ZCA eigenbasis) of ``x``'s 2x2 patches.
+
+        ``x`` is a normalised NCHW batch of training images; each eigenvector is kept
+        with its negative, so a GELU after it loses no sign."""
+        k = self.PATCH
+        stride = self._stride(x)
+        patches = x.float().unfold(2, k, stride).unfold(3, k, stride)  # N C h w k k
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k)
+        patches = patches - patches.mean(0)
+        cov = patches.T @ patches / max(len(patches) - 1, 1)
+        values, vectors = torch.linalg.eigh(cov.double())
+        filters = (vectors.T / torch.sqrt(values.clamp_min(0) + eps)[:, None]).float()
+        filters = filters.flip(0).view(-1, 3, k, k)  # largest variance first
+        self.whiten_weight.copy_(torch.cat([filters, -filters]).to(self.whiten_weight))
+
+    def _stride(self, x: torch.Tensor) -> int:
+        return 2 if min(x.shape[-2:]) > self.STRIDE_FROM else 1
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.whiten_weight.to(x.dtype)
+        x = nn.functional.conv2d(x, w, self.whiten_bias.to(x.dtype), stride=self._stride(x))
+        return self.groups(nn.functional.gelu(x))
+
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x).flatten(1)
+
+
 def build(name: str, num_classes: int) -> BaselineNet:
-    """A baseline net by name, randomly initialised."""
+    """A net of this module by name, randomly initialised."""
     if name == "mlp":
         return MLP(num_classes)
     if name == "simple_cnn":
         return SimpleCNN(num_classes)
-    raise ValueError(f"unknown baseline net '{name}'; choose from {', '.join(NAMES)}")
+    if name in AIRNETS:
+        return AirNet(num_classes, name=name, widths=AIRNETS[name])
+    raise ValueError(f"unknown net '{name}'; choose from {', '.join(NAMES)}")

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from comp.config import Config
 from comp.data.cache import cache_dir, cached_images
 from comp.data.competition import Competition, load_competition
-from comp.data.transforms import ImageDataset, tta_views
+from comp.data.transforms import ImageDataset, tta_names, tta_views
 from comp.errors import DataError
 from comp.files import Echo
 from comp.hardware.distributed import pick_device
@@ -258,10 +258,6 @@ def predict_blend(
         echo=echo,
         priors=load_priors(run_dir, classes) if cfg.adjust else None,
     )
-
-
-def tta_names(spec: str) -> list[str]:
-    return [type(v.transforms[0]).__name__ if v else "none" for v in tta_views(spec)]
 
 
 def publish(

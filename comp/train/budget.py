@@ -1,13 +1,16 @@
-"""A time budget: time a fold's first epoch, then size every fold's epochs to fit.
+"""Measured choices before the first fold: the precision, and epochs that fit a time budget.
 
-Reads the config (``time_limit``), the decoded training images and a fold's split;
-writes nothing. A Kaggle session (9 or 12 hours, or a code competition's limit)
-or a laptop's lunch break is the budget; no fold is cut mid-schedule.
+Reads the config (``amp``, ``time_limit``), the decoded training images and a
+fold's split; writes nothing but the precision cache (comp.hardware.precision). A
+Kaggle session (9 or 12 hours, or a code competition's limit) or a laptop's lunch
+break is the budget; no fold is cut mid-schedule.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,14 +19,68 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from comp.config import AUTO_KEYS, Config, parse_duration
+from comp.data.batches import MemoryBatches, create_batch_augment
 from comp.data.transforms import ImageDataset, create_transform, to_input
 from comp.errors import ConfigError
 from comp.files import Echo
+from comp.hardware import precision
 from comp.hardware.distributed import Dist
 from comp.hardware.precision import make_autocast
 from comp.models.factory import create_model, normalisation
 from comp.models.inference import predict_probs
 from comp.train.recipe import Recipe, with_epochs
+
+PRECISION_STEPS = 4
+
+
+def choose_precision(cfg: Config, *, n_classes: int, device: torch.device) -> tuple[Config, str]:
+    """``cfg`` with ``amp`` resolved to "true" or "false" (comp.hardware.precision.choose), and
+    why: training steps of the run's own net, size and batch, timed in both precisions."""
+
+    def measure(dtype: torch.dtype | None) -> float:
+        return step_seconds(cfg, n_classes=n_classes, device=device, dtype=dtype)
+
+    work = f"train {cfg.model} {cfg.img_size}px batch {cfg.batch_size}"
+    dtype, why = precision.choose(device, cfg.amp, work=work, measure=measure)
+    chosen = dataclasses.replace(cfg, amp="false" if dtype is None else "true")
+    return chosen, f"{precision.precision_name(dtype)} ({why})"
+
+
+def step_seconds(
+    cfg: Config,
+    *,
+    n_classes: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    steps: int = PRECISION_STEPS,
+) -> float:
+    """Seconds of one training step of ``cfg.model`` on a random batch, at ``dtype``."""
+    # The measurement must not move the run's random streams: each fold seeds its own.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model, _ = create_model(cfg.model, num_classes=n_classes, pretrained="false")
+        model = model.to(device).to(memory_format=torch.channels_last).train()
+        optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=1e-4)
+        size = cfg.img_size
+        x = torch.randn(cfg.batch_size, 3, size, size, device=device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, n_classes, (cfg.batch_size,), device=device)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        seconds = float("inf")
+        for i in range(steps + 2):
+            t0 = time.perf_counter()
+            with torch.autocast(
+                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+            ):
+                loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:  # the first steps pay for allocation and kernel choice
+                seconds = min(seconds, time.perf_counter() - t0)
+    return seconds
 
 
 def fit_time_limit(
@@ -99,16 +156,27 @@ def measure_epoch(
     model = model.to(device).to(memory_format=torch.channels_last)
     mean, std = (t.to(device) for t in normalisation(model))
     autocast = make_autocast(device, cfg.amp, img_size=cfg.img_size)
-    transform = create_transform(cfg.aug, img_size=cfg.img_size)
     optimizer = create_optimizer_v2(
         model, opt=cfg.optimizer, lr=1e-4, weight_decay=cfg.weight_decay
     )
     n_batches = -(-len(train_idx) // cfg.batch_size)
-    loader = DataLoader(
-        ImageDataset(images, targets, transform, index=train_idx),
-        batch_size=cfg.batch_size,
-        shuffle=True,
+    # Through the pipeline the folds will use: whole batches, or albumentations per image.
+    augment = (
+        create_batch_augment(cfg.aug, img_size=cfg.img_size) if cfg.pipeline != "image" else None
     )
+    loader: DataLoader[Any] | MemoryBatches
+    if augment is not None:
+        order = torch.randperm(len(train_idx)).tolist()
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        loader = MemoryBatches(images, targets, index=train_idx, batches=batches)
+    else:
+        loader = DataLoader(
+            ImageDataset(
+                images, targets, create_transform(cfg.aug, img_size=cfg.img_size), index=train_idx
+            ),
+            batch_size=cfg.batch_size,
+            shuffle=True,
+        )
     timed, seconds = 0, 0.0
     model.train()
     t0 = time.perf_counter()
@@ -116,7 +184,7 @@ def measure_epoch(
         if i >= min(steps, n_batches) + 2:
             break
         # Timed from the previous step's end, so loading and augmenting count too.
-        x = to_input(xb, mean=mean, std=std, device=device, channels_last=True)
+        x = to_input(xb, mean=mean, std=std, device=device, channels_last=True, augment=augment)
         with autocast():
             loss = nn.functional.cross_entropy(model(x), yb.to(device))
         optimizer.zero_grad(set_to_none=True)

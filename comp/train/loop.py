@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from comp import files
 from comp.config import Config
+from comp.data.batches import BatchAugment, MemoryBatches, create_batch_augment
 from comp.data.transforms import ImageDataset, to_input
 from comp.errors import DataError
 from comp.files import Echo
@@ -133,8 +134,9 @@ class Fold:
     generator: torch.Generator
     weights: np.ndarray | None  # per-image sampling weights (balanced sampler)
     batches: ShardedBatches
-    train_loader: DataLoader[Any]
-    valid_loader: DataLoader[Any]
+    train_loader: DataLoader[Any] | MemoryBatches
+    valid_loader: DataLoader[Any] | MemoryBatches
+    augment: BatchAugment | None  # the batch pipeline's augmentation (None: per image)
     mean: torch.Tensor
     std: torch.Tensor
     autocast: Callable[[], Any]
@@ -318,6 +320,44 @@ def setup_fold(
     # Each process scores one part of the validation fold, so validating takes a share of
     # the time; validation_probs gathers the parts in order.
     my_valid = np.array_split(valid_idx, dist_.world)[dist_.rank]
+    rows = targets if soft is None else np.arange(len(images))
+    augment = batch_augment(cfg)
+    train_loader: DataLoader[Any] | MemoryBatches
+    valid_loader: DataLoader[Any] | MemoryBatches
+    if augment is not None:
+        train_loader = MemoryBatches(images, rows, index=train_idx, batches=batches)
+        step = cfg.batch_size * 2
+        valid_loader = MemoryBatches(
+            images,
+            targets,
+            index=my_valid,
+            batches=[
+                list(range(i, min(i + step, len(my_valid)))) for i in range(0, len(my_valid), step)
+            ],
+        )
+    else:
+        train_loader = DataLoader(
+            ImageDataset(images, rows, transform, index=train_idx),
+            batch_sampler=batches,
+            generator=generator,
+            **loader_args,
+        )
+        valid_loader = DataLoader(
+            ImageDataset(images, targets, index=my_valid),
+            batch_size=cfg.batch_size * 2,
+            **loader_args,
+        )
+    if hasattr(model, "init_whitening"):
+        # The airnets' first conv whitens the patches of this fold's own training images.
+        sample = train_idx[:: max(1, len(train_idx) // 2048)]
+        model.init_whitening(  # type: ignore[operator]
+            to_input(
+                torch.from_numpy(np.asarray(images[np.sort(sample)])),
+                mean=mean,
+                std=std,
+                device=device,
+            )
+        )
     return Fold(
         cfg=cfg,
         number=fold,
@@ -334,22 +374,9 @@ def setup_fold(
         generator=generator,
         weights=weights,
         batches=batches,
-        train_loader=DataLoader(
-            ImageDataset(
-                images,
-                targets if soft is None else np.arange(len(images)),
-                transform,
-                index=train_idx,
-            ),
-            batch_sampler=batches,
-            generator=generator,
-            **loader_args,
-        ),
-        valid_loader=DataLoader(
-            ImageDataset(images, targets, index=my_valid),
-            batch_size=cfg.batch_size * 2,
-            **loader_args,
-        ),
+        train_loader=train_loader,
+        valid_loader=valid_loader,
+        augment=augment,
         mean=mean,
         std=std,
         autocast=make_autocast(device, cfg.amp, img_size=cfg.img_size),
@@ -366,6 +393,13 @@ def setup_fold(
         soft=None if soft is None else torch.as_tensor(soft, dtype=torch.float32),
         labels=None if soft is None else torch.tensor(targets),
     )
+
+
+def batch_augment(cfg: Config) -> BatchAugment | None:
+    """The batch pipeline's augmentation, or None where augmentation runs per image."""
+    if cfg.pipeline == "image":
+        return None
+    return create_batch_augment(cfg.aug, img_size=cfg.img_size)
 
 
 def begin_stage(f: Fold, stage: Stage) -> StageRun:
@@ -561,7 +595,9 @@ def image_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
         disable=files.no_bar(f.progress),
     )
     for i, (xb, yb) in enumerate(bar):
-        x = to_input(xb, mean=f.mean, std=f.std, device=f.device, channels_last=True)
+        x = to_input(
+            xb, mean=f.mean, std=f.std, device=f.device, channels_last=True, augment=f.augment
+        )
         if f.soft is None:
             y = yb.to(f.device, non_blocking=True)
             target: torch.Tensor = y

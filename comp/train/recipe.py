@@ -7,7 +7,9 @@ saved beside the run by comp.train).
 - **scratch** (random init: ``pretrained: false``, or ``auto`` that found no
   weights): no frozen stage (a head on a random backbone learns nothing), one
   warmup epoch then cosine decay from a learning rate that suits random init,
-  label smoothing, and an image size a CPU can train in minutes.
+  label smoothing, and an image size a CPU can train in minutes. ``model: auto``
+  becomes a net made for small images (comp.models.nets' airnets), as wide as the
+  device affords; a timm ResNet's stem would quarter a 64 px image at once.
 - **finetune** (pretrained weights): a frozen stage (from cached features), then
   every layer at a lower rate, lower layers lower still (timm's ``layer_decay``).
 
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from comp.config import AUTO_KEYS, Config, is_auto, validate
+from comp.config import AUTO_KEYS, PRETRAINED_MODEL, Config, is_auto, validate
 
 # Each recipe's values for the keys left at auto (img_size and mixup_off_epoch are
 # worked out from the data and the epochs). Measured in benchmarks/README.md, "Recipes".
@@ -51,6 +53,10 @@ MIX_FRACTION = 0.8
 # more epochs to get them, a large one fewer (each epoch costs more, too).
 SCRATCH_STEPS = 500
 SCRATCH_EPOCHS = (8, 40)
+# The scratch recipe's net by device (benchmarks/README.md, "Small images from scratch").
+SCRATCH_NETS = {"cpu": "airnet_s", "cuda": "airnet_l"}
+# Above this side from scratch on a GPU, a timm ResNet's quartering stem costs nothing.
+SCRATCH_NET_MAX_SIZE = 96
 
 
 @dataclass(frozen=True)
@@ -77,13 +83,22 @@ def recipe_name(cfg: Config, *, weights: str) -> tuple[str, str]:
     if cfg.recipe != "auto":
         return cfg.recipe, "recipe set in the config"
     if weights == "random":
+        model = PRETRAINED_MODEL if cfg.model == "auto" else cfg.model
         why = (
             "pretrained: false"
             if cfg.pretrained == "false"
-            else f"no pretrained weights for {cfg.model}"
+            else f"no pretrained weights for {model}"
         )
         return "scratch", why
     return "finetune", f"pretrained weights: {weights.split(':')[0]}"
+
+
+def scratch_net(img_size: int, *, device: str) -> str:
+    """The net the scratch recipe trains: an airnet for small images (the widest the device
+    trains in minutes), a timm ResNet for large images on a GPU."""
+    if device != "cpu" and img_size > SCRATCH_NET_MAX_SIZE:
+        return PRETRAINED_MODEL
+    return SCRATCH_NETS.get(device, SCRATCH_NETS["cpu"])
 
 
 def suggest_img_size(sizes: np.ndarray) -> int:
@@ -117,6 +132,13 @@ def resolve(
     if is_auto(cfg.img_size):
         size = suggest_img_size(sizes if sizes is not None else np.zeros((0, 2)))
         values["img_size"] = min(size, MAX_SIZE.get((name, device), size))
+    if cfg.model == "auto":
+        size = values.get("img_size", cfg.img_size)
+        values["model"] = (
+            scratch_net(size, device=device) if name == "scratch" else PRETRAINED_MODEL
+        )
+        if name == "scratch":
+            why += f"; {values['model']}, a net for {size} px images on {device}"
     if name == "scratch" and "epochs" in values and n_train:
         steps = -(-n_train // cfg.batch_size)
         low, high = SCRATCH_EPOCHS

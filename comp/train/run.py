@@ -48,7 +48,7 @@ from timm.optim import list_optimizers
 from tqdm import tqdm
 
 from comp import files
-from comp.config import Config, is_auto, suggest, to_dict
+from comp.config import PRETRAINED_MODEL, Config, is_auto, suggest, to_dict
 from comp.data.cache import cache_dir, cached_images
 from comp.data.competition import Competition, load_competition, read_csv, resolve
 from comp.data.transforms import create_transform
@@ -57,7 +57,6 @@ from comp.errors import ConfigError, DataError
 from comp.files import Echo
 from comp.folds.split import folds_path, read_folds
 from comp.hardware.distributed import Dist, barrier, gather, init_distributed
-from comp.hardware.precision import amp_dtype, precision_name
 from comp.metrics import fit_priors, macro_f1, write_priors
 from comp.models.factory import create_model
 from comp.report.plots import plot_curves
@@ -74,7 +73,7 @@ from comp.teach.lineage import describe, write_lineage
 from comp.teach.nested import fixed_config
 from comp.teach.teaching import Teaching, prepare
 from comp.track.trackers import Trackers, experiment_name, open_run, require
-from comp.train.budget import fit_time_limit
+from comp.train.budget import choose_precision, fit_time_limit
 from comp.train.heads import train_heads
 from comp.train.loop import EpochHook, Fold, FoldResult, setup_fold, train_fold
 from comp.train.recipe import Recipe
@@ -196,19 +195,22 @@ def plan_run(
         # One process writes the run and speaks; the others only compute.
         echo, progress = (lambda _: None), False
     check_optimizer(cfg.optimizer)
-    # Every process must write to (and the first one name) the same run.
-    run_dir = runs_dir(root) / gather(name or run_name(cfg), dist_)[0]
-    saved = run_dir / CONFIG_FILE
-    if resume and not saved.exists():
-        raise ConfigError(f"--resume: {run_dir} is not a run to resume (no config.yaml)")
-
+    if resume and not (name and (runs_dir(root) / name / CONFIG_FILE).exists()):
+        raise ConfigError(
+            f"--resume: {runs_dir(root) / (name or '?')} is not a run to resume (no config.yaml)"
+        )
     # The recipe is resolved once, here, so every fold (and every process) trains alike.
     recipe_cfg, recipe = resolve_run_config(root, cfg, comp=comp, device=device, echo=echo)
+    # Every process must write to (and the first one name) the same run.
+    run_dir = runs_dir(root) / gather(name or run_name(recipe_cfg), dist_)[0]
+    saved = run_dir / CONFIG_FILE
     processes = f", {dist_.world} processes" if dist_.world > 1 else ""
-    dtype = amp_dtype(device, recipe_cfg.amp, img_size=recipe_cfg.img_size)
+    # Measured on the first process and shared, so every process trains at one precision.
+    recipe_cfg, chosen = choose_precision(recipe_cfg, n_classes=len(comp.classes), device=device)
+    recipe_cfg = dataclasses.replace(recipe_cfg, amp=gather(recipe_cfg.amp, dist_)[0])
     echo(
         f"run {run_dir.name}: {recipe_cfg.model}, {len(comp.classes)} classes, {len(table)} images, "
-        f"folds {asked}, device {device}{processes}, {precision_name(dtype)}"
+        f"folds {asked}, device {device}{processes}, {chosen}"
     )
     images = decode_train(root, recipe_cfg, comp=comp, table=table, dist_=dist_, progress=progress)
     todo = [k for k in asked if not (resume and (run_dir / f"fold{k}" / OOF_FILE).exists())]
@@ -283,9 +285,8 @@ def resolve_run_config(
         weights = "random"
     else:
         # Find out once, not once per fold, whether pretrained weights can be had.
-        _, weights = create_model(
-            cfg.model, num_classes=len(comp.classes), pretrained=cfg.pretrained
-        )
+        probe = PRETRAINED_MODEL if cfg.model == "auto" else cfg.model
+        _, weights = create_model(probe, num_classes=len(comp.classes), pretrained=cfg.pretrained)
         echo(f"weights: {weights}")
     sizes = None
     if is_auto(cfg.img_size):

@@ -169,7 +169,7 @@ def test_offline_auto_uses_cached_hub_weights(
 # --- the baseline nets: mlp and simple_cnn, built by name beside timm's ---------------
 
 
-@pytest.mark.parametrize("name", ["mlp", "simple_cnn"])
+@pytest.mark.parametrize("name", ["mlp", "simple_cnn", "airnet_xs"])
 def test_baseline_nets_follow_timms_interface(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model, source = create_model(name, num_classes=3, pretrained="auto")
@@ -239,3 +239,20 @@ def test_simple_cnn_trains_end_to_end(workspace: Callable[..., Path]) -> None:
         root / "runs" / "cnn" / "fold0" / "best.pt", model_name="simple_cnn"
     )
     assert meta["pretrained"] == "random" and model.get_classifier().out_features == 3
+
+
+def test_airnet_whitens_the_patches_of_the_images_it_is_shown() -> None:
+    torch.manual_seed(0)
+    model, _ = create_model("airnet_xs", num_classes=3, pretrained="false")
+    # Correlated channels, as in real images: the whitened patches must not be.
+    base = torch.randn(64, 1, 16, 16)
+    x = torch.cat([base, base * 0.9 + 0.1 * torch.randn_like(base), torch.randn_like(base)], 1)
+    model.init_whitening(x)
+    out = torch.nn.functional.conv2d(x, model.whiten_weight[:12])
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = torch.cov(flat.T)
+    assert torch.allclose(cov, torch.diag(torch.diagonal(cov)), atol=0.05)
+    assert "whiten_weight" not in dict(model.named_parameters())
+    # Above 48 px the stem steps 2 pixels: a 64 px image is a 32x32 map after it.
+    assert model.forward_features(torch.randn(1, 3, 64, 64)).shape[-1] == 4
+    assert model.forward_features(torch.randn(1, 3, 32, 32)).shape[-1] == 4

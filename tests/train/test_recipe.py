@@ -90,9 +90,10 @@ def test_rescheduling_scales_what_the_recipe_chose() -> None:
 
 def test_cpu_bf16_only_where_the_cores_have_it_and_images_are_large() -> None:
     cpu = torch.device("cpu")
-    assert amp_dtype(cpu, True, img_size=16) is None
-    assert amp_dtype(cpu, False, img_size=224) is None
-    assert amp_dtype(cpu, True, img_size=224) == (torch.bfloat16 if cpu_bf16() else None)
+    assert amp_dtype(cpu, "auto", img_size=16) is None
+    assert amp_dtype(cpu, "false", img_size=224) is None
+    assert amp_dtype(cpu, "auto", img_size=224) == (torch.bfloat16 if cpu_bf16() else None)
+    assert amp_dtype(cpu, "true", img_size=16) == torch.bfloat16  # forced
 
 
 def test_init_prints_and_train_records_the_recipe(
@@ -103,7 +104,7 @@ def test_init_prints_and_train_records_the_recipe(
     _, text = init_workspace(
         tmp_path / "fresh", make_kaggle(tmp_path / "c"), overrides={"pretrained": "false"}
     )
-    assert "recipe: scratch (pretrained: false)" in text and "img_size: auto" in text
+    assert "recipe: scratch (pretrained: false; airnet_s" in text and "img_size: auto" in text
     assert yaml.safe_load((tmp_path / "fresh" / "comp.yaml").read_text())["epochs"] == "auto"
 
     root, cfg = with_folds(workspace(epochs="auto", freeze_epochs="auto", lr2="auto", patience=1))
@@ -113,3 +114,16 @@ def test_init_prints_and_train_records_the_recipe(
     saved = yaml.safe_load((root / "runs" / "r" / "config.yaml").read_text())
     assert saved["recipe"] == "scratch" and saved["freeze_epochs"] == 0
     assert saved["epochs"] == 40 and saved["img_size"] == 16  # 2 steps an epoch; TINY's own size
+
+
+def test_model_auto_is_a_small_image_net_from_scratch_and_resnet18_to_fine_tune() -> None:
+    cfg, recipe = resolve(make_config(), weights="random", device="cpu", sizes=SPRITE_SIZES)
+    assert cfg.model == "airnet_s" and "airnet_s, a net for 64 px images on cpu" in recipe.why
+    cfg, _ = resolve(make_config(), weights="random", device="cuda", sizes=SPRITE_SIZES)
+    assert cfg.model == "airnet_l"
+    cfg, _ = resolve(make_config(), weights="random", device="cuda", sizes=PHOTO_SIZES)
+    assert cfg.model == "resnet18"  # large images on a GPU: a timm ResNet from scratch
+    cfg, _ = resolve(make_config(), weights="timm", device="cpu", sizes=SPRITE_SIZES)
+    assert cfg.model == "resnet18"
+    cfg, _ = resolve(make_config({"model": "simple_cnn"}), weights="random", device="cpu")
+    assert cfg.model == "simple_cnn"  # yours wins

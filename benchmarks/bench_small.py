@@ -1,0 +1,121 @@
+"""Small images from scratch: held-out macro-F1 against minutes, for comp's defaults and parts.
+
+Writes a sprite competition of unseen creatures (tests/sprites.py: 9 types, test =
+creatures train never shows), then for each variant runs ``comp train`` (5 folds)
+and ``comp predict`` in a child process and scores the submission on every test
+image. A colour histogram + ExtraTrees (the 10-second anchor) is scored beside
+them. Prints a Markdown table and writes ``results-small-<label>.json`` beside itself.
+
+    .venv/bin/python benchmarks/bench_small.py --label cpu-2core
+    .venv/bin/python benchmarks/bench_small.py --train-subjects 60 --test-subjects 20 \
+        --variants new --out /tmp/small.json        # smoke test, ~2 min
+
+Variants are ``--set`` overrides on the workspace ``comp init`` writes (all auto):
+``new`` is the default; ``old`` the default before it (resnet18, albumentations per
+image); ``net``, ``pipeline`` and ``tta`` change one part against ``old``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from common import machine, machine_info, run_comp
+from PIL import Image
+from sklearn.ensemble import ExtraTreesClassifier
+from sklearn.metrics import f1_score
+
+from tests.sprites import write_sprites
+
+VARIANTS: dict[str, list[str]] = {
+    "new": [],
+    "old": ["--set", "model=resnet18", "--set", "pipeline=image"],
+    "net": ["--set", "pipeline=image"],
+    "pipeline": ["--set", "model=resnet18"],
+    "tta": [],  # the default, predicted with --tta hflip,shift
+}
+
+
+def histogram_baseline(data: Path) -> tuple[float, float]:
+    """Held-out macro-F1 and seconds of a 512-bin RGB histogram under ExtraTrees."""
+    t0 = time.perf_counter()
+    train = pd.read_csv(data / "train_labels.csv")
+    solution = pd.read_csv(data / "solution.csv")
+
+    def feats(folder: str, ids: pd.Series) -> np.ndarray:
+        out = []
+        for i in ids:
+            a = np.asarray(Image.open(data / folder / f"{i}.png").convert("RGB")) // 32
+            idx = a[..., 0] * 64 + a[..., 1] * 8 + a[..., 2]
+            out.append(np.bincount(idx.ravel(), minlength=512) / idx.size)
+        return np.stack(out)
+
+    trees = ExtraTreesClassifier(500, n_jobs=-1, random_state=0)
+    trees.fit(feats("train", train["Id"]), train["label"])
+    pred = trees.predict(feats("test", solution["Id"]))
+    return float(f1_score(solution["label"], pred, average="macro")), time.perf_counter() - t0
+
+
+def held_out(submission: Path, solution: Path) -> float:
+    merged = pd.read_csv(solution).merge(pd.read_csv(submission), on="Id", suffixes=("", "_p"))
+    return float(f1_score(merged["label"], merged["label_p"], average="macro"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train-subjects", type=int, default=734)  # 4,404 images
+    p.add_argument("--test-subjects", type=int, default=244)  # 1,464 images
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--variants", default="new,old,net,pipeline,tta")
+    p.add_argument("--label", default="cpu-2core")
+    p.add_argument("--out", type=Path)
+    a = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_sprites(
+            Path(tmp) / "data",
+            train_subjects=a.train_subjects,
+            test_subjects=a.test_subjects,
+            n_labels=9,
+            size=a.size,
+            seed=7,
+        )
+        f1, seconds = histogram_baseline(data)
+        rows.append(
+            {"variant": "colour histogram + ExtraTrees", "held_out": f1, "minutes": seconds / 60}
+        )
+        ws = Path(tmp) / "ws"
+        run_comp(ws.parent, "init", str(ws), "--data", str(data))
+        run_comp(ws, "folds")
+        for name in a.variants.split(","):
+            t0 = time.perf_counter()
+            out = run_comp(ws, "-q", "train", "--name", name, *VARIANTS[name])
+            tta = ["--tta", "hflip,shift"] if name == "tta" else []
+            run_comp(ws, "-q", "predict", name, *tta)
+            cv = next((ln for ln in out.splitlines() if "CV macro-F1" in ln), "")
+            rows.append(
+                {
+                    "variant": name,
+                    "overrides": " ".join(VARIANTS[name] + tta),
+                    "cv": float(cv.split("CV macro-F1 ")[1].split(",")[0]) if cv else None,
+                    "held_out": held_out(ws / "submissions" / f"{name}.csv", data / "solution.csv"),
+                    "minutes": (time.perf_counter() - t0) / 60,
+                }
+            )
+            print(rows[-1], flush=True)
+    print(f"\n{machine()}\n")
+    print("| variant | CV | held-out macro-F1 | minutes (train + predict) |\n|---|---:|---:|---:|")
+    for r in rows:
+        cv = f"{r['cv']:.3f}" if r.get("cv") is not None else ""
+        print(f"| {r['variant']} | {cv} | {r['held_out']:.3f} | {r['minutes']:.1f} |")
+    out = a.out or Path(__file__).with_name(f"results-small-{a.label}.json")
+    out.write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
