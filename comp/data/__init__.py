@@ -9,4 +9,5 @@
 - ``subject``: cropping an image to its subject (``--centre``).
 - ``cache``: every image decoded once into ``cache/images/<key>.npy``, memory-mapped.
 - ``transforms``: albumentations presets, TTA views, the dataset a loader reads.
+- ``batches``: whole batches from the in-memory images, augmented in torch on the device.
 """
