@@ -31,6 +31,10 @@ from comp.models.inference import predict_probs
 from comp.train.recipe import Recipe, with_epochs
 
 PRECISION_STEPS = 4
+AUTO_EPOCHS_FACTOR = 2
+# What an epoch costs besides its steps: metrics.csv written and synced, the best
+# weights copied, the epoch's line; no step timing sees it.
+EPOCH_OVERHEAD_S = 0.2
 
 
 def choose_precision(cfg: Config, *, n_classes: int, device: torch.device) -> tuple[Config, str]:
@@ -117,7 +121,9 @@ def fit_time_limit(
     # Each fold also builds its model and, with a frozen stage, embeds its images once.
     per_fold = budget / len(folds) - frozen_s - 2.0
     fits = int(per_fold // epoch_s)
-    cap = None if "epochs" in recipe.filled else cfg.epochs
+    # The recipe's own epochs, a few times over, bound what a generous budget buys: past
+    # them a tiny set's epochs are all overhead, and the schedule gains nothing.
+    cap = cfg.epochs * AUTO_EPOCHS_FACTOR if "epochs" in recipe.filled else cfg.epochs
     epochs = min(fits, cap) if cap is not None else fits
     least = cfg.freeze_epochs + 1 if "freeze_epochs" not in recipe.filled else 1
     if epochs < least:
@@ -205,7 +211,7 @@ def measure_epoch(
         model, probe, mean=mean, std=std, device=device, autocast=autocast, channels_last=True
     )
     per_image = (time.perf_counter() - t0) / max(1, min(len(valid_idx), cfg.batch_size * 4))
-    epoch_s = n_batches * step_s + len(valid_idx) * per_image / dist_.world
+    epoch_s = n_batches * step_s + len(valid_idx) * per_image / dist_.world + EPOCH_OVERHEAD_S
     frozen_s = 0.0
     if cfg.freeze_epochs and cfg.cache_features:
         frozen_s = (cfg.feature_views * len(train_idx) + len(valid_idx)) * per_image
