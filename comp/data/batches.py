@@ -148,13 +148,19 @@ class MemoryBatches(Iterable[tuple[torch.Tensor, torch.Tensor]]):
         *,
         index: np.ndarray,
         batches: Iterable[list[int]],
+        generator: torch.Generator | None = None,
     ) -> None:
         self.images, self.targets, self.index, self.batches = images, targets, index, batches
+        self.generator = generator
 
     def __len__(self) -> int:
         return len(self.batches)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.generator is not None:
+            # A DataLoader draws its base seed from its generator on every pass; drawing it
+            # too keeps the batch order that of the per-image path (and of cached features).
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
         for batch in self.batches:
             rows = self.index[np.asarray(batch, dtype=np.int64)]
             # Sorted reads of a memory-mapped array are sequential; the order is put back.

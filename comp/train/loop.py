@@ -325,7 +325,9 @@ def setup_fold(
     train_loader: DataLoader[Any] | MemoryBatches
     valid_loader: DataLoader[Any] | MemoryBatches
     if augment is not None:
-        train_loader = MemoryBatches(images, rows, index=train_idx, batches=batches)
+        train_loader = MemoryBatches(
+            images, rows, index=train_idx, batches=batches, generator=generator
+        )
         step = cfg.batch_size * 2
         valid_loader = MemoryBatches(
             images,
