@@ -136,6 +136,14 @@ def create_batch_augment(preset: str, *, img_size: int) -> BatchAugment | None:
     return table.get(preset)
 
 
+def batch_augment(*, preset: str, pipeline: str, img_size: int) -> BatchAugment | None:
+    """The batch pipeline's augmentation, or None where augmentation runs per image
+    (``pipeline: image``, or a preset only albumentations does)."""
+    if pipeline == "image":
+        return None
+    return create_batch_augment(preset, img_size=img_size)
+
+
 class MemoryBatches(Iterable[tuple[torch.Tensor, torch.Tensor]]):
     """The rows ``index[b]`` of ``images`` for each batch ``b`` of ``batches``, as the uint8
     NHWC tensor and targets a DataLoader of comp.data.transforms.ImageDataset would give,

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from comp.config import AUTO_KEYS, Config, parse_duration
-from comp.data.batches import MemoryBatches, create_batch_augment
+from comp.data.batches import MemoryBatches, batch_augment
 from comp.data.transforms import ImageDataset, create_transform, to_input
 from comp.errors import ConfigError
 from comp.files import Echo
@@ -167,9 +167,7 @@ def measure_epoch(
     )
     n_batches = -(-len(train_idx) // cfg.batch_size)
     # Through the pipeline the folds will use: whole batches, or albumentations per image.
-    augment = (
-        create_batch_augment(cfg.aug, img_size=cfg.img_size) if cfg.pipeline != "image" else None
-    )
+    augment = batch_augment(preset=cfg.aug, pipeline=cfg.pipeline, img_size=cfg.img_size)
     loader: DataLoader[Any] | MemoryBatches
     if augment is not None:
         order = torch.randperm(len(train_idx)).tolist()

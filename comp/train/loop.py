@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from comp import files
 from comp.config import Config
-from comp.data.batches import BatchAugment, MemoryBatches, create_batch_augment
+from comp.data.batches import BatchAugment, MemoryBatches, batch_augment
 from comp.data.transforms import ImageDataset, to_input
 from comp.errors import DataError
 from comp.files import Echo
@@ -321,7 +321,7 @@ def setup_fold(
     # the time; validation_probs gathers the parts in order.
     my_valid = np.array_split(valid_idx, dist_.world)[dist_.rank]
     rows = targets if soft is None else np.arange(len(images))
-    augment = batch_augment(cfg)
+    augment = batch_augment(preset=cfg.aug, pipeline=cfg.pipeline, img_size=cfg.img_size)
     train_loader: DataLoader[Any] | MemoryBatches
     valid_loader: DataLoader[Any] | MemoryBatches
     if augment is not None:
@@ -395,13 +395,6 @@ def setup_fold(
         soft=None if soft is None else torch.as_tensor(soft, dtype=torch.float32),
         labels=None if soft is None else torch.tensor(targets),
     )
-
-
-def batch_augment(cfg: Config) -> BatchAugment | None:
-    """The batch pipeline's augmentation, or None where augmentation runs per image."""
-    if cfg.pipeline == "image":
-        return None
-    return create_batch_augment(cfg.aug, img_size=cfg.img_size)
 
 
 def begin_stage(f: Fold, stage: Stage) -> StageRun:
