@@ -543,13 +543,26 @@ def _print_summary(summary: dict[str, Any], seconds: float) -> None:
 
 @cli.command()
 @quiet_option
-@config_flags(*TRAINING_FLAGS, "num_workers", "device")
+# --time-limit is the study's here; a trial's own is --trial-time-limit.
+@config_flags(*(k for k in TRAINING_FLAGS if k != "time_limit"), "num_workers", "device")
 @click.option(
     "--trials",
     type=click.IntRange(min=1),
     default=20,
     show_default=True,
     help="Finished trials the study should reach.",
+)
+@click.option(
+    "--time-limit",
+    "tune_time_limit",
+    help="The study's budget, e.g. 2h: no trial starts that its measured length would carry "
+    "past it [config: tune_time_limit].",
+)
+@click.option(
+    "--trial-time-limit",
+    "time_limit",
+    help="Each trial's training fits into this time, e.g. 5m, as `comp train --time-limit` "
+    "sizes a run [config: time_limit].",
 )
 @click.option("--study", "study_name", default="comp", show_default=True, help="Study name.")
 @click.option(
@@ -584,7 +597,8 @@ def _print_summary(summary: dict[str, Any], seconds: float) -> None:
 @click.option(
     "--show",
     is_flag=True,
-    help="Run nothing: print the best trials, write the best config and the plots.",
+    help="Run nothing: print the recipe and space, the best trials against trial 0 (the "
+    "recipe's values), write the best config and the plots.",
 )
 @click.option("--worker", type=int, default=0, hidden=True)
 @click.pass_context
@@ -600,16 +614,20 @@ def tune(
     worker: int,
     **kwargs: Any,
 ) -> None:
-    """Tune learning rates, batch size and unfreeze epoch with Optuna, pruning weak trials.
+    """Tune the training recipe with Optuna, from its own values, pruning weak trials.
 
-    The search space is comp.yaml's tune_* keys ("low..high" ranges, "a,b,c"
-    choices). The study lives in tune/<study>.db, so running the same command
-    again after a crash or Ctrl-C resumes it; trials that died are retried.
-    Machines can share one study with --storage postgresql://...
+    The recipe comp train would use chooses the space of the tune_* keys left at
+    auto (from scratch: lr2, weight decay, label smoothing, the net's width; to
+    fine-tune: freeze epochs, lr1, lr2, layer decay); a tune_* key you set
+    ("low..high" range, "a,b,c" choices) is searched as you set it. Trial 0 is
+    the recipe's values. The study lives in tune/<study>.db, so running the same
+    command again after a crash or Ctrl-C resumes it, in the same space; trials
+    that died are retried. Machines can share one study with --storage
+    postgresql://...
 
     \b
     Examples:
-        comp tune --trials 50
+        comp tune --trials 50 --time-limit 2h
         comp tune --trials 50 --n-workers 2 --set tune_aug=light,medium,heavy
         comp tune --show && comp train --config tune/comp-best.yaml
     """

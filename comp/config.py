@@ -42,6 +42,16 @@ AUTO_KEYS = (
     "mixup_off_epoch",
 )
 RECIPES = ("auto", "scratch", "finetune")
+# The tune_* keys that may be auto: the recipe chooses whether and where to search them.
+TUNE_AUTO = (
+    "lr1",
+    "lr2",
+    "freeze_epochs",
+    "weight_decay",
+    "label_smoothing",
+    "layer_decay",
+    "model",
+)
 # What ``model: auto`` fine-tunes when its pretrained weights can be had.
 PRETRAINED_MODEL = "resnet18"
 AUG_PRESETS = ("none", "shift", "light", "crop", "medium", "heavy")
@@ -271,28 +281,54 @@ class Config:
     )
 
     # Search space of `comp tune`: "low..high" is a range (log scale for learning rates
-    # and weight decay), "a,b,c" a choice; null leaves the key at its value above.
-    tune_lr1: str | None = _key("1e-4..1e-2", "tune: stage-1 learning rate range", "tune")
-    tune_lr2: str | None = _key("1e-5..1e-3", "tune: stage-2 learning rate range", "tune")
-    tune_batch_size: str | None = _key("16,32,64", "tune: batch sizes to try", "tune")
-    tune_freeze_epochs: str | None = _key(
-        "0..5", "tune: unfreeze epoch (epochs of stage 1)", "tune"
+    # and weight decay), "a,b,c" a choice; null leaves the key at its value above; auto
+    # (the keys in TUNE_AUTO) lets the training recipe choose (comp.tune.study.recipe_space).
+    tune_lr1: str | None = _key(
+        "auto",
+        "tune: stage-1 learning rate range (auto: around the recipe's, to fine-tune)",
+        "tune",
     )
-    tune_weight_decay: str | None = _key(None, "tune: weight decay range, e.g. 1e-4..0.1", "tune")
+    tune_lr2: str | None = _key(
+        "auto",
+        "tune: stage-2 learning rate range (auto: a decade each way of the recipe's)",
+        "tune",
+    )
+    tune_batch_size: str | None = _key(None, "tune: batch sizes to try, e.g. 16,32,64", "tune")
+    tune_freeze_epochs: str | None = _key(
+        "auto",
+        "tune: unfreeze epoch (epochs of stage 1; auto: searched to fine-tune, 0 from scratch)",
+        "tune",
+    )
+    tune_weight_decay: str | None = _key(
+        "auto", "tune: weight decay range, e.g. 1e-4..0.1 (auto: searched from scratch)", "tune"
+    )
     tune_aug: str | None = _key(None, "tune: augmentation presets, e.g. light,medium,heavy", "tune")
-    tune_model: str | None = _key(None, "tune: models, e.g. resnet18,efficientnet_b0", "tune")
+    tune_model: str | None = _key(
+        "auto",
+        "tune: models, e.g. resnet18,efficientnet_b0 (auto: the scratch net's family, e.g. airnet_xs..l)",
+        "tune",
+    )
     tune_img_size: str | None = _key(None, "tune: image sizes, e.g. 64,96,128", "tune")
-    tune_label_smoothing: str | None = _key(None, "tune: label smoothing, e.g. 0..0.2", "tune")
+    tune_label_smoothing: str | None = _key(
+        "auto", "tune: label smoothing, e.g. 0..0.2 (auto: searched from scratch)", "tune"
+    )
     tune_mixup: str | None = _key(None, "tune: mixup alpha, e.g. 0..0.4", "tune")
     tune_cutmix: str | None = _key(None, "tune: cutmix alpha, e.g. 0,1.0", "tune")
     tune_ema: str | None = _key(None, "tune: EMA of the weights or not, e.g. false,true", "tune")
     tune_ema_decay: str | None = _key(None, "tune: EMA decay, e.g. 0.99..0.9999", "tune")
     tune_drop_path_rate: str | None = _key(None, "tune: stochastic depth, e.g. 0..0.2", "tune")
-    tune_layer_decay: str | None = _key(None, "tune: layer-wise lr decay, e.g. 0.6..0.9", "tune")
+    tune_layer_decay: str | None = _key(
+        "auto", "tune: layer-wise lr decay, e.g. 0.6..0.9 (auto: searched to fine-tune)", "tune"
+    )
     tune_folds: str = _key(
         "0", "tune: folds whose mean macro-F1 is the objective, e.g. 0 or 0,1,2", "tune"
     )
     tune_pruner: str = _key("median", "tune: median, hyperband or none", "tune")
+    tune_time_limit: str | None = _key(
+        None,
+        "tune: the study's budget, e.g. 2h: no trial starts that its measured length would carry past it",
+        "tune",
+    )
 
 
 SECTIONS = ["data", "folds", "model", "train", "predict", "kaggle", "tune"]
@@ -446,6 +482,16 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(message)
     if cfg.time_limit is not None:
         parse_duration(cfg.time_limit)
+    if cfg.tune_time_limit is not None:
+        parse_duration(cfg.tune_time_limit)
+    for f in fields(cfg):
+        spec = getattr(cfg, f.name)
+        key = f.name.removeprefix("tune_")
+        if f.name.startswith("tune_") and spec == "auto" and key not in TUNE_AUTO:
+            raise ConfigError(
+                f"{f.name}: auto is for the keys the recipe searches (tune_{', tune_'.join(TUNE_AUTO)}); "
+                f"give a range or choices, e.g. {f.metadata['help'].split('e.g. ')[-1]}"
+            )
     parse_trackers(cfg.tracker)
     return cfg
 

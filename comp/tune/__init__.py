@@ -1,5 +1,7 @@
 """Hyperparameter search with Optuna.
 
-- ``study``: ``comp tune``: the search space (``tune_*`` keys), trials that train folds,
-  pruning, workers, and ``--show`` (``tune/<study>.db``, ``-best.yaml``, plots).
+- ``study``: ``comp tune``: the search space (``tune_*`` keys; ``auto``: the recipe's),
+  trial 0 (the recipe's values), the study's time limit, trials that train folds,
+  pruning, and ``--show`` (``tune/<study>.db``, ``-best.yaml``, plots, best vs trial 0).
+- ``workers``: a study run here or in ``--n-workers`` processes, and shown.
 """

@@ -1,13 +1,15 @@
 """``comp tune``: a study run in this process or in worker processes that share it, and shown.
 
 Reads the study's storage (``tune/<study>.db`` unless another is given) and the resolved
-config. Writes the trials to the storage; with several workers, the config they all use
-as ``tune/tmp*.yaml``, removed when they end; with ``show_study``,
-``tune/<study>-best.yaml`` and the plots under ``tune/<study>/``.
+config. Writes the trials to the storage (and, on a study's first start, its space and
+trial 0); with several workers, the config they all use as ``tune/tmp*.yaml``, removed
+when they end; with ``show_study``, ``tune/<study>-best.yaml`` and the plots under
+``tune/<study>/``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -38,8 +40,13 @@ def spawn_workers(
     trials: int,
     heartbeat: int = 60,
     n_workers: int = 2,
+    left: float | None = None,
 ) -> None:
-    """Run ``n_workers`` ``comp tune`` processes on one study and wait for them all."""
+    """Run ``n_workers`` ``comp tune`` processes on one study and wait for them all;
+    ``left``: the seconds of the study's time limit still to spend."""
+    if left is not None:
+        # The workers start later than the study did: they get what is left of its budget.
+        cfg = dataclasses.replace(cfg, tune_time_limit=f"{max(left, 1.0):.0f}s")
     # The resolved config, so every worker tunes the same one whatever flags made it.
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=root / "tune", delete=False) as f:
         yaml.safe_dump(to_dict(cfg), f)
@@ -71,7 +78,12 @@ def run_study(
     """Run trials until the study holds ``trials`` finished ones, here or in ``n_workers``
     processes. ``worker`` is set in those processes: it picks the seed stream, and such a
     process leaves the closing report to the one that started it (and returns None).
-    Returns the study's trial counts by state."""
+    Returns the study's trial counts by state.
+
+    On the study's first start the recipe is resolved and chooses the space, printed
+    one key a line; a resumed study (or a worker) searches the space it recorded.
+    ``cfg.tune_time_limit`` counts from this call."""
+    start = time.time()
     tuning.search_space(cfg)
     tuning.objective_folds(cfg)
     url = tuning.storage_url(root, study_name, storage)
@@ -81,7 +93,15 @@ def run_study(
     )
     before = tuning.finished(study)
     echo(f"study {study_name} ({shown_url(url)}): {before} of {trials} trials finished")
+    # Before any worker starts: they all read the space this records.
+    space = tuning.prepare(study, root, cfg, echo=(lambda _: None) if worker else echo)
+    if not worker:
+        echo(space.recipe_line)
+        echo(f"space ({space.recipe} recipe):")
+        for line in space.lines():
+            echo(line)
     if n_workers > 1 and not worker:
+        deadline = tuning.study_deadline(cfg, start=start, echo=echo)
         spawn_workers(
             root,
             cfg,
@@ -90,6 +110,7 @@ def run_study(
             trials=trials,
             heartbeat=heartbeat,
             n_workers=n_workers,
+            left=None if deadline is None else deadline.left(),
         )
     else:
         tuning.optimize(
@@ -102,6 +123,7 @@ def run_study(
             echo=echo,
             progress=not worker,
             stream=worker,
+            start=start,
         )
     if worker:
         return None
@@ -117,6 +139,9 @@ def run_study(
     if c.get("complete"):
         best = study.best_trial
         echo(f"best: trial {best.number}, macro-F1 {best.value:.4f}, {best.params}")
+        baseline = tuning.baseline_trial(study)
+        if baseline is not None and baseline.number != best.number:
+            echo(f"trial {baseline.number} (the recipe's values): macro-F1 {baseline.value:.4f}")
         echo("next: comp tune --show, then comp train --config tune/<study>-best.yaml")
     return c
 
@@ -130,9 +155,10 @@ def show_study(
     heartbeat: int = 60,
     echo: Echo = print,
 ) -> dict[str, Any]:
-    """Print the best trials; write the best config and the plots. Returns what
-    ``comp.tune.study.show`` found (``best``, ``plots``, ``top``, ``counts``)."""
-    tuning.search_space(cfg)
+    """Print the study's recipe and space, the best trials, and the best against trial 0
+    (the recipe's values) fold by fold; write the best config and the plots. Returns what
+    ``comp.tune.study.show`` found (``best``, ``plots``, ``top``, ``counts``, ``space``,
+    ``best_trial``, ``baseline``, ``gain``)."""
     tuning.objective_folds(cfg)
     url = tuning.storage_url(root, study_name, storage)
     study = tuning.load_study(
@@ -143,6 +169,12 @@ def show_study(
         f"study {study_name} ({shown_url(url)}): "
         + ", ".join(f"{v} {k}" for k, v in sorted(facts["counts"].items()))
     )
+    space: tuning.Space | None = facts["space"]
+    if space is not None:
+        echo(space.recipe_line)
+        echo(f"space ({space.recipe} recipe):")
+        for line in space.lines():
+            echo(line)
     rows = [
         {
             "trial": t.number,
@@ -152,11 +184,34 @@ def show_study(
         for t in facts["top"]
     ]
     echo(pd.DataFrame(rows).to_string(index=False))
+    echo_against_baseline(facts, echo=echo)
     best = _relative(facts["best"], root)
     echo(f"best config: {best}  (comp train --config {best})")
     for plot in facts["plots"]:
         echo(f"plot: {_relative(plot, root)}")
     return dict(facts)
+
+
+def echo_against_baseline(facts: dict[str, Any], *, echo: Echo) -> None:
+    """Trial 0 and the best trial, fold by fold, and whether the gain is more than noise."""
+    baseline, best, gain = facts["baseline"], facts["best_trial"], facts["gain"]
+    if baseline is None:
+        echo("trial 0 (the recipe's values): not completed, nothing to compare the best with")
+        return
+    for label, t in (("default", baseline), ("best", best)):
+        per_fold = t.user_attrs.get("fold_macro_f1") or {}
+        folds = ", ".join(f"{k}: {v:.4f}" for k, v in per_fold.items())
+        echo(f"{label}: trial {t.number}, macro-F1 {t.value:.4f} (per fold {folds})")
+    if best.number == baseline.number:
+        echo("the recipe's values are the best trial")
+    elif gain is not None:
+        spread = f" ± {gain['spread']:.4f}" if gain["spread"] is not None else ""
+        echo(
+            f"best against trial {baseline.number}: mean gain per fold "
+            f"{gain['mean_gain']:+.4f}{spread}, {gain['verdict']} (the best of "
+            f"{facts['counts'].get('complete', 0)} trials on the folds it was chosen on "
+            "flatters it: comp train --config on every fold tells)"
+        )
 
 
 def _score(v: float | None) -> str:

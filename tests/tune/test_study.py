@@ -1,15 +1,20 @@
-"""comp tune: search space, pruning, out-of-memory trials, resume after SIGKILL, shared storages."""
+"""comp tune: search space (the recipe's and yours), trial 0, the study's time limit, pruning,
+out-of-memory trials, --show against trial 0, resume after SIGKILL, shared storages."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -18,10 +23,19 @@ import yaml
 from click.testing import CliRunner
 
 from comp.cli import cli
-from comp.config import load_config
+from comp.config import Config, is_auto, load_config, make_config, to_dict
 from comp.data.workspace import init_workspace
 from comp.errors import ConfigError
-from comp.tune.study import Dimension, load_study, objective_folds, optimize, parse_dimension
+from comp.train.recipe import resolve
+from comp.tune.study import (
+    Dimension,
+    Space,
+    load_study,
+    objective_folds,
+    optimize,
+    parse_dimension,
+    recipe_space,
+)
 from tests.conftest import TINY, make_kaggle
 
 FAST = {**TINY, "epochs": 2, "tune_batch_size": "8,16", "tune_freeze_epochs": "0..1"}
@@ -36,9 +50,235 @@ def ws(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def auto_ws(tmp_path: Path) -> Path:
+    """A workspace as `comp init` writes it: the recipe's keys and the tune_* keys at auto."""
+    root = tmp_path / "auto"
+    overrides = {**TINY, "freeze_epochs": "auto", "lr2": "auto"}
+    init_workspace(root, make_kaggle(tmp_path / "data", n_per_class=8), overrides=overrides)
+    assert CliRunner().invoke(cli, ["-w", str(root), "folds"]).exit_code == 0
+    return root
+
+
 def comp(ws: Path, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, ["-w", str(ws), *args])
     return result.exit_code, result.output
+
+
+def fake_train(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    score: Callable[[Config, int], float] = lambda cfg, k: 0.5,
+    seconds: float = 0.0,
+) -> list[Config]:
+    """Trials that train nothing: each records its config, sleeps ``seconds`` and scores
+    every fold ``score(cfg, fold)``; the list fills with the configs as trials run."""
+    import comp.tune.study
+
+    seen: list[Config] = []
+
+    def train(root: Path, cfg: Config, *, folds: list[int], on_epoch: Any, **_: Any) -> Any:
+        seen.append(cfg)
+        time.sleep(seconds)
+        per_fold = {str(k): score(cfg, k) for k in folds}
+        for k in folds:
+            on_epoch(k, 1, per_fold[str(k)])
+        return {"cv_macro_f1": sum(per_fold.values()) / len(folds), "fold_macro_f1": per_fold}
+
+    monkeypatch.setattr(comp.tune.study, "train", train)
+    return seen
+
+
+def scratch(**values: Any) -> tuple[Config, Space]:
+    cfg = make_config({"pretrained": "false", **values})
+    resolved, recipe = resolve(cfg, weights="random", device="cpu")
+    return cfg, recipe_space(cfg, resolved, recipe, families={})
+
+
+def test_init_writes_auto_for_the_keys_the_recipe_searches(auto_ws: Path) -> None:
+    text = (auto_ws / "comp.yaml").read_text()
+    for key in ("lr1", "lr2", "freeze_epochs", "weight_decay", "label_smoothing", "layer_decay"):
+        assert f"tune_{key}: auto" in text
+    assert load_config(auto_ws).tune_lr2 == "auto"
+    with pytest.raises(ConfigError, match="tune_aug: auto is for the keys the recipe searches"):
+        make_config({"tune_aug": "auto"})
+
+
+def test_a_scratch_space_has_no_frozen_stage() -> None:
+    _, space = scratch()
+    assert space.recipe == "scratch"
+    assert {d.key: d for d in space.dimensions} == {
+        "lr2": Dimension("lr2", low=2e-4, high=2e-2, log=True),  # a decade each way of 2e-3
+        "weight_decay": Dimension("weight_decay", low=1e-3, high=0.1, log=True),
+        "label_smoothing": Dimension("label_smoothing", low=0.0, high=0.2),
+    }
+    assert "no frozen stage" in space.fixed["freeze_epochs"]
+    assert set(space.fixed) >= {"lr1", "layer_decay", "model"}
+    assert space.baseline == {"lr2": 2e-3, "weight_decay": 0.01, "label_smoothing": 0.1}
+
+
+def test_the_scratch_space_moves_along_the_nets_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    from comp.models import nets
+
+    cfg = make_config({"pretrained": "false"})
+    resolved, recipe = resolve(cfg, weights="random", device="cpu")
+    family = ("airnet_xs", resolved.model, "airnet_m")
+    monkeypatch.setattr(nets, "FAMILIES", {resolved.model: family}, raising=False)
+    space = recipe_space(cfg, resolved, recipe)
+    assert Dimension("model", choices=family) in space.dimensions
+    assert space.baseline["model"] == resolved.model
+    monkeypatch.delattr(nets, "FAMILIES")  # a model factory without families
+    assert "model" in recipe_space(cfg, resolved, recipe).fixed
+    # A model you chose stays yours.
+    cfg = make_config({"pretrained": "false", "model": resolved.model})
+    monkeypatch.setattr(nets, "FAMILIES", {resolved.model: family}, raising=False)
+    mine = recipe_space(cfg, *resolve(cfg, weights="random", device="cpu"))
+    assert "yours" in mine.fixed["model"]
+
+
+def test_a_finetune_space_searches_the_frozen_stage() -> None:
+    cfg = make_config({"recipe": "finetune"})
+    resolved, recipe = resolve(cfg, weights="timm hub", device="cpu")
+    space = recipe_space(cfg, resolved, recipe, families={})
+    dims = {d.key: d for d in space.dimensions}
+    assert set(dims) == {"freeze_epochs", "lr1", "lr2", "layer_decay"}
+    assert dims["freeze_epochs"] == Dimension("freeze_epochs", low=0, high=5)  # of 15 epochs
+    assert dims["lr2"] == Dimension("lr2", low=2e-5, high=2e-3, log=True)
+    assert dims["lr1"] == Dimension("lr1", low=1e-4, high=1e-2, log=True)
+    assert space.baseline == {"freeze_epochs": 3, "lr1": 1e-3, "lr2": 2e-4, "layer_decay": 0.75}
+    assert {"weight_decay", "label_smoothing"} <= set(space.fixed)
+
+
+def test_keys_you_set_override_the_space() -> None:
+    _, space = scratch(tune_lr2="1e-4..1e-3", tune_freeze_epochs="0..2", label_smoothing=0.05)
+    dims = {d.key: d for d in space.dimensions}
+    # Your ranges are searched as you set them, even a frozen stage from scratch...
+    assert dims["lr2"] == Dimension("lr2", low=1e-4, high=1e-3, log=True)
+    assert dims["freeze_epochs"] == Dimension("freeze_epochs", low=0, high=2)
+    assert space.sources["lr2"] == space.sources["freeze_epochs"] == "yours"
+    # ... a training key you set stays yours, and a null tune_* key is not searched.
+    assert "label_smoothing" not in dims and "yours" in space.fixed["label_smoothing"]
+    _, space = scratch(tune_weight_decay=None)
+    assert "weight_decay" not in {d.key for d in space.dimensions} | set(space.fixed)
+    # Trial 0 keeps the recipe's values where your ranges hold them (2e-3 is outside yours).
+    _, space = scratch(tune_lr2="1e-4..1e-3", tune_freeze_epochs="0..2")
+    assert space.baseline["freeze_epochs"] == 0 and "lr2" not in space.baseline
+    assert Space.from_attrs(json.loads(json.dumps(space.to_attrs()))) == space
+
+
+def test_the_first_trial_is_the_recipe(auto_ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from comp.data.competition import load_competition
+    from comp.train.run import resolve_run_config
+
+    seen = fake_train(monkeypatch)
+    code, out = comp(auto_ws, "tune", "--trials", "3", "--pruner", "none")
+    assert code == 0, out
+    # The space, a line per key, before the first trial.
+    assert out.index("space (scratch recipe):") < out.index("trial 0:")
+    assert "\n  lr2 " in out
+    assert re.search(r"\n  freeze_epochs +0, not searched \(no frozen stage", out)
+    study = load_study(f"sqlite:///{auto_ws / 'tune' / 'comp.db'}", "comp")
+    assert study.user_attrs["recipe"] == "scratch"
+    space = Space.from_attrs(study.user_attrs)
+    assert space is not None and {d.key for d in space.dimensions} == {
+        "lr2",
+        "weight_decay",
+        "label_smoothing",
+    }
+    first = study.trials[0]
+    assert first.user_attrs["baseline"] and first.params == space.baseline
+    # Trial 0 trains what `comp train` would: the same config once the recipe is resolved.
+    cfg = load_config(auto_ws, {"tune_pruner": "none"})
+
+    def resolved(c: Config) -> dict[str, Any]:
+        comp_ = load_competition(auto_ws, c)
+        out = resolve_run_config(auto_ws, c, comp=comp_, device=torch.device("cpu"), echo=print)
+        return to_dict(out[0])
+
+    assert resolved(seen[0]) == resolved(cfg)
+    assert resolved(seen[0])["lr2"] == first.params["lr2"] == 2e-3
+    # A scratch study never proposes a frozen stage: every trial resolves to none.
+    assert all(resolved(c)["freeze_epochs"] == 0 for c in seen)
+    assert all("freeze_epochs" not in t.params for t in study.trials)
+
+
+def test_a_finetune_study_proposes_a_frozen_stage(
+    auto_ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = fake_train(monkeypatch)
+    code, out = comp(auto_ws, "tune", "--trials", "4", "--recipe", "finetune", "--epochs", "6")
+    assert code == 0, out
+    assert "space (finetune recipe):" in out and re.search(r"\n  freeze_epochs +0\.\.2 ", out)
+    study = load_study(f"sqlite:///{auto_ws / 'tune' / 'comp.db'}", "comp")
+    assert study.trials[0].params["freeze_epochs"] == 2  # the recipe's: 6 // 3
+    assert all(0 <= t.params["freeze_epochs"] <= 2 for t in study.trials)
+    assert {"lr1", "lr2", "layer_decay"} <= set(study.trials[0].params)
+    assert all(c.recipe == "finetune" for c in seen)
+
+
+def test_a_resumed_study_searches_the_space_it_began_with(
+    auto_ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_train(monkeypatch)
+    assert comp(auto_ws, "tune", "--trials", "2")[0] == 0
+    code, out = comp(auto_ws, "tune", "--trials", "3", "--set", "tune_lr2=1e-6..1e-5")
+    assert code == 0, out
+    assert "searches the space it began with, not your tune_lr2" in out
+    study = load_study(f"sqlite:///{auto_ws / 'tune' / 'comp.db'}", "comp")
+    assert len(study.trials) == 3 and study.trials[2].params["lr2"] >= 2e-4
+
+
+def test_a_study_under_a_time_limit_starts_no_trial_past_it(
+    auto_ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = fake_train(monkeypatch, seconds=0.7)
+    start = datetime.now()
+    code, out = comp(auto_ws, "tune", "--trials", "50", "--time-limit", "5s", "--pruner", "none")
+    assert code == 0, out
+    assert "time limit 5s:" in out and "no more trials start" in out
+    study = load_study(f"sqlite:///{auto_ws / 'tune' / 'comp.db'}", "comp")
+    trials = study.get_trials(states=DONE)
+    assert 2 <= len(trials) == len(seen) < 50
+    # Every trial started, and ended, within the limit (the last one measured to fit).
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+    assert len(ends) == len(trials) and max(ends) <= start + timedelta(seconds=5.5)
+
+
+def test_a_trial_time_limit_sizes_each_trial_and_the_study(
+    auto_ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = fake_train(monkeypatch)
+    args = ("tune", "--trials", "2", "--pruner", "none", "--trial-time-limit", "5m")
+    assert comp(auto_ws, *args)[0] == 0
+    assert [c.time_limit for c in seen] == ["5m", "5m"]
+    # Before any trial is measured, a trial takes its time limit: none fits in 2 minutes.
+    code, out = comp(auto_ws, *args, "--study", "short", "--time-limit", "2m")
+    assert code == 0, out
+    assert "a trial takes about 300s; no more trials start" in out and len(seen) == 2
+
+
+def test_show_compares_the_best_trial_with_trial_0(
+    auto_ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def score(cfg: Config, k: int) -> float:
+        """Climbs with lr2 (trial 0 leaves it to the recipe: 2e-3), a little lower on fold 1."""
+        return min(1.0, 100 * (2e-3 if is_auto(cfg.lr2) else cfg.lr2)) - 0.01 * k
+
+    fake_train(monkeypatch, score=score)
+    code, out = comp(auto_ws, "tune", "--trials", "4", "--folds", "0,1", "--pruner", "none")
+    assert code == 0, out
+    code, out = comp(auto_ws, "tune", "--show", "--folds", "0,1")
+    assert code == 0, out
+    assert "recipe: scratch" in out and "space (scratch recipe):" in out
+    assert "default: trial 0, macro-F1 0.1950 (per fold 0: 0.2000, 1: 0.1900)" in out
+    assert "best: trial" in out, out
+    study = load_study(f"sqlite:///{auto_ws / 'tune' / 'comp.db'}", "comp")
+    if study.best_trial.number != 0:
+        assert "best against trial 0: mean gain per fold +" in out
+        # Both folds gain alike: no spread, so the gain stands out of it.
+        assert "a gain beyond the folds' spread" in out
 
 
 def test_the_regularisers_are_tunable() -> None:
@@ -165,7 +405,15 @@ def test_a_killed_study_resumes_without_losing_trials(ws: Path) -> None:
         time.sleep(0.3)
         trials = load_study(url, "comp", heartbeat=1).get_trials()
         done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+        # Kill a trial once it has drawn all its parameters (it is training), not while it
+        # is still drawing them: a retry is judged on the parameters it had.
+        running = [
+            t
+            for t in trials
+            if t.state == optuna.trial.TrialState.RUNNING
+            and done
+            and set(t.params) == set(done[0].params)
+        ]
         if done and running:
             break
         assert proc.poll() is None, proc.communicate()[0]
