@@ -41,6 +41,7 @@ from comp.errors import CompError
 # The settings of a training run, as flags of every command that trains (here or on Kaggle).
 TRAINING_FLAGS = (
     "model",
+    "small_input",
     "pretrained",
     "recipe",
     "img_size",

@@ -91,8 +91,16 @@ class Config:
     model: str = _key(
         "auto",
         "any timm model name, or comp's own nets: mlp, simple_cnn, airnet_xs/s/m/l (small images "
-        f"from scratch); auto: {PRETRAINED_MODEL} where pretrained weights can be had, else the "
+        "from scratch), classical (colour, shape and texture features, for a scikit-learn head)"
+        f"; auto: {PRETRAINED_MODEL} where pretrained weights can be had, else the "
         "scratch recipe's net for the image size and device",
+        "model",
+    )
+    small_input: bool = _key(
+        False,
+        "a timm CNN's first conv at stride 1 and no stem max-pool: a 32-64 px image is not "
+        "quartered before the first block (up to 16x the compute; the same weights fit; comp's own "
+        "nets are built for small images already)",
         "model",
     )
     pretrained: str = _key(

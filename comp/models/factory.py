@@ -35,8 +35,12 @@ def create_model(
     pretrained: str = "auto",
     pretrained_file: str | Path | None = None,
     drop_path_rate: float = 0.0,
+    small_input: bool = False,
 ) -> tuple[nn.Module, str]:
     """A timm model with a fresh ``num_classes`` head, and where its weights came from.
+
+    ``small_input`` gives a timm CNN a stem for small images (``small_stem``), after its
+    weights are loaded: they fit either stem. comp's own nets are left as they are.
 
     ``pretrained`` is "auto" (weights if they can be had, else random init with a
     warning), "true" (weights or an error) or "false" (random init). The baseline nets
@@ -47,6 +51,45 @@ def create_model(
         return _create_baseline(
             name, num_classes=num_classes, pretrained=pretrained, pretrained_file=pretrained_file
         )
+    model, source = _create_timm(
+        name,
+        num_classes=num_classes,
+        pretrained=pretrained,
+        pretrained_file=pretrained_file,
+        drop_path_rate=drop_path_rate,
+    )
+    return (small_stem(model) if small_input else model), source
+
+
+def small_stem(model: nn.Module) -> nn.Module:
+    """``model`` with its first conv at stride 1 and its stem max-pool gone, in place.
+
+    A timm ResNet quarters its input before the first block (a 64 px sprite is 16x16
+    there, 2x2 at the end); the records for small images from scratch keep the resolution
+    instead (CIFAR ResNets). Weights are unchanged, so pretrained ones still load.
+    """
+    first = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    conv = model.get_submodule(first) if isinstance(first, str) else None
+    name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    if not isinstance(conv, nn.Conv2d) or hasattr(model, "patch_embed"):
+        raise ModelError(
+            f"small_input: {name} has no convolutional stem to change (a ViT cuts its image "
+            "into patches); leave small_input off for it"
+        )
+    conv.stride = (1, 1)
+    if isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+        model.maxpool = nn.Identity()
+    return model
+
+
+def _create_timm(
+    name: str,
+    *,
+    num_classes: int,
+    pretrained: str,
+    pretrained_file: str | Path | None,
+    drop_path_rate: float,
+) -> tuple[nn.Module, str]:
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
         hint = f"; similar: {', '.join(close)}" if close else ""
@@ -81,8 +124,12 @@ def create_model(
                 raise OSError(
                     "the model hub cannot be reached and the weights are not in the local cache"
                 )
-            return create_model(
-                name, num_classes=num_classes, pretrained_file=cached, drop_path_rate=drop_path_rate
+            return _create_timm(
+                name,
+                num_classes=num_classes,
+                pretrained="auto",
+                pretrained_file=cached,
+                drop_path_rate=drop_path_rate,
             )[0], f"cache:{cached}"
         return timm.create_model(name, pretrained=True, num_classes=num_classes, **extra), "timm"
     except Exception as e:  # the hub raises many kinds of network and lookup errors
@@ -268,6 +315,8 @@ def load_checkpoint(
     if model_name is not None and meta["model"] != model_name:
         raise ModelError(f"{path}: checkpoint is a {meta['model']}, expected {model_name}")
     model = _build(meta["model"], num_classes=len(meta["classes"]))
+    if meta.get("small_input") and meta["model"] not in nets.NAMES:
+        model = small_stem(model)
     model.load_state_dict(ckpt["state_dict"])
     return model, meta
 

@@ -1,5 +1,6 @@
 """Nets trained from scratch, built by name beside timm's models: the baselines ``mlp`` and
-``simple_cnn``, and the ``airnet`` family made for small images.
+``simple_cnn``, the ``airnet`` family made for small images, and ``classical``, fixed
+image features (colour, shape, texture) for a scikit-learn head.
 
 Reads and writes nothing: comp.models builds these by name, and their weights are
 saved and loaded as any other comp checkpoint. Both follow timm's model interface
@@ -34,7 +35,7 @@ AIRNETS: dict[str, tuple[int, int, int]] = {
     "airnet_m": (64, 128, 256),
     "airnet_l": (64, 256, 256),
 }
-NAMES = ("mlp", "simple_cnn", *AIRNETS)
+NAMES = ("mlp", "simple_cnn", *AIRNETS, "classical")
 # Nets that differ only in width, smallest first: a search (comp tune) may move along one.
 FAMILIES: dict[str, tuple[str, ...]] = dict.fromkeys(AIRNETS, tuple(AIRNETS))
 
@@ -241,6 +242,76 @@ class AirNet(BaselineNet):
         return self.pool(x).flatten(1)
 
 
+class ClassicalFeatures(BaselineNet):
+    """Hand-made image features, nothing learned but the linear head: a colour histogram of
+    the subject, its colour statistics, its silhouette and a histogram of gradient
+    orientations (HOG-like) over a grid.
+
+    The subject is every pixel unlike the border's median colour (a sprite or product shot
+    on a plain ground); an image with no plain ground (a photo) counts every pixel. Under
+    a scikit-learn head (``comp train --model classical --head extratrees``) this is the
+    colour-histogram baseline as a run with OOF and test predictions, which ``comp blend``
+    weighs against a net. ``forward_features`` gives the feature vector (N, num_features);
+    with no map, reports skip Grad-CAM.
+    """
+
+    name = "classical"
+    sobel: torch.Tensor
+    BINS = 8  # per RGB channel: 512 colours
+    BACKGROUND = 0.1  # a pixel this far (max over channels, in [0, 1]) from the border's colour
+    MIN_AREA = 0.01  # less subject than this: no plain ground was found, count every pixel
+    SILHOUETTE = 8  # the subject mask at 8x8
+    ORIENTATIONS = 9
+    CELLS = 4  # gradient histograms over 4x4 cells
+
+    def __init__(self, num_classes: int) -> None:
+        features = self.BINS**3 + 10 + self.SILHOUETTE**2 + self.ORIENTATIONS * self.CELLS**2
+        super().__init__(num_classes, features)
+        # The features read plain RGB in [0, 1]: no normalisation before them.
+        self.pretrained_cfg.update(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+        sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+        self.register_buffer("sobel", torch.stack([sobel, sobel.T])[:, None])
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # Bins and thresholds need full precision: a bf16 colour lands in the wrong bin.
+        with torch.autocast(x.device.type, enabled=False):
+            return self._features(x.float().clamp(0, 1))
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(x)
+        frame = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=2)
+        ground = frame.median(dim=2).values  # N, 3
+        mask = ((x - ground[..., None, None]).abs().amax(1) > self.BACKGROUND).float()
+        area = mask.mean((1, 2))
+        weight = torch.where((area >= self.MIN_AREA)[:, None, None], mask, torch.ones_like(mask))
+        total = weight.sum((1, 2)).clamp_min(1.0)
+
+        q = (x * self.BINS).long().clamp_(max=self.BINS - 1)
+        colour = (q[:, 0] * self.BINS + q[:, 1]) * self.BINS + q[:, 2]
+        hist = torch.zeros(n, self.BINS**3, device=x.device)
+        hist.scatter_add_(1, colour.flatten(1), weight.flatten(1))
+        hist = hist / total[:, None]
+
+        mean = (x * weight[:, None]).sum((2, 3)) / total[:, None]
+        var = ((x - mean[..., None, None]) ** 2 * weight[:, None]).sum((2, 3)) / total[:, None]
+        stats = torch.cat([mean, var.sqrt(), ground, area[:, None]], dim=1)
+
+        silhouette = nn.functional.adaptive_avg_pool2d(mask[:, None], self.SILHOUETTE).flatten(1)
+
+        grey = (x * x.new_tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True)
+        g = nn.functional.conv2d(
+            nn.functional.pad(grey, (1, 1, 1, 1), mode="replicate"), self.sobel
+        )
+        magnitude = g.norm(dim=1)
+        angle = torch.atan2(g[:, 1], g[:, 0]).remainder(torch.pi)  # unsigned orientation
+        bins = (angle / torch.pi * self.ORIENTATIONS).long().clamp_(max=self.ORIENTATIONS - 1)
+        hog = torch.zeros(n, self.ORIENTATIONS, *grey.shape[-2:], device=x.device)
+        hog.scatter_(1, bins[:, None], magnitude[:, None])
+        hog = nn.functional.adaptive_avg_pool2d(hog, self.CELLS).flatten(1)
+        hog = hog / hog.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        return torch.cat([hist, stats, silhouette, hog], dim=1)
+
+
 def build(name: str, num_classes: int) -> BaselineNet:
     """A net of this module by name, randomly initialised."""
     if name == "mlp":
@@ -249,4 +320,6 @@ def build(name: str, num_classes: int) -> BaselineNet:
         return SimpleCNN(num_classes)
     if name in AIRNETS:
         return AirNet(num_classes, name=name, widths=AIRNETS[name])
+    if name == "classical":
+        return ClassicalFeatures(num_classes)
     raise ValueError(f"unknown net '{name}'; choose from {', '.join(NAMES)}")

@@ -61,7 +61,9 @@ def step_seconds(
     """Seconds of one training step of ``cfg.model`` on a random batch, at ``dtype``."""
     # The measurement must not move the run's random streams: each fold seeds its own.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        model, _ = create_model(cfg.model, num_classes=n_classes, pretrained="false")
+        model, _ = create_model(
+            cfg.model, num_classes=n_classes, pretrained="false", small_input=cfg.small_input
+        )
         model = model.to(device).to(memory_format=torch.channels_last).train()
         optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=1e-4)
         size = cfg.img_size
@@ -158,6 +160,7 @@ def measure_epoch(
         num_classes=int(targets.max()) + 1,
         pretrained="false",
         drop_path_rate=cfg.drop_path_rate,
+        small_input=cfg.small_input,
     )
     model = model.to(device).to(memory_format=torch.channels_last)
     mean, std = (t.to(device) for t in normalisation(model))

@@ -77,6 +77,7 @@ def backbone(root: Path, cfg: Config, *, fold: int, classes: list[str]) -> nn.Mo
         num_classes=len(classes),
         pretrained=cfg.pretrained,
         pretrained_file=cfg.pretrained_file,
+        small_input=cfg.small_input,
     )[0]
 
 

@@ -293,6 +293,7 @@ def setup_fold(
         pretrained=cfg.pretrained,
         pretrained_file=cfg.pretrained_file,
         drop_path_rate=cfg.drop_path_rate,
+        small_input=cfg.small_input,
     )
     # NHWC is faster for convolutions on CPUs (oneDNN) and on tensor cores alike.
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -691,6 +692,7 @@ def validation_probs(f: Fold, run: StageRun, weights: nn.Module) -> tuple[np.nda
 def best_meta(f: Fold, classes: list[str], best: Best) -> dict[str, Any]:
     return {
         "model": f.cfg.model,
+        "small_input": f.cfg.small_input,
         "classes": classes,
         "img_size": f.cfg.img_size,
         "fold": f.number,

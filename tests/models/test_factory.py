@@ -169,7 +169,7 @@ def test_offline_auto_uses_cached_hub_weights(
 # --- the baseline nets: mlp and simple_cnn, built by name beside timm's ---------------
 
 
-@pytest.mark.parametrize("name", ["mlp", "simple_cnn", "airnet_xs"])
+@pytest.mark.parametrize("name", ["mlp", "simple_cnn", "airnet_xs", "classical"])
 def test_baseline_nets_follow_timms_interface(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model, source = create_model(name, num_classes=3, pretrained="auto")
@@ -256,3 +256,49 @@ def test_airnet_whitens_the_patches_of_the_images_it_is_shown() -> None:
     # Above 48 px the stem steps 2 pixels: a 64 px image is a 32x32 map after it.
     assert model.forward_features(torch.randn(1, 3, 64, 64)).shape[-1] == 4
     assert model.forward_features(torch.randn(1, 3, 32, 32)).shape[-1] == 4
+
+
+def test_classical_features_describe_the_subject_not_the_ground() -> None:
+    from comp.models.nets import ClassicalFeatures
+
+    model = ClassicalFeatures(num_classes=2)
+    assert normalisation(model)[0].tolist() == [0, 0, 0]  # it reads RGB in [0, 1]
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    disk = ((yy - 16) ** 2 + (xx - 16) ** 2 < 64).float()
+    red = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
+
+    def on(ground: float) -> torch.Tensor:
+        return disk * red + (1 - disk) * ground
+
+    feats = model.forward_features(torch.stack([on(1.0), on(0.0), torch.rand(3, 32, 32)]))
+    colours = feats[:, : model.BINS**3]
+    # On white or on black, the same red disk: the same colours and the same silhouette.
+    assert torch.allclose(colours[0], colours[1])
+    assert colours[0].max() == 1  # every subject pixel in one bin, no ground in it
+    silhouette = slice(model.BINS**3 + 10, model.BINS**3 + 10 + model.SILHOUETTE**2)
+    assert torch.allclose(feats[0, silhouette], feats[1, silhouette])
+    # Noise has no plain ground: every pixel counts, spread over many colours.
+    assert torch.isclose(colours[2].sum(), torch.tensor(1.0)) and colours[2].max() < 0.05
+
+
+def test_a_small_stem_keeps_the_resolution_and_the_weights(tmp_path: Path) -> None:
+    plain, _ = create_model("resnet10t", num_classes=3, pretrained="false")
+    torch.save(plain.state_dict(), tmp_path / "w.pth")
+    small, source = create_model(
+        "resnet10t", num_classes=3, pretrained_file=tmp_path / "w.pth", small_input=True
+    )
+    assert source.startswith("file:")
+    body = {k: v for k, v in plain.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(v, small.state_dict()[k]) for k, v in body.items())
+    x = torch.randn(2, 3, 32, 32)
+    # timm's stem quarters a 32 px image before the first block; the small stem does not.
+    assert plain.forward_features(x).shape[-1] == 1 and small.forward_features(x).shape[-1] == 4
+    small.eval()
+    meta = {"model": "resnet10t", "small_input": True, "classes": ["a", "b", "c"]}
+    save_checkpoint(tmp_path / "best.pt", small, meta)
+    again, _ = load_checkpoint(tmp_path / "best.pt", classes=["a", "b", "c"])
+    assert torch.equal(again.eval()(x), small(x))
+    # comp's own nets are made for small images already; a ViT has no conv stem to change.
+    assert create_model("airnet_xs", num_classes=3, small_input=True)[1] == "random"
+    with pytest.raises(ModelError, match="no convolutional stem"):
+        create_model("vit_tiny_patch16_224", num_classes=3, pretrained="false", small_input=True)

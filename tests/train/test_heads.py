@@ -47,6 +47,15 @@ def test_a_head_run_works_like_a_neural_run(workspace: Callable[..., Path]) -> N
     assert len(sub) == 9 and set(sub.iloc[:, 1]) <= {"circle", "square", "triangle"}
 
 
+def test_classical_features_make_a_run_of_their_own(workspace: Callable[..., Path]) -> None:
+    root, cfg = with_folds(workspace())
+    cfg = load_config(root, {"model": "classical", "head": "logreg"})
+    summary = train(root, cfg, name="classical", echo=quiet)
+    assert summary["complete"] and summary["cv_macro_f1"] > 0.5  # shapes by silhouette
+    facts = predict(root, cfg, run="classical", tta="hflip", echo=quiet)
+    assert len(pd.read_csv(facts["file"])) == 9
+
+
 def test_features_from_needs_the_run(workspace: Callable[..., Path]) -> None:
     root, _ = with_folds(workspace(epochs=1, freeze_epochs=1))
     cfg = load_config(root, {"head": "logreg", "features_from": "nope"})
