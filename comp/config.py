@@ -313,7 +313,7 @@ class Config:
     tune_aug: str | None = _key(None, "tune: augmentation presets, e.g. light,medium,heavy", "tune")
     tune_model: str | None = _key(
         "auto",
-        "tune: models, e.g. resnet18,efficientnet_b0 (auto: the scratch net's family, e.g. airnet_xs..l)",
+        "tune: models, e.g. resnet18,efficientnet_b0 (auto: the scratch net and its neighbours in width, e.g. airnet_xs,s,m)",
         "tune",
     )
     tune_img_size: str | None = _key(None, "tune: image sizes, e.g. 64,96,128", "tune")
