@@ -983,6 +983,32 @@ def kernel() -> None:
 @click.option(
     "--dry-run", is_flag=True, help="Write the bundle(s) under kernels/ and push nothing."
 )
+@click.option(
+    "--tune",
+    is_flag=True,
+    help="Run `comp tune` in the kernels instead of training: --time-limit is then each "
+    "kernel's study budget (default 11h, inside Kaggle's 12h session).",
+)
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    help="With --tune: finished trials the study should reach, split among the kernels [default: 20].",
+)
+@click.option(
+    "--kernels",
+    type=click.IntRange(min=1),
+    help="With --tune: kernels sharing the trials [default: 1].",
+)
+@click.option("--study", "study_name", help="With --tune: the study [default: comp].")
+@click.option(
+    "--storage",
+    help="With --tune: a shared study on postgresql://user:pw@host/db instead of tune/<study>.db; "
+    "the password reaches the kernels only as the Kaggle secret COMP_STORAGE_PASSWORD.",
+)
+@click.option(
+    "--trial-time-limit",
+    help="With --tune: each trial's training fits into this time, e.g. 20m [config: time_limit].",
+)
 @click.pass_context
 @friendly_errors
 def kernel_push(
@@ -999,6 +1025,12 @@ def kernel_push(
     accelerator: str | None,
     public: bool,
     dry_run: bool,
+    tune: bool,
+    trials: int | None,
+    kernels: int | None,
+    study_name: str | None,
+    storage: str | None,
+    trial_time_limit: str | None,
     **kwargs: Any,
 ) -> None:
     """Build a Kaggle kernel that trains and predicts with this workspace's config, and push it.
@@ -1006,40 +1038,76 @@ def kernel_push(
     The bundle in kernels/<name>/ holds kernel-metadata.json and a script that
     carries the resolved config, the folds and comp itself; it trains on
     /kaggle/input and writes checkpoints, OOF and test probabilities to
-    /kaggle/working. No credentials go into it.
+    /kaggle/working. No credentials go into it. With --tune the kernels run
+    `comp tune` from the local study tune/<study>.db (or a new one) and `comp
+    kernel pull` merges their trials into it.
 
     \b
     Examples:
         comp kernel push --name effb0 --model efficientnet_b0 --epochs 20
         comp kernel push --name effb0 --folds-per-kernel 1      # 5 kernels in parallel
         comp kernel push --name try --dry-run                   # write, don't push
+        comp kernel push --tune --trials 20 --kernels 2         # then pull, comp tune --show
     """
-    from comp.kaggle.kernels import build_bundles, record_push, slugify
+    from comp.kaggle.kernels import build_bundles, build_tune_bundles, record_push, slugify
 
+    tuning = {"--trials": trials, "--kernels": kernels, "--study": study_name}
+    tuning |= {"--storage": storage, "--trial-time-limit": trial_time_limit}
+    if tune and (fold_ids or folds_per_kernel):
+        raise click.ClickException(
+            "--tune splits trials, not folds: use --kernels (the folds tuned are tune_folds)"
+        )
+    given = [flag for flag, value in tuning.items() if value is not None]
+    if given and not tune:
+        raise click.ClickException(f"{given[0]} is for tuning kernels: add --tune")
+    if tune:
+        # As in `comp tune`: --time-limit is the study's, --trial-time-limit a trial's.
+        kwargs["tune_time_limit"] = kwargs.pop("time_limit")
+        kwargs["time_limit"] = trial_time_limit
     root, cfg = workspace_config(ctx, kwargs)
     owner, kaggle = _owner(owner, dry_run=dry_run, what="kernel")
     # Short enough for Kaggle's 50-character slugs, fold suffix included.
-    name = name or f"{slugify(cfg.model)[:24].strip('-')}-{datetime.now().strftime('%m%d-%H%M')}"
-    bundles = build_bundles(
-        root,
-        cfg,
-        name=name,
+    stamp = datetime.now().strftime("%m%d-%H%M")
+    common: dict[str, Any] = dict(
         owner=owner,
         competition=competition or cfg.competition,
         data_dataset=data_dataset,
-        folds=list(fold_ids) or None,
-        folds_per_kernel=folds_per_kernel,
         code_dataset=code_dataset,
         gpu=gpu,
         internet=internet,
         private=not public,
         accelerator=accelerator,
     )
+    if tune:
+        study_name = study_name or "comp"
+        name = name or f"tune-{slugify(study_name)[:16].strip('-')}-{stamp}"
+        bundles = build_tune_bundles(
+            root,
+            cfg,
+            name=name,
+            study=study_name,
+            trials=trials or 20,
+            kernels=kernels or 1,
+            storage=storage,
+            echo=click.echo,
+            **common,
+        )
+    else:
+        name = name or f"{slugify(cfg.model)[:24].strip('-')}-{stamp}"
+        bundles = build_bundles(
+            root,
+            cfg,
+            name=name,
+            folds=list(fold_ids) or None,
+            folds_per_kernel=folds_per_kernel,
+            **common,
+        )
     for bundle in bundles:
         click.echo(f"bundle: {bundle.relative_to(root)}")
     if dry_run:
         click.echo(
-            "dry run: nothing pushed. Try a script locally with COMP_KAGGLE_INPUT=<folder> python <script>"
+            "dry run: nothing pushed. Run a script by hand with COMP_KAGGLE_INPUT=<folder> "
+            f"COMP_KAGGLE_WORKING=<out> python <script>, then comp kernel pull {name} --from <out>"
         )
         return
     kaggle = kaggle or _kaggle()
@@ -1050,6 +1118,8 @@ def kernel_push(
             f"pushed {pushed['ref'].removeprefix('/code/')} version {pushed['version']}: {pushed['url']}"
         )
     click.echo(f"next: comp kernel status {name} --wait && comp kernel pull {name}")
+    if tune:
+        click.echo(f"then: comp tune --show --study {study_name}")
 
 
 def _wait_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -1075,6 +1145,9 @@ def kernel_status(
 ) -> None:
     """Show the status of kernel NAME (queued, running, complete, error), optionally waiting.
 
+    A tuning kernel's line adds its study's progress from its log: trials
+    finished and the best macro-F1 so far.
+
     \b
     Example:
         comp kernel status effb0 --wait --interval 60
@@ -1097,20 +1170,37 @@ def kernel_status(
 @click.argument("name")
 @_wait_options
 @click.option("--force", is_flag=True, help="Fetch outputs of failed kernels too (for their logs).")
+@click.option(
+    "--from",
+    "outputs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Read a kernel's outputs from this folder (a bundle run by hand: its "
+    "COMP_KAGGLE_WORKING) instead of Kaggle; once per kernel, in the bundles' order.",
+)
 @click.pass_context
 @friendly_errors
 def kernel_pull(
-    ctx: click.Context, name: str, wait: bool, interval: float, timeout: float, force: bool
+    ctx: click.Context,
+    name: str,
+    wait: bool,
+    interval: float,
+    timeout: float,
+    force: bool,
+    outputs: tuple[Path, ...],
 ) -> None:
     """Download the outputs of kernel NAME into runs/NAME, a run like any local one.
 
     Folds from several kernels (--folds-per-kernel) are merged into one run, and
     its OOF predictions and CV are recomputed, so `comp predict NAME` and
-    ensembles use it as they use a local run.
+    ensembles use it as they use a local run. Tuning kernels (--tune) bring their
+    trials into tune/<study>.db instead; pulling again adds none twice.
 
     \b
-    Example:
+    Examples:
         comp kernel pull effb0 --wait && comp predict effb0
+        comp kernel pull tune-comp-1201-0930 && comp tune --show
+        comp kernel pull try --from /tmp/working   # a bundle run by hand
     """
     from comp.kaggle.pull import pull
 
@@ -1118,14 +1208,18 @@ def kernel_pull(
     facts = pull(
         root,
         name,
-        kaggle=_kaggle(),
+        kaggle=None if outputs else _kaggle(),
+        outputs=list(outputs),
         wait=wait,
         interval=interval,
         timeout=timeout,
         force=force,
         echo=click.echo,
     )
-    if facts["submission"] is not None:
+    if "study" in facts:
+        storage = " --storage URL" if facts["shared"] else ""
+        click.echo(f"next: comp tune --show --study {facts['study']}{storage}")
+    elif facts["submission"] is not None:
         click.echo(f"the kernels' submission: submissions/{facts['run']}.csv")
     else:
         click.echo(f"next: comp predict {facts['run']}")

@@ -538,6 +538,23 @@ class Kaggle:
         response = self._call(f"reading the status of {ref}", self.api.kernels_status, ref)
         return response.status.name.lower(), response.failure_message or None
 
+    def kernel_log(self, ref: str) -> str | None:
+        """Kernel ``ref``'s log as Kaggle has it now (None where it has none), nothing downloaded."""
+        from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+
+        owner, _, slug = ref.partition("/")
+
+        def first_page() -> Any:
+            request = ApiListKernelSessionOutputRequest()
+            request.user_name = owner
+            request.kernel_slug = slug
+            request.page_size = 1
+            with self.api.build_kaggle_client() as client:
+                return client.kernels.kernels_api_client.list_kernel_session_output(request)
+
+        response = self._call(f"reading the log of {ref}", first_page)
+        return str(response.log) if response.log else None
+
     def kernel_output(self, ref: str, dest: Path) -> list[Path]:
         """Download every output file of kernel ``ref`` (and its log) into ``dest``.
 

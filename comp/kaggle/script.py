@@ -8,11 +8,15 @@ file, so its values travel inside it; and nothing here imports comp, which is
 what the script unpacks. comp imports this module only for Kernel and its source.
 
 Reads the payload (a base64 zip of the folds, the tables ``comp init`` made in
-the workspace and, without a code dataset, comp's source), the competition or
-dataset mounted under /kaggle/input and, with a code dataset, comp and any
-weights from it. Writes ``comp.yaml``, ``folds/``, ``runs/<run>/``,
-``submissions/`` and ``submission.csv`` to /kaggle/working. The ``COMP_KAGGLE_*``
-variables move those folders, to run a bundle's script by hand:
+the workspace, a tuning kernel's seed study and, without a code dataset, comp's
+source), the competition or dataset mounted under /kaggle/input and, with a code
+dataset, comp and any weights from it. Writes ``comp.yaml``, ``folds/``,
+``runs/<run>/``, ``submissions/`` and ``submission.csv`` to /kaggle/working; a
+tuning kernel (``comp kernel push --tune``) writes ``tune/<study>.db`` there
+instead, its study, which ``comp kernel pull`` merges into the local one. A shared
+storage's password comes from the Kaggle secret the kernel names (or, run by hand,
+the variable of that name), never from the script. The ``COMP_KAGGLE_*`` variables
+move those folders, to run a bundle's script by hand:
 ``COMP_KAGGLE_INPUT=<folder holding <slug>/> python kernels/<name>/<slug>.py``.
 """
 
@@ -28,6 +32,7 @@ import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 # Kaggle's folders; the environment overrides them to try the script elsewhere.
 INPUT = Path(os.environ.get("COMP_KAGGLE_INPUT", "/kaggle/input"))
@@ -46,6 +51,13 @@ NEEDS = {
     "tqdm": "tqdm",
     "matplotlib": "matplotlib",
 }
+# What a tuning kernel needs on top, and the drivers of a shared storage.
+NEEDS_TUNE = {"optuna": "optuna>=4.0"}
+DRIVERS = {
+    "postgresql+psycopg:": ("psycopg", "psycopg[binary]"),
+    "postgresql": ("psycopg2", "psycopg2-binary"),
+    "mysql": ("pymysql", "pymysql"),
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,9 @@ class Kernel:
     carried: str  # the payload's folder of tables from the workspace itself
     path_keys: tuple[str, ...]  # the keys of config that are data paths
     payload: tuple[str, ...]  # base64 of the payload's zip, in lines
+    # A tuning kernel: study, kernel, kernels, trials (the finished ones to reach), push,
+    # storage (a shared one, without its password) and secret (the password's name).
+    tune: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, constants: dict[str, Any]) -> "Kernel":
@@ -106,8 +121,17 @@ def install_code(payload: zipfile.ZipFile, code_dataset: str | None) -> Path:
     sys.exit(f"no comp package in {root}")
 
 
-def ensure_packages(config: dict[str, Any]) -> None:
-    missing = [pip for mod, pip in NEEDS.items() if importlib.util.find_spec(mod) is None]
+def ensure_packages(config: dict[str, Any], tune: dict[str, Any] | None = None) -> None:
+    needs = {**NEEDS, **(NEEDS_TUNE if tune else {})}
+    storage = (tune or {}).get("storage") or ""
+    for prefix, (module, pip) in DRIVERS.items():
+        if storage.startswith(prefix):
+            needs[module] = pip
+            break
+    trackers = {n.strip() for n in str(config.get("tracker") or "none").split(",")}
+    if tune and "wandb" in trackers:
+        needs["optuna_integration"] = "optuna-integration"  # W&B logs a study's trials through it
+    missing = [pip for mod, pip in needs.items() if importlib.util.find_spec(mod) is None]
     # The trackers comp.yaml names: they log among the outputs, and pull merges them.
     for name in str(config.get("tracker") or "none").split(","):
         if (
@@ -128,9 +152,60 @@ def ensure_packages(config: dict[str, Any]) -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
 
 
-def comp(*args: str, env: dict[str, str]) -> None:
-    print("$ comp", *args, flush=True)
-    subprocess.run([sys.executable, "-m", "comp", "-w", str(WORKING), *args], check=True, env=env)
+def comp(*args: str, env: dict[str, str], shown: tuple[str, ...] | None = None) -> None:
+    """Run comp; ``shown``: the arguments as the log may show them (no password)."""
+    print("$ comp", *(shown or args), flush=True)
+    done = subprocess.run([sys.executable, "-m", "comp", "-w", str(WORKING), *args], env=env)
+    if done.returncode:
+        # Not CalledProcessError: its message would print every argument.
+        sys.exit(f"comp {args[0]} failed (exit {done.returncode})")
+
+
+def kaggle_secret(name: str) -> str | None:
+    """A secret attached to this kernel (Add-ons > Secrets on Kaggle), or None."""
+    try:
+        from kaggle_secrets import UserSecretsClient  # only on Kaggle's images
+    except ImportError:
+        return None
+    try:
+        return str(UserSecretsClient().get_secret(name)) or None
+    except Exception:
+        return None
+
+
+def storage_with_password(url: str, secret: str | None) -> str:
+    """A shared storage's URL with its password, from the environment or a Kaggle secret."""
+    if not secret:
+        return url
+    password = os.environ.get(secret) or kaggle_secret(secret)
+    if not password:
+        sys.exit(
+            f"the study's storage {url.split('@')[-1]} needs its password: add a Kaggle secret "
+            f"named {secret} to this kernel (Add-ons > Secrets), or set {secret} to run it by hand"
+        )
+    scheme, _, rest = url.partition("://")
+    user, _, host = rest.rpartition("@")
+    return f"{scheme}://{user}:{quote(password, safe='')}@{host}"
+
+
+def tune(kernel: Kernel, payload: zipfile.ZipFile, env: dict[str, str]) -> None:
+    """Run this kernel's share of the study: into the seed study it carries, as
+    ``tune/<study>.db`` among the outputs, or into the shared storage."""
+    assert kernel.tune is not None
+    spec = kernel.tune
+    payload.extractall(WORKING, [n for n in payload.namelist() if n.startswith("tune/")])
+    # Kernel k draws from seed stream k + 1, as `comp tune --n-workers` workers do.
+    args: tuple[str, ...] = ("tune", "--study", spec["study"], "--trials", str(spec["trials"]))
+    args += ("--worker", str(spec["kernel"] + 1))
+    shown = args
+    if spec.get("storage"):
+        url = storage_with_password(spec["storage"], spec.get("secret"))
+        args, shown = (*args, "--storage", url), (*shown, "--storage", spec["storage"])
+    comp(*args, env=env, shown=shown)
+    print(
+        "comp kernel done:",
+        sorted(str(p.relative_to(WORKING)) for p in (WORKING / "tune").rglob("*") if p.is_file()),
+    )
 
 
 def local_config(kernel: Kernel, data: Path) -> dict[str, Any]:
@@ -154,7 +229,7 @@ def local_config(kernel: Kernel, data: Path) -> dict[str, Any]:
 def main(kernel: Kernel) -> None:
     payload = zipfile.ZipFile(io.BytesIO(base64.b64decode("".join(kernel.payload))))
     code = install_code(payload, kernel.code_dataset)
-    ensure_packages(kernel.config)
+    ensure_packages(kernel.config, kernel.tune)
     WORKING.mkdir(parents=True, exist_ok=True)
     payload.extractall(WORKING, [n for n in payload.namelist() if n.startswith("folds/")])
     carried = [n for n in payload.namelist() if n.startswith(f"{kernel.carried}/")]
@@ -169,9 +244,14 @@ def main(kernel: Kernel) -> None:
         # The decoded-image cache on scratch space, never among the kernel's outputs.
         COMP_CACHE=str(TEMP / "comp-cache"),
         # Trackers write among the run's outputs; `comp kernel pull` merges them locally.
-        COMP_TRACKER_DIR=str(WORKING / "runs" / name / "tracker"),
+        COMP_TRACKER_DIR=str(
+            WORKING / "tune" / "tracker" if kernel.tune else WORKING / "runs" / name / "tracker"
+        ),
         WANDB_MODE=os.environ.get("WANDB_MODE", "offline"),
     )
+    if kernel.tune:
+        tune(kernel, payload, env)
+        return
     folds = [a for k in kernel.folds or [] for a in ("--fold", str(k))]
     comp("train", "--name", name, *folds, env=env)
     comp("predict", name, env=env)

@@ -16,7 +16,8 @@ same one. A study's ``tune_time_limit`` starts no trial that its measured length
 would carry past the limit.
 
 Every epoch reports validation macro-F1 to the trial, so the pruner stops weak
-trials early. A heartbeat marks trials whose process died (a kill, a crash) as
+trials early; without a progress bar, each trial ends with a ``progress:`` line
+(which ``comp kernel status`` reads from a tuning kernel's log). A heartbeat marks trials whose process died (a kill, a crash) as
 failed, and they are tried again, so a study run again after Ctrl-C or SIGKILL
 picks up where it stopped without losing a finished trial.
 """
@@ -330,22 +331,39 @@ def recipe_space(
     )
 
 
-def resolve_space(root: Path, cfg: Config, *, echo: Echo) -> Space:
-    """Resolve the recipe once, as ``comp train`` does, and choose the space from it."""
+def resolve_space(root: Path, cfg: Config, *, echo: Echo, device: str | None = None) -> Space:
+    """Resolve the recipe once, as ``comp train`` does, and choose the space from it;
+    ``device`` (a device type such as ``cuda``): resolve it for that device rather than
+    this machine's, as for a Kaggle kernel's GPU."""
+    import torch
+
     from comp.data.competition import load_competition
     from comp.hardware.distributed import pick_device
     from comp.train.run import resolve_run_config
 
     resolved, recipe = resolve_run_config(
-        root, cfg, comp=load_competition(root, cfg), device=pick_device(cfg.device), echo=echo
+        root,
+        cfg,
+        comp=load_competition(root, cfg),
+        device=torch.device(device) if device else pick_device(cfg.device),
+        echo=echo,
     )
     return recipe_space(cfg, resolved, recipe)
 
 
-def prepare(study: optuna.Study, root: Path, cfg: Config, *, echo: Echo) -> Space:
-    """The study's space: the one it recorded, or one chosen now, recorded with trial 0
-    (the recipe's values) enqueued, so the study starts from the default and never ends
-    below it."""
+def prepare(
+    study: optuna.Study,
+    root: Path,
+    cfg: Config,
+    *,
+    echo: Echo,
+    device: str | None = None,
+    baseline: bool = True,
+) -> Space:
+    """The study's space: the one it recorded, or one chosen now (for ``device``, see
+    ``resolve_space``), recorded with trial 0 (the recipe's values) enqueued, so the study
+    starts from the default and never ends below it; ``baseline=False`` leaves trial 0 to
+    the caller (a tuning kernel's seed enqueues it in one kernel only)."""
     stored = Space.from_attrs(study.user_attrs)
     if stored is not None:
         changed = [d.key for d in search_space(cfg) if d not in stored.dimensions]
@@ -356,10 +374,10 @@ def prepare(study: optuna.Study, root: Path, cfg: Config, *, echo: Echo) -> Spac
             )
         return stored
     # Only the space is printed (by the caller), from the recipe line it records.
-    space = resolve_space(root, cfg, echo=lambda _: None)
+    space = resolve_space(root, cfg, echo=lambda _: None, device=device)
     for key, value in space.to_attrs().items():
         study.set_user_attr(key, value)
-    if not study.get_trials(deepcopy=False):
+    if baseline and not study.get_trials(deepcopy=False):
         study.enqueue_trial(space.baseline, user_attrs={"baseline": True}, skip_if_exists=True)
     return space
 
@@ -601,6 +619,19 @@ def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def progress_line(study: optuna.Study, *, trials: int) -> str:
+    """One line on where the study stands: ``comp kernel status`` reads it from a tuning
+    kernel's log (comp.kaggle.pull.PROGRESS), so keep the two in step."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    best = max(done, key=lambda t: t.value or 0.0, default=None)
+    tail = (
+        f", best macro-F1 {best.value:.4f} (trial {best.number})"
+        if best is not None and best.value is not None
+        else ", none complete yet"
+    )
+    return f"progress: {finished(study)}/{trials} trials finished{tail}"
+
+
 def optimize(
     root: Path,
     cfg: Config,
@@ -640,6 +671,11 @@ def optimize(
     tracking = TuneTracking(
         root, cfg.tracker, study=study_name, experiment=experiment_name(root, cfg.competition)
     )
+    bar = progress and not files.QUIET and sys.stderr.isatty()
+    # Without a bar (a log file, a Kaggle kernel), a line per trial tells how far it got.
+    lines: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (
+        [] if bar else [lambda s, _: echo(progress_line(s, trials=trials))]
+    )
     try:
         study.optimize(
             make_objective(root, cfg, study=study_name, space=space, echo=echo),
@@ -649,9 +685,10 @@ def optimize(
                 optuna.study.MaxTrialsCallback(trials, states=FINISHED),
                 *([deadline] if deadline is not None else []),
                 *tracking.callbacks,
+                *lines,
             ],
             catch=(),
-            show_progress_bar=progress and not files.QUIET and sys.stderr.isatty(),
+            show_progress_bar=bar,
             gc_after_trial=True,
         )
     finally:

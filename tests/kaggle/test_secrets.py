@@ -3,7 +3,7 @@
 The whole loop runs against the Kaggle stand-in with recognisable credentials in
 the environment (KAGGLE_API_TOKEN) and in ~/.kaggle/kaggle.json: folds, a
 one-epoch training run, predict, a Kaggle and a local submission, refreshes,
-kernel pushes (a dry run and a real one), a code dataset, and failing calls
+kernel pushes (dry runs, a tuning one too, and a real one), a code dataset, and failing calls
 whose error messages mention the credentials' source. Then every byte the
 commands printed, every file under the workspace and the competition folder
 (runs, submissions, the ledger, kernel bundles, caches) and everything the
@@ -88,6 +88,7 @@ def test_no_secret_in_any_output_or_file_of_a_full_run(
     comp("submissions", "--refresh")
     comp("submissions", "--refresh", "--plot")
     comp("kernel", "push", "--name", "dry", "--dry-run", "--epochs", "1")
+    comp("kernel", "push", "--name", "tuned", "--tune", "--trials", "2", "--dry-run")
     comp("kernel", "push", "--name", "pushed", "--epochs", "1")
     comp("kernel", "status", "pushed")
     comp("kernel", "dataset", "--slug", "comp-code", "--dry-run")
@@ -123,6 +124,7 @@ def test_no_secret_in_any_output_or_file_of_a_full_run(
     assert (ws / "mlflow.db").is_file() and any((ws / "tensorboard" / "r").iterdir())
     assert any((ws / "wandb").glob("offline-run-*/run-*.wandb"))
     assert (ws / "kernels" / "dry").is_dir() and (ws / "kernels" / "pushed").is_dir()
+    assert (ws / "kernels" / "tuned" / "comp-tuned.py").is_file()
     assert any((ws / "runs" / "r").rglob("best.pt"))
     assert scanned > 30
     # The home folder holds them only where the user put them.
