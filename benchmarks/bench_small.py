@@ -36,7 +36,7 @@ from PIL import Image
 from sklearn.ensemble import ExtraTreesClassifier
 from sklearn.metrics import f1_score
 
-from tests.sprites import write_sprites
+from tests.sprites import write_species, write_sprites
 
 VARIANTS: dict[str, list[str]] = {
     "new": [],
@@ -89,19 +89,24 @@ def main() -> None:
     p.add_argument("--test-subjects", type=int, default=244)  # 1,464 images
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--variants", default="new,old,net,pipeline,tta")
+    p.add_argument("--kind", choices=["creatures", "species"], default="creatures")
+    p.add_argument("--species", type=int, default=150)  # x 24 images: 3,600 train
     p.add_argument("--label", default="cpu-2core")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_sprites(
-            Path(tmp) / "data",
-            train_subjects=a.train_subjects,
-            test_subjects=a.test_subjects,
-            n_labels=9,
-            size=a.size,
-            seed=7,
-        )
+        if a.kind == "species":
+            data = write_species(Path(tmp) / "data", species=a.species, size=a.size, seed=7)
+        else:
+            data = write_sprites(
+                Path(tmp) / "data",
+                train_subjects=a.train_subjects,
+                test_subjects=a.test_subjects,
+                n_labels=9,
+                size=a.size,
+                seed=7,
+            )
         f1, private, seconds = histogram_baseline(data)
         rows.append(
             {

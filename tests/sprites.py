@@ -9,6 +9,14 @@ that has not seen the subject scores far below one that memorised it.
 ``split="subject"``: the test set holds subjects never seen in train (the hard
 case). ``split="random"``: train and test images are drawn at random from one
 pool, so most test images have a sibling frame in train (the easy case).
+
+``write_species``: the class *is* the subject (a species, a person, a landmark).
+Every species is drawn in several views (front, back, shiny, shiny back), several
+frames each; train holds all but one of its views, and the test set holds the view
+train never has (a back or a colour variant).
+
+Both write a Kaggle-layout competition under ``root``: train/ and test/ (PNG),
+train_labels.csv, sample_submission.csv and solution.csv (Id,label,Usage).
 """
 
 from __future__ import annotations
@@ -80,6 +88,7 @@ def _draw(
     back: bool = False,
     shiny: bool = False,
     jitter: float = 0.02,
+    back_shade: float = 0.7,
 ) -> Image.Image:
     home = rng.random() < 0.7
     bg = BACKGROUNDS[s["home"] if home else int(rng.integers(len(BACKGROUNDS)))]
@@ -94,7 +103,7 @@ def _draw(
         if back:
             cx = 1 - cx
         box = [(cx - rx) * size, (cy - ry) * size, (cx + rx) * size, (cy + ry) * size]
-        d.ellipse(box, fill=_rgb(palette[c], 0.7 if back else 1.0))
+        d.ellipse(box, fill=_rgb(palette[c], back_shade if back else 1.0))
     if not back:
         hx, hy, _, _ = s["parts"][1]
         e = max(1.0, size / 24)
@@ -116,6 +125,36 @@ def views(
     return out
 
 
+def _write(
+    root: Path,
+    images: list[tuple[Image.Image, str, int, str]],
+    is_test: list[bool],
+    *,
+    rng: np.random.Generator,
+) -> Path:
+    """Save ``images`` (image, label, subject, view) as a competition: the flagged ones as the
+    test set, answered in solution.csv (a third public, the rest private)."""
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    rows, test_rows = [], []
+    for (img, label, k, view), test in zip(images, is_test, strict=True):
+        ident = str(uuid.UUID(bytes=rng.bytes(16), version=4))
+        img.save(root / ("test" if test else "train") / f"{ident}.png")
+        (test_rows if test else rows).append((ident, label, k, view))
+    order = rng.permutation(len(rows))
+    pd.DataFrame([rows[i] for i in order], columns=["Id", "label", "subject", "view"]).to_csv(
+        root / "train_labels.csv", index=False
+    )
+    pd.DataFrame({"Id": [r[0] for r in test_rows], "label": min(r[1] for r in rows)}).to_csv(
+        root / "sample_submission.csv", index=False
+    )
+    usage = ["Public" if i % 3 == 0 else "Private" for i in range(len(test_rows))]
+    pd.DataFrame(
+        {"Id": [r[0] for r in test_rows], "label": [r[1] for r in test_rows], "Usage": usage}
+    ).to_csv(root / "solution.csv", index=False)
+    return root
+
+
 def write_sprites(
     root: Path,
     *,
@@ -130,8 +169,6 @@ def write_sprites(
     """A Kaggle-layout competition: train_labels.csv (Id,label,subject,view), train/, test/,
     sample_submission.csv and solution.csv (Id,label,Usage)."""
     rng = np.random.default_rng(seed)
-    (root / "train").mkdir(parents=True)
-    (root / "test").mkdir()
     images: list[tuple[Image.Image, str, int, str]] = []
     subjects = train_subjects + test_subjects
     for k in range(subjects):
@@ -144,23 +181,51 @@ def write_sprites(
     else:
         share = test_subjects / subjects
         is_test = list(rng.random(len(images)) < share)
-    rows, test_rows = [], []
-    for (img, label, k, view), test in zip(images, is_test, strict=True):
-        ident = str(uuid.UUID(bytes=rng.bytes(16), version=4))
-        img.save(root / ("test" if test else "train") / f"{ident}.png")
-        (test_rows if test else rows).append((ident, label, k, view))
-    order = rng.permutation(len(rows))
-    pd.DataFrame([rows[i] for i in order], columns=["Id", "label", "subject", "view"]).to_csv(
-        root / "train_labels.csv", index=False
-    )
-    pd.DataFrame({"Id": [r[0] for r in test_rows], "label": "type0"}).to_csv(
-        root / "sample_submission.csv", index=False
-    )
-    usage = ["Public" if i % 3 == 0 else "Private" for i in range(len(test_rows))]
-    pd.DataFrame(
-        {"Id": [r[0] for r in test_rows], "label": [r[1] for r in test_rows], "Usage": usage}
-    ).to_csv(root / "solution.csv", index=False)
-    return root
+    return _write(root, images, is_test, rng=rng)
+
+
+# A species' views: train always has its front; one of the others is the test set's.
+SPECIES_VIEWS = ("front", "back", "shiny", "shiny back")
+
+
+def _shiny_species(s: dict) -> dict:
+    # A species' colour variant recolours one of its three colours, as most shinies do.
+    palette = list(s["palette"])
+    h, sat, v = palette[0]
+    palette[0] = ((h + s["shiny"]) % 1, sat, v)
+    return {**s, "palette": palette}
+
+
+def write_species(
+    root: Path,
+    *,
+    species: int = 40,
+    frames: int = 8,
+    test_frames: int | None = None,
+    size: int = 32,
+    jitter: float = 0.03,
+    seed: int = 0,
+) -> Path:
+    """A competition whose classes are subjects: each species (label ``s000``..) drawn in
+    every view of SPECIES_VIEWS, ``frames`` frames each. Train holds the front and two
+    other views; the test set holds ``test_frames`` (default all) frames of the view
+    train never has, the held-out view chosen at random per species."""
+    rng = np.random.default_rng(seed)
+    images: list[tuple[Image.Image, str, int, str]] = []
+    is_test: list[bool] = []
+    for k in range(species):
+        s, label = _subject(k, species, rng), f"s{k:03d}"
+        unseen = SPECIES_VIEWS[1 + int(rng.integers(len(SPECIES_VIEWS) - 1))]
+        for view in SPECIES_VIEWS:
+            test = view == unseen
+            drawn = _shiny_species(s) if "shiny" in view else s
+            for _ in range(frames if not test or test_frames is None else test_frames):
+                img = _draw(
+                    drawn, size=size, rng=rng, back="back" in view, jitter=jitter, back_shade=0.85
+                )
+                images.append((img, label, k, view))
+                is_test.append(test)
+    return _write(root, images, is_test, rng=rng)
 
 
 if __name__ == "__main__":
@@ -172,10 +237,26 @@ if __name__ == "__main__":
     p.add_argument("--test-subjects", type=int, default=60)
     p.add_argument("--labels", type=int, default=4)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--split", choices=["subject", "random"], default="subject")
+    p.add_argument(
+        "--split",
+        choices=["subject", "random", "view"],
+        default="subject",
+        help="view: write_species, one class per subject (--train-subjects species)",
+    )
+    p.add_argument("--frames", type=int, default=8, help="frames per view (--split view)")
     p.add_argument("--jitter", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    if a.split == "view":
+        write_species(
+            a.root,
+            species=a.train_subjects,
+            frames=a.frames,
+            size=a.size,
+            jitter=a.jitter,
+            seed=a.seed,
+        )
+        raise SystemExit
     write_sprites(
         a.root,
         train_subjects=a.train_subjects,

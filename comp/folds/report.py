@@ -197,5 +197,9 @@ def fold_report_text(report: dict[str, Any], distances: dict[str, Any], path: Pa
         lines.append(
             f"\nadversarial validation AUC {report['adversarial_auc']:.2f}: {report['adversarial_meaning']}"
         )
+    if report.get("classes"):
+        lines.append(f"classes: {report['classes']}")
+    if report.get("kind"):
+        lines.append(f"this looks like {report['kind']}: {report['kind_why']}")
     lines.append(f"report: {path.with_suffix('.json').name}, {path.with_suffix('.png').name}\n")
     return "\n".join(lines)

@@ -171,6 +171,25 @@ MISMATCH = 0.5
 
 
 @dataclass
+class ClassSplit:
+    """Classes left in fewer groups than folds by a grouping, and so cut into pieces."""
+
+    classes: int  # how many classes
+    fewest: int  # the fewest groups one of them had
+    n_splits: int
+
+    def summary(self) -> dict[str, int]:
+        return {"classes": self.classes, "fewest_groups": self.fewest}
+
+    def line(self) -> str:
+        return (
+            f"{self.classes} class(es) formed fewer groups than the {self.n_splits} folds "
+            f"(as few as {self.fewest}): each was cut into {self.n_splits} pieces at its "
+            "loosest links (views apart first, nearest images last), so it reaches every fold"
+        )
+
+
+@dataclass
 class Candidate:
     name: str
     threshold: float | None  # None: plain stratified folds
@@ -180,12 +199,15 @@ class Candidate:
     match: float = float("nan")
     shift: float = float("nan")
     problem: str | None = None  # why it cannot be used
+    # Classes in fewer groups than folds, cut into pieces so that each reaches every fold.
+    split: ClassSplit | None = None
 
     def summary(self) -> dict[str, Any]:
         sizes = np.bincount(self.groups) if self.groups is not None else np.ones(1, dtype=int)
         return {
             "name": self.name,
             "threshold": self.threshold,
+            "split_classes": None if self.split is None else self.split.summary(),
             "groups": len(sizes) if self.groups is not None else None,
             "largest_group": int(sizes.max()),
             "match": None if np.isnan(self.match) else round(float(self.match), 4),
@@ -304,7 +326,9 @@ def choose_folds(
         ladder = [TWIN_DISTANCE]
     else:
         ladder = candidate_thresholds(d_test)
-    candidates = fold_candidates(graph, ladder, n=n, n_splits=n_splits)
+    candidates = fold_candidates(
+        graph, ladder, n=n, n_splits=n_splits, y=labels["label"].to_numpy()
+    )
     for c in tqdm(candidates, desc="candidate folds", leave=False, disable=files.no_bar(progress)):
         _measure(c, labels, x_train, queries, d_tests, n_splits=n_splits, seed=seed)
     # Nothing to match with a threshold given or no test set: take the grouping asked for.
@@ -343,18 +367,113 @@ def _test_distances(
     return x_train.scaled(scales), x_test.scaled(scales), d_tests
 
 
-def fold_candidates(graph: Graph, ladder: list[float], *, n: int, n_splits: int) -> list[Candidate]:
-    """Plain folds first, then one candidate per rung of ``ladder`` that groups differently."""
+def fold_candidates(
+    graph: Graph,
+    ladder: list[float],
+    *,
+    n: int,
+    n_splits: int,
+    y: np.ndarray | None = None,
+) -> list[Candidate]:
+    """Plain folds first, then one candidate per rung of ``ladder`` that groups differently.
+
+    With the labels ``y``, a rung that leaves some class in fewer groups than folds (the
+    class is the subject: all its images are near each other) also gives a candidate
+    whose groups of those classes are split until each class can reach every fold
+    (split_within_classes), listed before the rung itself as it groups less."""
     cap = max(2, n // (2 * n_splits))
     candidates = [Candidate("plain stratified folds", None, None)]
     seen: set[int] = set()
     for t, groups in zip(ladder, graph.groups(ladder, cap=cap), strict=True):
+        if y is not None:
+            split = split_within_classes(graph, groups, y=y, n_splits=n_splits)
+            if split is not None and int(split[0].max()) + 1 not in seen:
+                seen.add(int(split[0].max()) + 1)
+                name = f"within {t:g}, split to {n_splits} a class"
+                candidates.append(Candidate(name, t, split[0], split=split[1]))
         count = int(groups.max()) + 1
         if count in seen or count == n:
             continue  # no grouping, or the same as a lower rung
         seen.add(count)
         candidates.append(Candidate(f"groups within distance {t:g}", t, groups))
     return candidates
+
+
+def split_within_classes(
+    graph: Graph, groups: np.ndarray, *, y: np.ndarray, n_splits: int
+) -> tuple[np.ndarray, ClassSplit] | None:
+    """``groups`` with every class that has fewer than ``n_splits`` groups of several images
+    cut afresh into ``n_splits`` pieces, so that it can reach every fold: its largest piece
+    at a time is cut at its loosest link (loosest_cut), so views of a subject part first
+    and near-duplicates last. None when every class has enough groups."""
+    table = pd.DataFrame({"y": y, "g": groups})
+    size = table.groupby(["y", "g"])["g"].transform("size").to_numpy()
+    several = table[size > 1].drop_duplicates().groupby("y")["g"].size()
+    per_class = several.reindex(pd.unique(y), fill_value=0)
+    images = table["y"].value_counts().reindex(per_class.index)
+    short = per_class[(per_class < n_splits) & (images >= n_splits)]
+    if not len(short):
+        return None
+    out = groups.copy()
+    next_id = int(groups.max()) + 1
+    # The graph's edges between two images of one class.
+    same = y[graph.a] == y[graph.b]
+    a, b, d = graph.a[same], graph.b[same], graph.distance[same]
+    edges_of = pd.Series(np.arange(len(a))).groupby(y[a]).indices
+    members_of = pd.Series(np.arange(len(y))).groupby(y).indices
+    for c in short.index:
+        edges = edges_of.get(c, np.zeros(0, dtype=np.int64))
+        pieces: list[np.ndarray] = [np.asarray(members_of[c])]  # sorted; cuts keep them so
+        while len(pieces) < n_splits:
+            rows = pieces.pop(int(np.argmax([len(p) for p in pieces])))
+            ea, eb = (np.searchsorted(rows, end[edges]).clip(max=len(rows) - 1) for end in (a, b))
+            keep = (rows[ea] == a[edges]) & (rows[eb] == b[edges])
+            side = loosest_cut(len(rows), ea[keep], eb[keep], d[edges][keep])
+            pieces += [rows[side], rows[~side]]
+        for piece in pieces:
+            out[piece] = next_id
+            next_id += 1
+    return pd.factorize(out)[0].astype(np.int64), ClassSplit(
+        classes=len(short), fewest=int(short.min()), n_splits=n_splits
+    )
+
+
+def loosest_cut(n: int, a: np.ndarray, b: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """One side of the cut of ``n`` nodes (edges ``a``-``b`` at ``distance``) at the longest
+    link of their minimum spanning tree that leaves at least a third of them on each side
+    (the most even cut where none does): single linkage's top split, kept from chipping
+    off one odd image."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components, depth_first_order, minimum_spanning_tree
+
+    # Parts the edges leave apart are chained by links longer than any edge; twins at
+    # distance 0 would be no edge at all in a sparse matrix.
+    links = coo_matrix((distance + 1e-9, (a, b)), shape=(n, n))
+    count, component = connected_components(links, directed=False)
+    if count > 1:
+        roots = np.unique(component, return_index=True)[1]
+        far = np.full(count - 1, 2.0 + float(distance.max(initial=0)))
+        links = coo_matrix(
+            (np.r_[links.data, far], (np.r_[links.row, roots[:-1]], np.r_[links.col, roots[1:]])),
+            shape=(n, n),
+        )
+    tree = minimum_spanning_tree(links.tocsr())
+    tree = tree.maximum(tree.T).tocsr()
+    order, parent = depth_first_order(tree, 0, directed=False, return_predecessors=True)
+    below = np.ones(n, dtype=np.int64)  # each node's subtree, itself included
+    for v in order[:0:-1]:
+        below[parent[v]] += below[v]
+    child = order[1:]
+    length = np.asarray(tree[child, parent[child]]).ravel()
+    smaller = np.minimum(below[child], n - below[child])
+    pick = np.where(smaller >= n / 3, length, -np.inf).argmax()
+    if smaller[pick] < n / 3:
+        pick = smaller.argmax()
+    # A preorder walk lists a subtree as one run from its root.
+    start = int(np.flatnonzero(order == child[pick])[0])
+    side = np.zeros(n, dtype=bool)
+    side[order[start : start + below[child[pick]]]] = True
+    return side
 
 
 def _measure(
@@ -483,7 +602,13 @@ def fold_report(
         report["adversarial_meaning"] = auc_meaning(auc)
         if auc >= 0.75:
             report["warnings"].append(f"adversarial validation AUC {auc:.2f}: {auc_meaning(auc)}")
-        if choice.chosen.shift > MISMATCH and choice.chosen.d_val is not None:
+        if choice.chosen.shift > MISMATCH and choice.chosen.split is not None:
+            report["warnings"].append(
+                f"no split imitates the test set closely (shift {choice.chosen.shift:.2f}): "
+                "to keep every class in every fold, some near-duplicates of validation images "
+                "stay in training; CV may run somewhat above the leaderboard"
+            )
+        elif choice.chosen.shift > MISMATCH and choice.chosen.d_val is not None:
             val, test = float(np.median(choice.chosen.d_val)), float(np.median(d_full))
             report["warnings"].append(
                 "no split imitates the test set: validation images sit "
@@ -497,4 +622,54 @@ def fold_report(
             "no test images to match: only twins are kept together, so CV can only be as "
             "honest as the test set is like train"
         )
+    report["classes"] = class_line(choice, n_splits=n_splits)
+    report["kind"], report["kind_why"] = competition_kind(
+        choice, auc=report.get("adversarial_auc"), test_twins=report.get("test_with_twin", 0)
+    )
     return report
+
+
+def class_line(choice: FoldChoice, *, n_splits: int) -> str | None:
+    """What comp did about classes left in fewer groups than folds, if any were."""
+    if choice.chosen.split is not None:
+        return choice.chosen.split.line()
+    short = [c for c in choice.candidates if c.split is not None]
+    if not short:
+        return None
+    return (
+        f"{max(c.split.classes for c in short if c.split)} class(es) formed fewer groups than "
+        f"the {n_splits} folds at some distances; {choice.chosen.name} matched the test set "
+        "better than splitting them"
+    )
+
+
+def competition_kind(choice: FoldChoice, *, auc: float | None, test_twins: int) -> tuple[str, str]:
+    """Which kind of competition the distances say this is, and why, in a sentence."""
+    chosen, d_test = choice.chosen, choice.d_test
+    if d_test is None:
+        return "no test set", "there is no test set to compare with: a hold-out cut from train"
+    med_test = float(np.median(d_test))
+    med_plain = float(np.median(choice.plain.d_val)) if choice.plain.d_val is not None else 0.0
+    if (auc is not None and auc >= 0.75) or (chosen.shift > MISMATCH and chosen.split is None):
+        return "a domain shift", (
+            f"no split copies the test distances (best shift {chosen.shift:.2f})"
+            + (f" and a classifier tells test from train (AUC {auc:.2f})" if auc else "")
+        )
+    if chosen.groups is None:
+        return "a random split", (
+            f"test images sit as near to train as validation images of plain folds do "
+            f"(median distance {med_test:.3g} against {med_plain:.3g}); {test_twins} test "
+            "images have a twin in train"
+        )
+    if chosen.split is not None:
+        return "unseen views of known subjects (the class is the subject)", (
+            f"a class's images all lie near each other ({chosen.split.classes} classes in fewer "
+            f"groups than folds at distance {chosen.threshold:g}), and test images sit further "
+            f"from train (median {med_test:.3g}) than a frame from its sibling ({med_plain:.3g}): "
+            "views of a subject train knows, that train never shows"
+        )
+    return "unseen subjects", (
+        f"test images sit as far from train (median {med_test:.3g}) as validation images do when "
+        f"groups within {chosen.threshold:g} are kept together, not as near as in plain folds "
+        f"({med_plain:.3g}): subjects train never sees"
+    )

@@ -124,6 +124,7 @@ def test_default_folds_predict_the_held_out_score_on_unseen_subjects(
     assert plain["name"] == "plain stratified folds"
     assert report["chosen"]["shift"] < plain["shift"] / 3
     assert plain["d_val"]["50%"] < report["d_test"]["50%"] / 2 < report["chosen"]["d_val"]["50%"]
+    assert report["kind"] == "unseen subjects", report["kind_why"]
 
 
 def test_a_random_split_keeps_plain_folds(tmp_path: Path) -> None:
@@ -136,6 +137,7 @@ def test_a_random_split_keeps_plain_folds(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "ws" / "folds" / "folds_k5_seed42.json").read_text())
     assert report["test_with_twin"] > 0
     assert report["adversarial_auc"] < 0.65
+    assert report["kind"] == "a random split", report["kind_why"]
 
 
 def test_matching_prefers_the_candidate_whose_distances_look_like_the_test_set() -> None:
