@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -135,7 +136,7 @@ def main() -> None:
                 {
                     "variant": name,
                     "overrides": " ".join(overrides + tta),
-                    "cv": float(cv.split("CV macro-F1 ")[1].split(",")[0]) if cv else None,
+                    "cv": float(re.findall(r"CV macro-F1 ([0-9.]+)", cv)[0]) if cv else None,
                     "held_out": held_out(ws / "submissions" / f"{name}.csv", data / "solution.csv"),
                     "private": held_out(
                         ws / "submissions" / f"{name}.csv", data / "solution.csv", "Private"
