@@ -164,16 +164,14 @@ def build_bundles(
     The data come from the competition, or from ``data_dataset`` (a Kaggle
     dataset such as Animals-10) when there is no competition.
     """
-    data_ref = _data_ref(
+    data_ref, fold_file = _sources(
+        root,
         cfg,
         name=name,
         competition=competition,
         data_dataset=data_dataset,
         code_dataset=code_dataset,
     )
-    fold_file = folds_path(root, cfg)
-    if not fold_file.exists():
-        raise DataError(f"{fold_file}: no folds yet; run `comp folds` first")
     layout, carried = data_layout(root, cfg)
     # The same for every kernel of the group but their folds.
     values = Kernel(
@@ -208,6 +206,29 @@ def build_bundles(
             )
             _write_bundle(building / plan.where, plan.slug, render_script(kernel), metadata, info)
     return [group_dir / plan.where for plan in plans]
+
+
+def _sources(
+    root: Path,
+    cfg: Config,
+    *,
+    name: str,
+    competition: str | None,
+    data_dataset: str | None,
+    code_dataset: str | None,
+) -> tuple[str, Path]:
+    """What every kernel of a group reads: its data reference and the workspace's folds."""
+    data_ref = _data_ref(
+        cfg,
+        name=name,
+        competition=competition,
+        data_dataset=data_dataset,
+        code_dataset=code_dataset,
+    )
+    fold_file = folds_path(root, cfg)
+    if not fold_file.exists():
+        raise DataError(f"{fold_file}: no folds yet; run `comp folds` first")
+    return data_ref, fold_file
 
 
 def shared_storage(url: str | None) -> tuple[str | None, bool]:
@@ -262,16 +283,14 @@ def build_tune_bundles(
         raise ConfigError("--kernels must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):
         raise ConfigError(f"study name '{study}': use letters, digits, '-', '_' and '.'")
-    data_ref = _data_ref(
+    data_ref, fold_file = _sources(
+        root,
         cfg,
         name=name,
         competition=competition,
         data_dataset=data_dataset,
         code_dataset=code_dataset,
     )
-    fold_file = folds_path(root, cfg)
-    if not fold_file.exists():
-        raise DataError(f"{fold_file}: no folds yet; run `comp folds` first")
     url, secret = shared_storage(storage)
     # Checked here, before any trial runs on Kaggle: the kernel would only stop on them.
     from comp.tune import study as tuning

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -20,9 +19,8 @@ from comp.data.workspace import init_workspace
 from comp.errors import ConfigError
 from comp.kaggle.kernels import build_bundles, data_layout, kernel_groups, slugify
 from tests.conftest import TINY, make_kaggle
-from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn, script_runner
-
-SLUG = "shapes"
+from tests.kaggle.conftest import SLUG
+from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn
 
 
 @pytest.fixture
@@ -33,34 +31,6 @@ def ws(tmp_path: Path) -> Path:
     )
     assert CliRunner().invoke(cli, ["-w", str(root), "folds"]).exit_code == 0
     return root
-
-
-def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, run: bool) -> KaggleStandIn:
-    server = KaggleStandIn()
-    if run:
-        server.runner = script_runner(server, tmp_path / "kaggle-machines")
-    for k, v in server.env().items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("KAGGLE_API_TOKEN", GOOD_TOKEN)
-    assert (tmp_path / "kaggle-side" / "train").is_dir()
-    server.add_competition(SLUG, tmp_path / "kaggle-side")
-    return server
-
-
-@pytest.fixture
-def standin(
-    isolated: Path, ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[KaggleStandIn]:
-    with serve(tmp_path, monkeypatch, run=False) as server:
-        yield server
-
-
-@pytest.fixture
-def kaggle_machines(
-    isolated: Path, ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[KaggleStandIn]:
-    with serve(tmp_path, monkeypatch, run=True) as server:
-        yield server
 
 
 def comp(ws: Path, *args: str) -> tuple[int, str]:

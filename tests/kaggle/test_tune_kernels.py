@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -20,7 +19,7 @@ from click.testing import CliRunner
 from comp.cli import cli
 from comp.data.workspace import init_workspace
 from tests.conftest import TINY, make_kaggle
-from tests.kaggle.test_kernels import SLUG, serve
+from tests.kaggle.conftest import SLUG
 from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn
 
 # One objective fold of two, one epoch: a trial trains in seconds.
@@ -33,14 +32,6 @@ def ws(tmp_path: Path) -> Path:
     init_workspace(root, make_kaggle(tmp_path / "kaggle-side", n_per_class=6), overrides=TUNED)
     assert CliRunner().invoke(cli, ["-w", str(root), "folds"]).exit_code == 0
     return root
-
-
-@pytest.fixture
-def kaggle_machines(
-    isolated: Path, ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[KaggleStandIn]:
-    with serve(tmp_path, monkeypatch, run=True) as server:
-        yield server
 
 
 def comp(ws: Path, *args: str) -> tuple[int, str]:
