@@ -41,6 +41,8 @@ AUTO_KEYS = (
     "layer_decay",
     "mixup_off_epoch",
 )
+# The schedule a ``time_limit`` sizes, by timing the machine that trains (comp.train.budget).
+SIZED_KEYS = ("epochs", "freeze_epochs", "warmup_epochs", "mixup_off_epoch")
 RECIPES = ("auto", "scratch", "finetune")
 # The tune_* keys that may be auto: the recipe chooses whether and where to search them.
 TUNE_AUTO = (

@@ -41,7 +41,7 @@ import yaml
 
 import comp
 from comp import files
-from comp.config import Config, to_dict
+from comp.config import SIZED_KEYS, Config, to_dict
 from comp.data.competition import load_competition, read_csv, resolve
 from comp.errors import ConfigError, DataError
 from comp.files import Echo
@@ -640,8 +640,10 @@ def import_output(root: Path, bundle: Path, pulled: Path) -> dict[str, Any]:
             raise DataError(
                 f"{dest} holds a different run ({meta} differs from kernel {info['ref']}'s); pick another name"
             )
-        if theirs.exists() and not mine.exists():
-            shutil.copy2(theirs, mine)
+    measured = _measured_differences(dest / "config.yaml", src / "config.yaml")
+    for meta in ("config.yaml", "classes.json", "transforms.json"):
+        if (src / meta).exists() and not (dest / meta).exists():
+            shutil.copy2(src / meta, dest / meta)
     folds = []
     for fold_dir in sorted(src.glob("fold*")):
         target = dest / fold_dir.name
@@ -653,6 +655,9 @@ def import_output(root: Path, bundle: Path, pulled: Path) -> dict[str, Any]:
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
             target.rename(old)
+        if measured:
+            # The fold keeps what its own machine measured, so it can be reproduced.
+            shutil.copy2(src / "config.yaml", staging / "config.yaml")
         staging.rename(target)
         shutil.rmtree(old, ignore_errors=True)
         folds.append(fold_dir.name)
@@ -666,7 +671,7 @@ def import_output(root: Path, bundle: Path, pulled: Path) -> dict[str, Any]:
     for log in logs:
         (dest / "logs").mkdir(exist_ok=True)
         shutil.copy2(log, dest / "logs" / log.name)
-    return {"ref": info["ref"], "run": run, "folds": folds}
+    return {"ref": info["ref"], "run": run, "folds": folds, "measured": measured}
 
 
 def combine_fan_out(
@@ -711,12 +716,32 @@ def combine_fan_out(
 
 
 def _settings(path: Path) -> Any:
-    """What makes two runs the same run: everything but where each machine keeps its data."""
+    """What makes two runs the same run: everything but where each machine keeps its data
+    and what each machine measured for itself."""
     data = yaml.safe_load(path.read_text())
     if isinstance(data, dict):
-        for key in (*PATH_KEYS, "solution", "pretrained_file"):
+        for key in (*PATH_KEYS, "solution", "pretrained_file", *_measured_keys(data)):
             data.pop(key, None)
     return data
+
+
+def _measured_keys(cfg: dict[str, Any]) -> tuple[str, ...]:
+    """The keys a training machine resolves by timing itself: two kernels of one run may
+    differ on them and still be one run (the precision; the epochs a time limit allows)."""
+    keys: tuple[str, ...] = ("amp",)
+    if cfg.get("time_limit") is not None:
+        keys += SIZED_KEYS
+    return keys
+
+
+def _measured_differences(mine: Path, theirs: Path) -> dict[str, tuple[Any, Any]]:
+    """{key: (the run's, this kernel's)} for the measured keys on which they differ."""
+    if not (mine.exists() and theirs.exists()):
+        return {}
+    a, b = yaml.safe_load(mine.read_text()), yaml.safe_load(theirs.read_text())
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return {}
+    return {k: (a.get(k), b.get(k)) for k in _measured_keys(b) if a.get(k) != b.get(k)}
 
 
 def build_code_dataset(

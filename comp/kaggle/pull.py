@@ -265,6 +265,11 @@ def _pull_one(root: Path, bundle: Path, *, fetch: Fetch, complete: bool, echo: E
             return
         facts = import_output(root, bundle, pulled)
         echo(f"{ref}: {', '.join(facts['folds']) or 'no folds'} -> runs/{facts['run']}")
+        if facts["measured"]:
+            own = ", ".join(
+                f"{k} {theirs} (run: {mine})" for k, (mine, theirs) in facts["measured"].items()
+            )
+            echo(f"{ref}: its machine measured {own}; its folds keep their own config.yaml")
         merge_kernel_tracker(
             root, pulled=pulled / "runs" / facts["run"] / "tracker", run=facts["run"], echo=echo
         )

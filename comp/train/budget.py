@@ -44,6 +44,9 @@ def choose_precision(cfg: Config, *, n_classes: int, device: torch.device) -> tu
     def measure(dtype: torch.dtype | None) -> float:
         return step_seconds(cfg, n_classes=n_classes, device=device, dtype=dtype)
 
+    if cfg.model == "classical" and cfg.amp == "auto":
+        # Its features run in fp32 whatever autocast says: there is nothing to time.
+        return dataclasses.replace(cfg, amp="false"), "fp32 (hand-made features, not timed)"
     work = f"train {cfg.model} {cfg.img_size}px batch {cfg.batch_size}"
     dtype, why = precision.choose(device, cfg.amp, work=work, measure=measure)
     chosen = dataclasses.replace(cfg, amp="false" if dtype is None else "true")

@@ -48,7 +48,7 @@ from timm.optim import list_optimizers
 from tqdm import tqdm
 
 from comp import files
-from comp.config import PRETRAINED_MODEL, Config, is_auto, suggest, to_dict
+from comp.config import PRETRAINED_MODEL, SIZED_KEYS, Config, is_auto, suggest, to_dict
 from comp.data.cache import cache_dir, cached_images
 from comp.data.competition import Competition, load_competition, read_csv, resolve
 from comp.data.transforms import create_transform
@@ -384,8 +384,7 @@ def sized_run(
     if before is not None and before.get("time_limit") == cfg.time_limit:
         # The run was sized when it began (resumed, or its other folds trained apart):
         # its epochs stand.
-        keys = ("epochs", "freeze_epochs", "warmup_epochs", "mixup_off_epoch")
-        return dataclasses.replace(cfg, **{k: before[k] for k in keys})
+        return dataclasses.replace(cfg, **{k: before[k] for k in SIZED_KEYS})
     if not folds:
         return cfg
     sized = fit_time_limit(

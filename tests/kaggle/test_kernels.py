@@ -11,13 +11,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from comp.cli import cli
 from comp.config import load_config
 from comp.data.workspace import init_workspace
-from comp.errors import ConfigError
-from comp.kaggle.kernels import build_bundles, data_layout, kernel_groups, slugify
+from comp.errors import ConfigError, DataError
+from comp.kaggle.kernels import (
+    INFO,
+    build_bundles,
+    data_layout,
+    import_output,
+    kernel_groups,
+    slugify,
+)
 from tests.conftest import TINY, make_kaggle
 from tests.kaggle.conftest import SLUG
 from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn
@@ -153,6 +161,43 @@ def test_local_weights_need_a_code_dataset(ws: Path) -> None:
     cfg = load_config(ws, {"pretrained_file": "weights/w.pth"})
     with pytest.raises(ConfigError, match="comp kernel dataset --weights"):
         build_bundles(ws, cfg, name="w", owner="me", competition=SLUG)
+
+
+def _kernel_output(tmp_path: Path, fold: int, **cfg: object) -> tuple[Path, Path]:
+    """A bundle for one fold of run 'fan' and what its kernel sent home."""
+    bundle, pulled = tmp_path / f"bundle{fold}", tmp_path / f"pulled{fold}"
+    bundle.mkdir()
+    (bundle / INFO).write_text(
+        json.dumps(
+            {"ref": f"tester/comp-fan-fold-{fold}", "run": "fan", "folds": [fold], "n_splits": 2}
+        )
+    )
+    run = pulled / "runs" / "fan"
+    (run / f"fold{fold}").mkdir(parents=True)
+    (run / f"fold{fold}" / "oof.csv").write_text("Id,label\n")
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": "airnet_s", "epochs": 9, **cfg}))
+    return bundle, pulled
+
+
+def test_kernels_that_measured_their_machines_differently_make_one_run(tmp_path: Path) -> None:
+    """Precision and a time limit's epochs are measured on each kernel's machine: the folds keep
+    their own, and the run is still one run; any other difference is another run."""
+    root = tmp_path / "ws"
+    import_output(root, *_kernel_output(tmp_path, 0, amp="true", time_limit=600))
+    facts = import_output(root, *_kernel_output(tmp_path, 1, amp="false", time_limit=600, epochs=7))
+    assert facts["folds"] == ["fold1"]
+    assert facts["measured"] == {"amp": ("true", "false"), "epochs": (9, 7)}
+    assert yaml.safe_load((root / "runs/fan/fold1/config.yaml").read_text())["amp"] == "false"
+    assert yaml.safe_load((root / "runs/fan/config.yaml").read_text())["amp"] == "true"
+    with pytest.raises(DataError, match="different run"):
+        import_output(
+            root, *_kernel_output(tmp_path, 2, amp="true", time_limit=600, model="airnet_m")
+        )
+    (tmp_path / "untimed").mkdir()
+    untimed = tmp_path / "untimed"
+    import_output(untimed, *_kernel_output(untimed, 0))
+    with pytest.raises(DataError, match="different run"):
+        import_output(untimed, *_kernel_output(untimed, 1, epochs=7))
 
 
 def test_push_and_status_and_a_failed_kernel(standin: KaggleStandIn, ws: Path) -> None:

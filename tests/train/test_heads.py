@@ -49,9 +49,12 @@ def test_a_head_run_works_like_a_neural_run(workspace: Callable[..., Path]) -> N
 
 def test_classical_features_make_a_run_of_their_own(workspace: Callable[..., Path]) -> None:
     root, cfg = with_folds(workspace())
-    cfg = load_config(root, {"model": "classical", "head": "logreg"})
-    summary = train(root, cfg, name="classical", echo=quiet)
+    cfg = load_config(root, {"model": "classical", "head": "logreg", "amp": "auto"})
+    said: list[str] = []
+    summary = train(root, cfg, name="classical", echo=said.append)
     assert summary["complete"] and summary["cv_macro_f1"] > 0.5  # shapes by silhouette
+    # Hand-made features run in fp32 whatever autocast says: nothing is timed.
+    assert any("fp32 (hand-made features, not timed)" in line for line in said), said
     facts = predict(root, cfg, run="classical", tta="hflip", echo=quiet)
     assert len(pd.read_csv(facts["file"])) == 9
 
