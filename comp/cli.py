@@ -1049,77 +1049,58 @@ def kernel_push(
         comp kernel push --name try --dry-run                   # write, don't push
         comp kernel push --tune --trials 20 --kernels 2         # then pull, comp tune --show
     """
-    from comp.kaggle.kernels import build_bundles, build_tune_bundles, record_push, slugify
+    from comp.kaggle.kernels import Tuning, build_group, push_bundles
 
-    tuning = {"--trials": trials, "--kernels": kernels, "--study": study_name}
-    tuning |= {"--storage": storage, "--trial-time-limit": trial_time_limit}
-    if tune and (fold_ids or folds_per_kernel):
-        raise click.ClickException(
-            "--tune splits trials, not folds: use --kernels (the folds tuned are tune_folds)"
-        )
-    given = [flag for flag, value in tuning.items() if value is not None]
-    if given and not tune:
-        raise click.ClickException(f"{given[0]} is for tuning kernels: add --tune")
-    if tune:
-        # As in `comp tune`: --time-limit is the study's, --trial-time-limit a trial's.
-        kwargs["tune_time_limit"] = kwargs.pop("time_limit")
-        kwargs["time_limit"] = trial_time_limit
+    flags = {"--trials": trials, "--kernels": kernels, "--study": study_name}
+    flags |= {"--storage": storage, "--trial-time-limit": trial_time_limit}
+    _tune_flags(kwargs, flags, tune=tune, folds=bool(fold_ids or folds_per_kernel))
     root, cfg = workspace_config(ctx, kwargs)
     owner, kaggle = _owner(owner, dry_run=dry_run, what="kernel")
-    # Short enough for Kaggle's 50-character slugs, fold suffix included.
-    stamp = datetime.now().strftime("%m%d-%H%M")
-    common: dict[str, Any] = dict(
+    tuning = Tuning(study_name or "comp", trials or 20, kernels or 1, storage) if tune else None
+    name, bundles = build_group(
+        root,
+        cfg,
+        name=name,
         owner=owner,
-        competition=competition or cfg.competition,
+        competition=competition,
+        tuning=tuning,
+        folds=list(fold_ids) or None,
+        folds_per_kernel=folds_per_kernel,
         data_dataset=data_dataset,
         code_dataset=code_dataset,
         gpu=gpu,
         internet=internet,
         private=not public,
         accelerator=accelerator,
+        echo=click.echo,
     )
-    if tune:
-        study_name = study_name or "comp"
-        name = name or f"tune-{slugify(study_name)[:16].strip('-')}-{stamp}"
-        bundles = build_tune_bundles(
-            root,
-            cfg,
-            name=name,
-            study=study_name,
-            trials=trials or 20,
-            kernels=kernels or 1,
-            storage=storage,
-            echo=click.echo,
-            **common,
-        )
-    else:
-        name = name or f"{slugify(cfg.model)[:24].strip('-')}-{stamp}"
-        bundles = build_bundles(
-            root,
-            cfg,
-            name=name,
-            folds=list(fold_ids) or None,
-            folds_per_kernel=folds_per_kernel,
-            **common,
-        )
-    for bundle in bundles:
-        click.echo(f"bundle: {bundle.relative_to(root)}")
     if dry_run:
         click.echo(
             "dry run: nothing pushed. Run a script by hand with COMP_KAGGLE_INPUT=<folder> "
             f"COMP_KAGGLE_WORKING=<out> python <script>, then comp kernel pull {name} --from <out>"
         )
         return
-    kaggle = kaggle or _kaggle()
-    for bundle in bundles:
-        pushed = kaggle.push_kernel(bundle)
-        record_push(bundle, pushed)
-        click.echo(
-            f"pushed {pushed['ref'].removeprefix('/code/')} version {pushed['version']}: {pushed['url']}"
-        )
+    push_bundles(kaggle or _kaggle(), bundles, echo=click.echo)
     click.echo(f"next: comp kernel status {name} --wait && comp kernel pull {name}")
+    if tuning is not None:
+        click.echo(f"then: comp tune --show --study {tuning.study}")
+
+
+def _tune_flags(kwargs: dict[str, Any], flags: dict[str, Any], *, tune: bool, folds: bool) -> None:
+    """Refuse `kernel push` flags that contradict --tune (``folds``: a fold flag was given) or
+    need it (``flags``: the tuning flags' values, --trial-time-limit among them); with
+    --tune, point the config flags in ``kwargs`` where `comp tune` does."""
+    if tune and folds:
+        raise click.ClickException(
+            "--tune splits trials, not folds: use --kernels (the folds tuned are tune_folds)"
+        )
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given and not tune:
+        raise click.ClickException(f"{given[0]} is for tuning kernels: add --tune")
     if tune:
-        click.echo(f"then: comp tune --show --study {study_name}")
+        # As in `comp tune`: --time-limit is the study's, --trial-time-limit a trial's.
+        kwargs["tune_time_limit"] = kwargs.pop("time_limit")
+        kwargs["time_limit"] = flags["--trial-time-limit"]
 
 
 def _wait_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,6 +9,9 @@ the code dataset folder ``kernels/_dataset/<slug>/``, and, when outputs are
 pulled, the run folder ``runs/<name>/`` exactly as a local ``comp train``
 would have written it.
 
+``build_group`` writes a group of either kind (``comp kernel push``, with or without
+``--tune``); ``push_bundles`` sends its bundles to Kaggle through the client it is given.
+
 The script is comp.kaggle.script's source after the kernel's values, written as
 Python literals: the resolved config, the folds and (unless a code dataset is
 attached) comp's source as one embedded zip, so a kernel trains on exactly the
@@ -47,6 +50,7 @@ from comp.errors import ConfigError, DataError
 from comp.files import Echo
 from comp.folds.split import folds_path
 from comp.kaggle import script as kernel_script
+from comp.kaggle.client import Kaggle
 from comp.kaggle.script import Kernel
 from comp.runs import read_classes
 
@@ -141,6 +145,78 @@ def kernel_groups(
     if per_kernel < 1:
         raise ConfigError("--folds-per-kernel must be at least 1")
     return [chosen[i : i + per_kernel] for i in range(0, len(chosen), per_kernel)]
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A push of tuning kernels (``comp kernel push --tune``): ``kernels`` kernels run study
+    ``study`` until it holds ``trials`` finished trials, on a database's ``storage`` if
+    they share one (build_tune_bundles)."""
+
+    study: str
+    trials: int
+    kernels: int
+    storage: str | None
+
+
+def build_group(
+    root: Path,
+    cfg: Config,
+    *,
+    name: str | None,
+    owner: str,
+    competition: str | None,
+    tuning: Tuning | None = None,
+    folds: list[int] | None = None,
+    folds_per_kernel: int | None = None,
+    data_dataset: str | None = None,
+    code_dataset: str | None = None,
+    gpu: bool = True,
+    internet: bool = True,
+    private: bool = True,
+    accelerator: str | None = None,
+    echo: Echo = print,
+) -> tuple[str, list[Path]]:
+    """Write the bundles of kernel group ``name``: training kernels (build_bundles) or, with
+    ``tuning``, tuning ones (build_tune_bundles). Echoes each bundle's folder and returns
+    the group's name and the folders.
+
+    Without ``name``, the group is named after the model (or the study) and the time;
+    ``competition`` is comp.yaml's unless given.
+    """
+    # Short enough for Kaggle's 50-character slugs, fold suffix included.
+    stamp = datetime.now().strftime("%m%d-%H%M")
+    common: dict[str, Any] = dict(
+        owner=owner,
+        competition=competition or cfg.competition,
+        data_dataset=data_dataset,
+        code_dataset=code_dataset,
+        gpu=gpu,
+        internet=internet,
+        private=private,
+        accelerator=accelerator,
+    )
+    if tuning is not None:
+        name = name or f"tune-{slugify(tuning.study)[:16].strip('-')}-{stamp}"
+        bundles = build_tune_bundles(
+            root,
+            cfg,
+            name=name,
+            study=tuning.study,
+            trials=tuning.trials,
+            kernels=tuning.kernels,
+            storage=tuning.storage,
+            echo=echo,
+            **common,
+        )
+    else:
+        name = name or f"{slugify(cfg.model)[:24].strip('-')}-{stamp}"
+        bundles = build_bundles(
+            root, cfg, name=name, folds=folds, folds_per_kernel=folds_per_kernel, **common
+        )
+    for bundle in bundles:
+        echo(f"bundle: {bundle.relative_to(root)}")
+    return name, bundles
 
 
 def build_bundles(
@@ -279,10 +355,7 @@ def build_tune_bundles(
     kernel works on that one study until it holds ``trials``; its password never
     enters a bundle.
     """
-    if kernels < 1:
-        raise ConfigError("--kernels must be at least 1")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):
-        raise ConfigError(f"study name '{study}': use letters, digits, '-', '_' and '.'")
+    _check_tune_request(study=study, kernels=kernels)
     data_ref, fold_file = _sources(
         root,
         cfg,
@@ -291,79 +364,108 @@ def build_tune_bundles(
         data_dataset=data_dataset,
         code_dataset=code_dataset,
     )
+    tune = _push_tune(cfg, study=study, trials=trials, kernels=kernels, storage=storage)
+    layout, carried = data_layout(root, cfg)
+    values = _tune_kernel(
+        cfg, layout, run=name, data=data_ref, competition=competition, code_dataset=code_dataset
+    )
+    _tune_plans(name, kernels)  # a name too long for Kaggle fails before any seed is made
+    seeds = _seed_files(root, cfg, tune, gpu=gpu, echo=echo)
+    plans = _tune_plans(name, len(seeds))
+    group_dir = root / "kernels" / name
+    with _built_aside(group_dir) as building:
+        for k, ((where, title, slug), (target, seed)) in enumerate(zip(plans, seeds, strict=True)):
+            kernel = replace(
+                values,
+                payload=_payload(fold_file, carried, with_source=not code_dataset, extra=seed),
+                tune={**tune, "kernel": k, "kernels": len(seeds), "trials": target},
+            )
+            metadata = kernel_metadata(
+                owner=owner,
+                slug=slug,
+                title=title,
+                competition=competition,
+                data_dataset=data_dataset,
+                code_dataset=code_dataset,
+                private=private,
+                gpu=gpu,
+                internet=internet,
+                accelerator=accelerator,
+            )
+            info = _tune_info(kernel, ref=metadata["id"], n_splits=cfg.n_splits)
+            _write_bundle(building / where, slug, render_script(kernel), metadata, info)
+    return [group_dir / where for where, _, _ in plans]
+
+
+def _check_tune_request(*, study: str, kernels: int) -> None:
+    """Refuse a kernel count or a study name no push could use, before anything is read."""
+    if kernels < 1:
+        raise ConfigError("--kernels must be at least 1")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):
+        raise ConfigError(f"study name '{study}': use letters, digits, '-', '_' and '.'")
+
+
+def _push_tune(
+    cfg: Config, *, study: str, trials: int, kernels: int, storage: str | None
+) -> dict[str, Any]:
+    """The push's TUNE (comp.kaggle.script.Kernel.tune) before it is split among the kernels:
+    each kernel's own place and share replace ``kernel``, ``kernels`` and ``trials``.
+
+    Checks the storage, then the study's settings: a kernel would only stop on them, after
+    its session had started on Kaggle."""
     url, secret = shared_storage(storage)
-    # Checked here, before any trial runs on Kaggle: the kernel would only stop on them.
+    # Imported here: comp.tune.study imports optuna and torch, which a training bundle never needs.
     from comp.tune import study as tuning
 
     tuning.objective_folds(cfg)
     tuning.search_space(cfg)
     tuning.make_pruner(cfg.tune_pruner)
-    layout, carried = data_layout(root, cfg)
+    return {
+        "study": study,
+        "kernel": None,
+        "kernels": kernels,
+        "trials": trials,
+        # One id for the whole push: a pull tells the trials it has merged already by it.
+        "push": uuid.uuid4().hex[:12],
+        "storage": url,
+        "secret": STORAGE_SECRET if secret else None,
+    }
+
+
+def _tune_kernel(
+    cfg: Config,
+    layout: dict[str, str | None],
+    *,
+    run: str,
+    data: str,
+    competition: str | None,
+    code_dataset: str | None,
+) -> Kernel:
+    """What every tuning kernel of a push runs with; each adds its payload (its seed study)
+    and its TUNE. The session's budget is the study's: ``tune_time_limit``, or what fits
+    in a Kaggle session."""
     config = kernel_config(cfg, layout, competition=competition)
     config["tune_time_limit"] = cfg.tune_time_limit or TUNE_TIME_LIMIT
-    push = uuid.uuid4().hex[:12]
-    _tune_plans(name, kernels)  # a name too long for Kaggle fails before any seed is made
-    with tempfile.TemporaryDirectory(prefix="comp-seeds-") as tmp:
-        seeds = _seed_files(
-            root,
-            cfg,
-            Path(tmp),
-            study=study,
-            trials=trials,
-            kernels=kernels,
-            push=push,
-            gpu=gpu,
-            shared=url is not None,
-            echo=echo,
-        )
-        plans = _tune_plans(name, len(seeds))
-        group_dir = root / "kernels" / name
-        with _built_aside(group_dir) as building:
-            for k, ((where, title, slug), (target, seed_file)) in enumerate(
-                zip(plans, seeds, strict=True)
-            ):
-                extra = {f"tune/{study}.db": seed_file.read_bytes()} if seed_file else {}
-                tune = {
-                    "study": study,
-                    "kernel": k,
-                    "kernels": len(seeds),
-                    "trials": target,
-                    "push": push,
-                    "storage": url,
-                    "secret": STORAGE_SECRET if secret else None,
-                }
-                kernel = Kernel(
-                    run=name,
-                    folds=None,
-                    data=data_ref,
-                    code_dataset=code_dataset,
-                    config=config,
-                    carried=CARRIED,
-                    path_keys=PATH_KEYS,
-                    payload=_payload(fold_file, carried, with_source=not code_dataset, extra=extra),
-                    tune=tune,
-                )
-                metadata = kernel_metadata(
-                    owner=owner,
-                    slug=slug,
-                    title=title,
-                    competition=competition,
-                    data_dataset=data_dataset,
-                    code_dataset=code_dataset,
-                    private=private,
-                    gpu=gpu,
-                    internet=internet,
-                    accelerator=accelerator,
-                )
-                info = kernel_info(
-                    name, ref=metadata["id"], folds=[], n_splits=cfg.n_splits, data=data_ref
-                )
-                info["tune"] = {
-                    k_: tune[k_] for k_ in ("study", "kernel", "kernels", "trials", "push")
-                }
-                info["tune"]["shared"] = url is not None
-                _write_bundle(building / where, slug, render_script(kernel), metadata, info)
-    return [group_dir / where for where, _, _ in plans]
+    return Kernel(
+        run=run,
+        folds=None,
+        data=data,
+        code_dataset=code_dataset,
+        config=config,
+        carried=CARRIED,
+        path_keys=PATH_KEYS,
+        payload=(),
+    )
+
+
+def _tune_info(kernel: Kernel, *, ref: str, n_splits: int) -> dict[str, Any]:
+    """A tuning kernel's ``comp-kernel.json``: its TUNE for `comp kernel pull`, but whether
+    the study is shared rather than where it is."""
+    assert kernel.tune is not None
+    info = kernel_info(kernel.run, ref=ref, folds=[], n_splits=n_splits, data=kernel.data)
+    info["tune"] = {k: kernel.tune[k] for k in ("study", "kernel", "kernels", "trials", "push")}
+    info["tune"]["shared"] = kernel.tune["storage"] is not None
+    return info
 
 
 def _tune_plans(name: str, kernels: int) -> list[tuple[str, str, str]]:
@@ -383,22 +485,14 @@ def _tune_plans(name: str, kernels: int) -> list[tuple[str, str, str]]:
 
 
 def _seed_files(
-    root: Path,
-    cfg: Config,
-    folder: Path,
-    *,
-    study: str,
-    trials: int,
-    kernels: int,
-    push: str,
-    gpu: bool,
-    shared: bool,
-    echo: Echo,
-) -> list[tuple[int, Path | None]]:
-    """Each kernel's target of finished trials and its seed study file (None on a shared storage)."""
-    if shared:
+    root: Path, cfg: Config, tune: dict[str, Any], *, gpu: bool, echo: Echo
+) -> list[tuple[int, dict[str, bytes]]]:
+    """Each kernel's target of finished trials and what its payload adds for it: its seed
+    study, ``tune/<study>.db`` (nothing on a shared storage)."""
+    study, trials, kernels = tune["study"], tune["trials"], tune["kernels"]
+    if tune["storage"] is not None:
         # One study for all: each kernel stops once it holds ``trials`` finished ones.
-        return [(trials, None)] * kernels
+        return [(trials, {})] * kernels
     # Imported here: the study's space may need the recipe resolved, which imports torch.
     from comp.tune import merge
 
@@ -412,16 +506,19 @@ def _seed_files(
     echo(f"space ({space.recipe} recipe{chosen}):")
     for line in space.lines():
         echo(line)
-    out: list[tuple[int, Path | None]] = []
-    for seed in seeds:
-        path = folder / f"seed{seed.kernel}.db"
-        merge.write_seed(path, study_name=study, local=local, space=space, seed=seed, push=push)
-        queued = (["trial 0"] if seed.baseline else []) + [
-            f"a retry of trial {n}" for n in seed.retries
-        ]
-        then = f" ({', '.join(queued)} first)" if queued else ""
-        echo(f"kernel {seed.kernel}: {seed.share} trial(s){then}")
-        out.append((seed.trials, path))
+    out: list[tuple[int, dict[str, bytes]]] = []
+    with tempfile.TemporaryDirectory(prefix="comp-seeds-") as tmp:
+        for seed in seeds:
+            path = Path(tmp) / f"seed{seed.kernel}.db"
+            merge.write_seed(
+                path, study_name=study, local=local, space=space, seed=seed, push=tune["push"]
+            )
+            queued = (["trial 0"] if seed.baseline else []) + [
+                f"a retry of trial {n}" for n in seed.retries
+            ]
+            then = f" ({', '.join(queued)} first)" if queued else ""
+            echo(f"kernel {seed.kernel}: {seed.share} trial(s){then}")
+            out.append((seed.trials, {f"tune/{study}.db": path.read_bytes()}))
     return out
 
 
@@ -621,6 +718,17 @@ def record_push(bundle: Path, pushed: dict[str, Any]) -> None:
         pushed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     files.write_json(bundle / INFO, info)
+
+
+def push_bundles(kaggle: Kaggle, bundles: list[Path], *, echo: Echo = print) -> None:
+    """Push each bundle's kernel to Kaggle, in order, and keep the version Kaggle made of it
+    in the bundle's ``comp-kernel.json`` (record_push)."""
+    for bundle in bundles:
+        pushed = kaggle.push_kernel(bundle)
+        record_push(bundle, pushed)
+        echo(
+            f"pushed {pushed['ref'].removeprefix('/code/')} version {pushed['version']}: {pushed['url']}"
+        )
 
 
 def import_output(root: Path, bundle: Path, pulled: Path) -> dict[str, Any]:

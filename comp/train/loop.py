@@ -287,80 +287,33 @@ def setup_fold(
     comp.train.losses.TeacherLoss instead of the labels alone."""
     seed_everything(cfg.seed + fold)
     transform.set_random_seed(cfg.seed + fold)
-    model, source = create_model(
-        cfg.model,
-        num_classes=n_classes,
-        pretrained=cfg.pretrained,
-        pretrained_file=cfg.pretrained_file,
-        drop_path_rate=cfg.drop_path_rate,
-        small_input=cfg.small_input,
-    )
-    # NHWC is faster for convolutions on CPUs (oneDNN) and on tensor cores alike.
-    model = model.to(device).to(memory_format=torch.channels_last)
-    if dist_.world > 1 and device.type == "cuda":
-        # BatchNorm statistics over the global batch, as in a single-process run
-        # (SyncBatchNorm runs on GPUs only; on CPU each process normalises its slice).
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model, source = _fold_model(cfg, n_classes=n_classes, device=device, dist_=dist_)
     mean, std = (t.to(device) for t in normalisation(model))
     dtype = amp_dtype(device, cfg.amp, img_size=cfg.img_size)
     workers = auto_workers(cfg.num_workers, device)
-    loader_args: dict[str, Any] = dict(
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        worker_init_fn=_reseed_worker if workers > 0 else None,
-    )
     generator = torch.Generator().manual_seed(cfg.seed + fold)
-    weights = None
-    if cfg.sampler == "balanced":
-        counts = np.bincount(targets[train_idx], minlength=n_classes)
-        weights = 1.0 / counts[targets[train_idx]]
+    weights = _sampling_weights(cfg, targets[train_idx], n_classes=n_classes)
     batches = make_batches(
         len(train_idx), batch_size=cfg.batch_size, generator=generator, weights=weights, dist_=dist_
     )
-    # Each process scores one part of the validation fold, so validating takes a share of
-    # the time; validation_probs gathers the parts in order.
-    my_valid = np.array_split(valid_idx, dist_.world)[dist_.rank]
-    rows = targets if soft is None else np.arange(len(images))
     augment = batch_augment(preset=cfg.aug, pipeline=cfg.pipeline, img_size=cfg.img_size)
-    train_loader: DataLoader[Any] | MemoryBatches
-    valid_loader: DataLoader[Any] | MemoryBatches
-    if augment is not None:
-        train_loader = MemoryBatches(
-            images, rows, index=train_idx, batches=batches, generator=generator
-        )
-        step = cfg.batch_size * 2
-        valid_loader = MemoryBatches(
-            images,
-            targets,
-            index=my_valid,
-            batches=[
-                list(range(i, min(i + step, len(my_valid)))) for i in range(0, len(my_valid), step)
-            ],
-        )
-    else:
-        train_loader = DataLoader(
-            ImageDataset(images, rows, transform, index=train_idx),
-            batch_sampler=batches,
-            generator=generator,
-            **loader_args,
-        )
-        valid_loader = DataLoader(
-            ImageDataset(images, targets, index=my_valid),
-            batch_size=cfg.batch_size * 2,
-            **loader_args,
-        )
+    train_loader, valid_loader = _fold_loaders(
+        cfg,
+        images=images,
+        targets=targets,
+        by_row=soft is not None,
+        train_idx=train_idx,
+        valid_idx=valid_idx,
+        batches=batches,
+        generator=generator,
+        transform=transform,
+        augment=augment,
+        workers=workers,
+        device=device,
+        dist_=dist_,
+    )
     if hasattr(model, "init_whitening"):
-        # The airnets' first conv whitens the patches of this fold's own training images.
-        sample = train_idx[:: max(1, len(train_idx) // 2048)]
-        model.init_whitening(  # type: ignore[operator]
-            to_input(
-                torch.from_numpy(np.asarray(images[np.sort(sample)])),
-                mean=mean,
-                std=std,
-                device=device,
-            )
-        )
+        _init_whitening(model, images, train_idx, mean=mean, std=std, device=device)
     return Fold(
         cfg=cfg,
         number=fold,
@@ -385,17 +338,132 @@ def setup_fold(
         autocast=make_autocast(device, cfg.amp, img_size=cfg.img_size),
         # bf16 needs no loss scaling; fp16 (e.g. a Kaggle T4) does.
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-        loss_fn=(
-            make_loss(cfg, targets[train_idx], n_classes=n_classes)
-            if soft is None
-            else TeacherLoss(temperature=cfg.distill_temperature)
-        ).to(device),
+        loss_fn=_fold_loss(cfg, targets[train_idx], n_classes=n_classes, soft=soft, device=device),
         mixing=Mixing(cfg, n_classes=n_classes) if mixing_enabled(cfg) else None,
         workers=workers,
         progress=progress,
         soft=None if soft is None else torch.as_tensor(soft, dtype=torch.float32),
         labels=None if soft is None else torch.tensor(targets),
     )
+
+
+def _fold_model(
+    cfg: Config, *, n_classes: int, device: torch.device, dist_: Dist
+) -> tuple[nn.Module, str]:
+    """The fold's fresh model on ``device``, and where its weights came from."""
+    model, source = create_model(
+        cfg.model,
+        num_classes=n_classes,
+        pretrained=cfg.pretrained,
+        pretrained_file=cfg.pretrained_file,
+        drop_path_rate=cfg.drop_path_rate,
+        small_input=cfg.small_input,
+    )
+    # NHWC is faster for convolutions on CPUs (oneDNN) and on tensor cores alike.
+    model = model.to(device).to(memory_format=torch.channels_last)
+    if dist_.world > 1 and device.type == "cuda":
+        # BatchNorm statistics over the global batch, as in a single-process run
+        # (SyncBatchNorm runs on GPUs only; on CPU each process normalises its slice).
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model, source
+
+
+def _sampling_weights(cfg: Config, y_train: np.ndarray, *, n_classes: int) -> np.ndarray | None:
+    """Per-image sampling weights of the balanced sampler (None: every image alike)."""
+    if cfg.sampler != "balanced":
+        return None
+    counts = np.bincount(y_train, minlength=n_classes)
+    return 1.0 / counts[y_train]
+
+
+def _fold_loaders(
+    cfg: Config,
+    *,
+    images: np.ndarray,
+    targets: np.ndarray,
+    by_row: bool,
+    train_idx: np.ndarray,
+    valid_idx: np.ndarray,
+    batches: ShardedBatches,
+    generator: torch.Generator,
+    transform: A.Compose,
+    augment: BatchAugment | None,
+    workers: int,
+    device: torch.device,
+    dist_: Dist,
+) -> tuple[DataLoader[Any] | MemoryBatches, DataLoader[Any] | MemoryBatches]:
+    """The training loader (``batches`` of ``train_idx``) and this process's validation loader.
+
+    With ``augment``, both are batches of memory that the batch pipeline augments on the
+    device; without, DataLoaders that apply ``transform`` image by image. ``by_row``: the
+    training loader serves row numbers, to look each row's soft targets up by."""
+    # Each process scores one part of the validation fold, so validating takes a share of
+    # the time; validation_probs gathers the parts in order.
+    my_valid = np.array_split(valid_idx, dist_.world)[dist_.rank]
+    rows = np.arange(len(images)) if by_row else targets
+    if augment is not None:
+        step = cfg.batch_size * 2
+        chunks = [
+            list(range(i, min(i + step, len(my_valid)))) for i in range(0, len(my_valid), step)
+        ]
+        return (
+            MemoryBatches(images, rows, index=train_idx, batches=batches, generator=generator),
+            MemoryBatches(images, targets, index=my_valid, batches=chunks),
+        )
+    loader_args: dict[str, Any] = dict(
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        worker_init_fn=_reseed_worker if workers > 0 else None,
+    )
+    train_loader = DataLoader(
+        ImageDataset(images, rows, transform, index=train_idx),
+        batch_sampler=batches,
+        generator=generator,
+        **loader_args,
+    )
+    valid_loader = DataLoader(
+        ImageDataset(images, targets, index=my_valid),
+        batch_size=cfg.batch_size * 2,
+        **loader_args,
+    )
+    return train_loader, valid_loader
+
+
+def _init_whitening(
+    model: nn.Module,
+    images: np.ndarray,
+    train_idx: np.ndarray,
+    *,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+) -> None:
+    """The airnets' first conv whitens the patches of this fold's own training images."""
+    sample = train_idx[:: max(1, len(train_idx) // 2048)]
+    model.init_whitening(  # type: ignore[operator]
+        to_input(
+            torch.from_numpy(np.asarray(images[np.sort(sample)])),
+            mean=mean,
+            std=std,
+            device=device,
+        )
+    )
+
+
+def _fold_loss(
+    cfg: Config,
+    y_train: np.ndarray,
+    *,
+    n_classes: int,
+    soft: np.ndarray | None,
+    device: torch.device,
+) -> nn.Module:
+    """The loss on ``device``: on the labels (make_loss; class weights, if asked, from the
+    fold's own training labels), or, given ``soft`` targets, the teacher's."""
+    if soft is None:
+        return make_loss(cfg, y_train, n_classes=n_classes).to(device)
+    return TeacherLoss(temperature=cfg.distill_temperature).to(device)
 
 
 def begin_stage(f: Fold, stage: Stage) -> StageRun:
