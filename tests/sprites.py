@@ -15,6 +15,10 @@ Every species is drawn in several views (front, back, shiny, shiny back), severa
 frames each; train holds all but one of its views, and the test set holds the view
 train never has (a back or a colour variant).
 
+``write_styles``: objects drawn in several styles, as by several artists (filled,
+inked outlines, neon strokes, pixelated blocks, small sketches): twins that share a
+meaning, the object's layout, but hardly a pixel. The test set holds unseen objects.
+
 Both write a Kaggle-layout competition under ``root``: train/ and test/ (PNG),
 train_labels.csv, sample_submission.csv and solution.csv (Id,label,Usage).
 """
@@ -228,6 +232,84 @@ def write_species(
     return _write(root, images, is_test, rng=rng)
 
 
+# The artists who draw every object of write_styles, each in a manner of their own.
+STYLES = ("flat", "ink", "neon", "blocky", "sketch")
+NEON = [(0.85, 1.0, 1.0), (0.5, 1.0, 1.0), (0.15, 1.0, 1.0)]
+
+
+def _draw_style(
+    s: dict, style: str, *, size: int, rng: np.random.Generator, jitter: float
+) -> Image.Image:
+    """One drawing of object ``s`` by one artist: the layout of its parts is the object's;
+    the colours, strokes, shapes and framing are the artist's."""
+    work = size // 4 if style == "blocky" else size  # drawn coarse, shown pixelated
+    bg = {"ink": (255, 255, 255), "neon": (10, 10, 30), "sketch": (235, 225, 205)}.get(
+        style, BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    )
+    img = Image.new("RGB", (work, work), bg)
+    d = ImageDraw.Draw(img)
+    # An artist frames the object in their own way: the sketcher draws it smaller, off-centre.
+    zoom, shift = (0.7, rng.uniform(-0.12, 0.12, 2)) if style == "sketch" else (1.0, (0, 0))
+    dx, dy = rng.normal(0, jitter, 2)
+    for (cx, cy, rx, ry), c in zip(s["parts"], s["colours"], strict=True):
+        cx = 0.5 + (cx + dx + rng.normal(0, jitter) - 0.5) * zoom + shift[0]
+        cy = 0.5 + (cy + dy + rng.normal(0, jitter) - 0.5) * zoom + shift[1]
+        rx, ry = rx * zoom, ry * zoom
+        box = [(cx - rx) * work, (cy - ry) * work, (cx + rx) * work, (cy + ry) * work]
+        if style == "flat":
+            d.ellipse(box, fill=_rgb(s["palette"][c]))
+        elif style == "ink":
+            d.ellipse(box, outline=(0, 0, 0), width=max(1, size // 32))
+        elif style == "neon":
+            d.ellipse(box, outline=_rgb(NEON[c]), width=max(1, size // 20))
+        elif style == "blocky":
+            d.rectangle(box, fill=_rgb(s["palette"][c], 0.8))
+        else:
+            grey = int(60 + 50 * c)
+            d.ellipse(box, fill=(grey, grey, grey), outline=(40, 30, 20))
+    if style == "blocky":
+        img = img.resize((size, size), Image.NEAREST)
+    return img
+
+
+def _object(label: int, n_labels: int, rng: np.random.Generator) -> dict:
+    # The type shows in the body's shape (how wide against how tall), loosely, and in the
+    # hue of the object's own colours, which only some artists use.
+    s = _subject(label, n_labels, rng)
+    wide = 0.6 + 0.9 * (label + rng.normal(0, 0.6)) / max(1, n_labels - 1)
+    cx, cy, r, _ = s["parts"][0]
+    s["parts"][0] = (cx, cy, r * float(np.clip(wide, 0.5, 1.6)) ** 0.5, r / max(0.5, wide) ** 0.5)
+    return s
+
+
+def write_styles(
+    root: Path,
+    *,
+    train_objects: int = 120,
+    test_objects: int = 40,
+    n_labels: int = 4,
+    styles: int = 4,
+    frames: int = 2,
+    size: int = 32,
+    jitter: float = 0.02,
+    seed: int = 0,
+) -> Path:
+    """Objects drawn in several styles: each object (label ``type<k>``) drawn by ``styles``
+    of the STYLES artists, ``frames`` times each. Two drawings of one object share its layout
+    but hardly a pixel or a colour: twins in meaning. The test set holds unseen objects."""
+    rng = np.random.default_rng(seed)
+    images: list[tuple[Image.Image, str, int, str]] = []
+    for k in range(train_objects + test_objects):
+        label = k % n_labels
+        s = _object(label, n_labels, rng)
+        for style in rng.choice(STYLES, size=min(styles, len(STYLES)), replace=False):
+            for _ in range(frames):
+                img = _draw_style(s, str(style), size=size, rng=rng, jitter=jitter)
+                images.append((img, f"type{label}", k, str(style)))
+    is_test = [k >= train_objects for _, _, k, _ in images]
+    return _write(root, images, is_test, rng=rng)
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -239,10 +321,12 @@ if __name__ == "__main__":
     p.add_argument("--size", type=int, default=32)
     p.add_argument(
         "--split",
-        choices=["subject", "random", "view"],
+        choices=["subject", "random", "view", "style"],
         default="subject",
-        help="view: write_species, one class per subject (--train-subjects species)",
+        help="view: write_species, one class per subject (--train-subjects species); "
+        "style: write_styles, each subject drawn by several artists",
     )
+    p.add_argument("--styles", type=int, default=4, help="artists per object (--split style)")
     p.add_argument("--frames", type=int, default=8, help="frames per view (--split view)")
     p.add_argument("--jitter", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
@@ -251,6 +335,19 @@ if __name__ == "__main__":
         write_species(
             a.root,
             species=a.train_subjects,
+            frames=a.frames,
+            size=a.size,
+            jitter=a.jitter,
+            seed=a.seed,
+        )
+        raise SystemExit
+    if a.split == "style":
+        write_styles(
+            a.root,
+            train_objects=a.train_subjects,
+            test_objects=a.test_subjects,
+            n_labels=a.labels,
+            styles=a.styles,
             frames=a.frames,
             size=a.size,
             jitter=a.jitter,

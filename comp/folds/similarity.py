@@ -214,17 +214,26 @@ def embeddings(
     pretrained: str,
     pretrained_file: str | None,
     img_size: int,
+    progress: bool = False,
 ) -> np.ndarray:
     """L2-normalised pooled features of a timm backbone: comp.models.inference's
-    extract_features on the CPU, in float32 (no autocast), 256 images a batch."""
+    extract_features on the CPU, in float32 (no autocast), 256 images a batch. With no
+    pretrained weights to be had, a small net learns them from the images themselves
+    (comp.folds.embed)."""
     # Imported here, not at the top: torch and timm (and the comp modules that import them)
     # only for --method embed, as the default features need neither.
     import torch
 
     from comp.hardware.distributed import Dist
-    from comp.models.factory import create_model, normalisation
+    from comp.models.factory import create_model, normalisation, weights_source
     from comp.models.inference import extract_features
 
+    if weights_source(model, pretrained=pretrained, pretrained_file=pretrained_file) == "random":
+        from comp.folds.embed import SIZE, learn_embedding
+
+        # A random backbone's features say nothing about meaning: learn them here instead.
+        small = cached_images(paths, 2 * SIZE, cache_dir=None, desc="embed", progress=progress)
+        return learn_embedding(small, progress=progress)
     net, _ = create_model(
         model, num_classes=1, pretrained=pretrained, pretrained_file=pretrained_file
     )
@@ -322,7 +331,7 @@ def features(
         elif method == "phash":
             space = Space(_unit(np.where(phashes(paths, progress=progress), 1.0, -1.0)))
         else:
-            space = Space(embeddings(paths, **(embed or {})))  # type: ignore[arg-type]
+            space = Space(embeddings(paths, progress=progress, **(embed or {})))  # type: ignore[arg-type]
         spaces.append(_reduce(space, dims=dims, seed=seed))
     return Features(spaces)
 

@@ -90,21 +90,31 @@ def make_folds(
         )
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     together = sizes[codes] > 1
-    alone_per_class = pd.Series(y[~together]).value_counts()
-    if together.all() or alone_per_class.max() < n_splits or len(set(codes[together])) < n_splits:
-        for k, (_, valid) in enumerate(sgkf.split(y, y, groups)):
-            fold[valid] = k
-    else:
+
+    def in_parts() -> bool:
         # Images alone in their group are split as plain stratified folds, the groups of
         # several as StratifiedGroupKFold: the same folds, and 100,000 singletons need not
         # pass one by one through the group search.
         for part, splitter in ((~together, skf), (together, sgkf)):
             rows = np.flatnonzero(part)
+            if (
+                len(set(codes[rows])) < n_splits
+                or pd.Series(y[rows]).value_counts().max() < n_splits
+            ):
+                return False  # a part too small to split alone: split everything as groups
             with warnings.catch_warnings():
                 # A class with fewer lone images than folds: the groups part spreads it.
                 warnings.simplefilter("ignore", UserWarning)
                 for k, (_, valid) in enumerate(splitter.split(rows, y[rows], groups[rows])):
                     fold[rows[valid]] = k
+        return True
+
+    if together.all() or not in_parts():
+        try:
+            for k, (_, valid) in enumerate(sgkf.split(y, y, groups)):
+                fold[valid] = k
+        except ValueError as e:  # sklearn's word for groups that cannot make the folds
+            raise DataError(f"these groups cannot make {n_splits} folds ({e})") from None
     return labels[["Id", "label"]].assign(fold=fold, group=groups)
 
 
@@ -402,8 +412,8 @@ def fold_candidates(
 def split_within_classes(
     graph: Graph, groups: np.ndarray, *, y: np.ndarray, n_splits: int
 ) -> tuple[np.ndarray, ClassSplit] | None:
-    """``groups`` with every class that has fewer than ``n_splits`` groups of several images
-    cut afresh into ``n_splits`` pieces, so that it can reach every fold: its largest piece
+    """``groups`` with every class that has fewer than ``n_splits`` groups of several images,
+    and at least half its images in them, cut afresh into ``n_splits`` pieces, so that it can reach every fold: its largest piece
     at a time is cut at its loosest link (loosest_cut), so views of a subject part first
     and near-duplicates last. None when every class has enough groups."""
     table = pd.DataFrame({"y": y, "g": groups})
@@ -411,7 +421,10 @@ def split_within_classes(
     several = table[size > 1].drop_duplicates().groupby("y")["g"].size()
     per_class = several.reindex(pd.unique(y), fill_value=0)
     images = table["y"].value_counts().reindex(per_class.index)
-    short = per_class[(per_class < n_splits) & (images >= n_splits)]
+    # A class of mostly lone images is many subjects, not one: it reaches every fold as is,
+    # and cutting it would only part look-alikes that the test set does not part.
+    grouped = table[size > 1]["y"].value_counts().reindex(per_class.index, fill_value=0)
+    short = per_class[(per_class < n_splits) & (images >= n_splits) & (grouped >= images / 2)]
     if not len(short):
         return None
     out = groups.copy()
@@ -624,7 +637,10 @@ def fold_report(
         )
     report["classes"] = class_line(choice, n_splits=n_splits)
     report["kind"], report["kind_why"] = competition_kind(
-        choice, auc=report.get("adversarial_auc"), test_twins=report.get("test_with_twin", 0)
+        choice,
+        auc=report.get("adversarial_auc"),
+        test_twins=report.get("test_with_twin", 0),
+        n_splits=n_splits,
     )
     return report
 
@@ -643,7 +659,9 @@ def class_line(choice: FoldChoice, *, n_splits: int) -> str | None:
     )
 
 
-def competition_kind(choice: FoldChoice, *, auc: float | None, test_twins: int) -> tuple[str, str]:
+def competition_kind(
+    choice: FoldChoice, *, auc: float | None, test_twins: int, n_splits: int
+) -> tuple[str, str]:
     """Which kind of competition the distances say this is, and why, in a sentence."""
     chosen, d_test = choice.chosen, choice.d_test
     if d_test is None:
@@ -661,15 +679,33 @@ def competition_kind(choice: FoldChoice, *, auc: float | None, test_twins: int) 
             f"(median distance {med_test:.3g} against {med_plain:.3g}); {test_twins} test "
             "images have a twin in train"
         )
-    if chosen.split is not None:
+    whole = _whole_classes(choice, at=med_test, n_splits=n_splits)
+    if chosen.split is not None and whole is not None and whole > 0.5:
         return "unseen views of known subjects (the class is the subject)", (
             f"a class's images all lie near each other ({chosen.split.classes} classes in fewer "
             f"groups than folds at distance {chosen.threshold:g}), and test images sit further "
             f"from train (median {med_test:.3g}) than a frame from its sibling ({med_plain:.3g}): "
             "views of a subject train knows, that train never shows"
         )
+    kept = (
+        f"each class is cut into {n_splits} pieces at its loosest links"
+        if chosen.split is not None
+        else f"groups within {chosen.threshold:g} are kept together"
+    )
     return "unseen subjects", (
         f"test images sit as far from train (median {med_test:.3g}) as validation images do when "
-        f"groups within {chosen.threshold:g} are kept together, not as near as in plain folds "
-        f"({med_plain:.3g}): subjects train never sees"
+        f"{kept}, not as near as in plain folds ({med_plain:.3g}): subjects train never sees"
     )
+
+
+def _whole_classes(choice: FoldChoice, *, at: float, n_splits: int) -> float | None:
+    """The share of classes that are fewer groups than folds when images are grouped up to
+    distance ``at`` (the first rung there): near 1 when a class is one subject, near 0 when
+    a class holds many (None: no such rung)."""
+    for c in choice.candidates:
+        rung = c.split is None and c.groups is not None and c.folds is not None
+        if rung and c.threshold is not None and c.threshold >= at:
+            assert c.folds is not None
+            table = pd.DataFrame({"y": c.folds["label"].to_numpy(), "g": c.groups})
+            return float((table.groupby("y")["g"].nunique() < n_splits).mean())
+    return None

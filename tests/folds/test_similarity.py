@@ -160,10 +160,16 @@ def test_user_groups_from_a_column(kaggle_comp: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no column 'nope'" in result.output
 
 
-def test_embedding_method_runs_on_a_timm_backbone(comp_dir: Path) -> None:
-    """Exact copies are always neighbours in any feature space, random weights included."""
+def test_embedding_method_runs_on_a_timm_backbone(comp_dir: Path, tmp_path: Path) -> None:
+    """Exact copies are always neighbours in any feature space: a backbone's weights loaded
+    from a local file, as a Kaggle notebook loads them from an attached dataset."""
     import shutil
 
+    import timm
+    import torch
+
+    weights = tmp_path / "resnet10t.pth"
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), weights)
     train = sorted((comp_dir / "train").glob("*.png"))[:12]
     twin = comp_dir.parent / "twin.png"
     shutil.copy(train[0], twin)
@@ -172,14 +178,50 @@ def test_embedding_method_runs_on_a_timm_backbone(comp_dir: Path) -> None:
         methods=["embed"],
         embed={
             "model": "resnet10t",
-            "pretrained": "false",
-            "pretrained_file": None,
+            "pretrained": "true",
+            "pretrained_file": str(weights),
             "img_size": 32,
         },
         progress=False,
     )
     dist, idx = nearest(feats.take([12]), feats.take(slice(0, 12)))
     assert idx[0, 0] == 0 and dist[0, 0] < 1e-4
+
+
+def test_with_no_weights_the_embedding_is_learned_from_the_images(
+    comp_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No pretrained weights: a small net learns the embedding from the images, the same
+    one each time (fixed steps and seed), and an exact copy is still the nearest."""
+    import shutil
+
+    from comp.folds import embed
+
+    monkeypatch.setattr(embed, "STEPS", 5)
+    train = sorted((comp_dir / "train").glob("*.png"))[:12]
+    twin = comp_dir.parent / "twin.png"
+    shutil.copy(train[0], twin)
+    settings = {"model": "airnet_xs", "pretrained": "auto", "pretrained_file": None, "img_size": 32}
+    feats = features([*train, twin], methods=["embed"], embed=settings, progress=False)
+    dist, idx = nearest(feats.take([12]), feats.take(slice(0, 12)))
+    assert idx[0, 0] == 0 and dist[0, 0] < 1e-4
+    again = features([*train, twin], methods=["embed"], embed=settings, progress=False)
+    np.testing.assert_allclose(again.x, feats.x, atol=1e-5)
+
+
+def test_restyling_keeps_a_batch_in_range() -> None:
+    import torch
+
+    from comp.folds.embed import nt_xent, restyle
+
+    x = torch.rand(8, 3, 16, 16)
+    y = restyle(x)
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    z = torch.randn(8, 4)
+    # Two views that are one another's copies are easy to pair: a low loss.
+    assert nt_xent(torch.cat([z, z]), temperature=0.1) < nt_xent(
+        torch.randn(16, 4), temperature=0.1
+    )
 
 
 def sprite(bg: tuple[int, int, int], *, mirror: bool = False, mode: str = "RGB") -> Image.Image:

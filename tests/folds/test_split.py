@@ -21,7 +21,7 @@ from comp.folds.split import (
     write_folds,
 )
 from tests.conftest import TINY
-from tests.sprites import write_sprites
+from tests.sprites import write_sprites, write_styles
 
 
 def labels(counts: dict[str, int]) -> pd.DataFrame:
@@ -124,6 +124,23 @@ def test_default_folds_predict_the_held_out_score_on_unseen_subjects(
     assert plain["name"] == "plain stratified folds"
     assert report["chosen"]["shift"] < plain["shift"] / 3
     assert plain["d_val"]["50%"] < report["d_test"]["50%"] / 2 < report["chosen"]["d_val"]["50%"]
+    assert report["kind"] == "unseen subjects", report["kind_why"]
+
+
+def test_default_folds_predict_the_held_out_score_on_objects_drawn_in_several_styles(
+    tmp_path: Path,
+) -> None:
+    """Twins in meaning: one object drawn by several artists shares its layout, hardly a
+    pixel. The default folds keep an object's drawings in one style together, and many of
+    its other drawings; what CV keeps of the rest (issue 23: +0.08 at seed 2, against +0.02
+    with the true objects as groups and +0.18 for plain folds) is bounded here."""
+    root = write_styles(tmp_path / "styles", train_objects=150, test_objects=60, seed=2)
+    default = _comp_folds(root, tmp_path / "ws")
+    cv, held = _nn_gap(root, default)
+    assert abs(cv - held) <= 0.1, (cv, held)
+    plain_cv, _ = _nn_gap(root, _comp_folds(root, tmp_path / "plain", "--groups", "none"))
+    assert plain_cv >= cv + 0.06, (plain_cv, cv, held)
+    report = json.loads((tmp_path / "ws" / "folds" / "folds_k5_seed42.json").read_text())
     assert report["kind"] == "unseen subjects", report["kind_why"]
 
 
