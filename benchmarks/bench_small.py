@@ -12,7 +12,8 @@ them. Prints a Markdown table and writes ``results-small-<label>.json`` beside i
 
 Variants are ``--set`` overrides on the workspace ``comp init`` writes (all auto):
 ``new`` is the default; ``old`` the default before it (resnet18, albumentations per
-image); ``net``, ``pipeline`` and ``tta`` change one part against ``old``; ``cnn`` is
+image); ``net`` and ``pipeline`` change one part against ``old``, ``tta`` (flips and
+shifts at predict) and ``fp32`` (no bf16, whatever was measured) one against ``new``; ``cnn`` is
 the three-layer CNN of the seed reports (simple_cnn); ``classical`` the fixed colour,
 shape and texture features under ExtraTrees; ``blend`` is ``comp blend new classical``
 (run it after both).
@@ -45,6 +46,7 @@ VARIANTS: dict[str, list[str]] = {
     "net": ["--set", "pipeline=image"],
     "pipeline": ["--set", "model=resnet18"],
     "tta": [],  # the default, predicted with --tta hflip,shift
+    "fp32": ["--set", "amp=false"],  # the default without the precision it measured
     "cnn": ["--set", "model=simple_cnn"],
     "classical": ["--set", "model=classical", "--set", "head=extratrees"],
 }
@@ -89,7 +91,7 @@ def main() -> None:
     p.add_argument("--train-subjects", type=int, default=734)  # 4,404 images
     p.add_argument("--test-subjects", type=int, default=244)  # 1,464 images
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--variants", default="new,old,net,pipeline,tta")
+    p.add_argument("--variants", default="new,old,net,pipeline,tta,fp32")
     p.add_argument("--kind", choices=["creatures", "species"], default="creatures")
     p.add_argument("--species", type=int, default=150)  # x 24 images: 3,600 train
     p.add_argument("--label", default="cpu-2core")
