@@ -413,9 +413,10 @@ def split_within_classes(
     graph: Graph, groups: np.ndarray, *, y: np.ndarray, n_splits: int
 ) -> tuple[np.ndarray, ClassSplit] | None:
     """``groups`` with every class that has fewer than ``n_splits`` groups of several images,
-    and at least half its images in them, cut afresh into ``n_splits`` pieces, so that it can reach every fold: its largest piece
-    at a time is cut at its loosest link (loosest_cut), so views of a subject part first
-    and near-duplicates last. None when every class has enough groups."""
+    and at least half its images in them, cut afresh into ``n_splits`` pieces, so that it
+    can reach every fold: its largest piece at a time is cut at its loosest link
+    (loosest_cut), so views of a subject part first and near-duplicates last. None when
+    every class has enough groups."""
     table = pd.DataFrame({"y": y, "g": groups})
     size = table.groupby(["y", "g"])["g"].transform("size").to_numpy()
     several = table[size > 1].drop_duplicates().groupby("y")["g"].size()

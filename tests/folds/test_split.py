@@ -144,6 +144,23 @@ def test_default_folds_predict_the_held_out_score_on_objects_drawn_in_several_st
     assert report["kind"] == "unseen subjects", report["kind_why"]
 
 
+def test_groups_of_few_images_a_class_still_make_folds() -> None:
+    """Every class has 4 images in pairs and 20 alone: the pairs alone cannot be split 5 ways
+    by class (sklearn raises), so every image is split as groups, with no traceback."""
+    y = np.repeat([f"c{k}" for k in range(9)], 24)
+    groups = np.arange(len(y))
+    for k in range(9):
+        start = 24 * k
+        groups[start + 1] = groups[start]
+        groups[start + 3] = groups[start + 2]
+    labels = pd.DataFrame({"Id": [f"i{i}" for i in range(len(y))], "label": y})
+    folds = make_folds(labels, n_splits=5, seed=0, groups=groups)
+    counts = fold_counts(folds)
+    assert (counts.drop(index="total", columns="total") > 0).all().all()
+    pairs = folds.groupby("group")["fold"].nunique()
+    assert pairs.max() == 1
+
+
 def test_a_random_split_keeps_plain_folds(tmp_path: Path) -> None:
     root = write_sprites(
         tmp_path / "random", train_subjects=200, test_subjects=100, jitter=0.01, split="random"
