@@ -16,10 +16,13 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
+
+if TYPE_CHECKING:
+    # Only for the annotation: pandas costs a third of a second, and `comp --help` must start fast.
+    import pandas as pd
 
 # Where a stage prints its progress lines (click.echo, tqdm.write, or a list in tests).
 Echo = Callable[[str], None]

@@ -36,6 +36,8 @@ HEAVY = (
     "albumentations",
     "cv2",
     "matplotlib",
+    "pandas",  # a third of a second on its own
+    "numpy",
 )
 
 

@@ -116,20 +116,13 @@ def stages(cfg: Config) -> list[Stage]:
 
 
 @dataclass
-class Fold:
-    """What every epoch of one fold shares: the model, its data, loss and precision."""
+class FoldData:
+    """A fold's rows, and the batches and loaders serving them (``generator`` draws the order)."""
 
-    cfg: Config
-    number: int
-    model: nn.Module
-    source: str  # where the weights came from
-    device: torch.device
-    dist: Dist
     images: np.ndarray
+    targets: np.ndarray  # every row's label
     train_idx: np.ndarray
     valid_idx: np.ndarray
-    y_train: torch.Tensor
-    y_valid: np.ndarray
     transform: A.Compose
     generator: torch.Generator
     weights: np.ndarray | None  # per-image sampling weights (balanced sampler)
@@ -137,18 +130,44 @@ class Fold:
     train_loader: DataLoader[Any] | MemoryBatches
     valid_loader: DataLoader[Any] | MemoryBatches
     augment: BatchAugment | None  # the batch pipeline's augmentation (None: per image)
-    mean: torch.Tensor
-    std: torch.Tensor
-    autocast: Callable[[], Any]
-    scaler: torch.amp.GradScaler
+    workers: int
+
+
+@dataclass
+class Fold(FoldData):
+    """What every epoch of one fold shares: its data (FoldData), the model, loss and precision."""
+
+    cfg: Config
+    number: int
+    model: nn.Module
+    source: str  # where the weights came from
+    device: torch.device
+    dist: Dist
     loss_fn: nn.Module
     mixing: Mixing | None
-    workers: int
     progress: bool
     # With a teacher or soft pseudo-labels: every row's packed soft targets (comp.train.
     # losses.TeacherLoss), and the loaders serve row numbers to look them up by.
     soft: torch.Tensor | None = None
-    labels: torch.Tensor | None = None
+    # Made from the fields above (__post_init__), so they cannot disagree with them.
+    y_train: torch.Tensor = field(init=False)
+    y_valid: np.ndarray = field(init=False)
+    labels: torch.Tensor | None = field(init=False)  # every row's label, beside soft targets
+    mean: torch.Tensor = field(init=False)
+    std: torch.Tensor = field(init=False)
+    autocast: Callable[[], Any] = field(init=False)
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg, device = self.cfg, self.device
+        self.y_train = torch.as_tensor(self.targets[self.train_idx])
+        self.y_valid = self.targets[self.valid_idx]
+        self.labels = None if self.soft is None else torch.tensor(self.targets)
+        self.mean, self.std = (t.to(device) for t in normalisation(self.model))
+        self.autocast = make_autocast(device, cfg.amp, img_size=cfg.img_size)
+        # bf16 needs no loss scaling; fp16 (e.g. a Kaggle T4) does.
+        fp16 = amp_dtype(device, cfg.amp, img_size=cfg.img_size) == torch.float16
+        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
 
 
 @dataclass
@@ -287,63 +306,34 @@ def setup_fold(
     comp.train.losses.TeacherLoss instead of the labels alone."""
     seed_everything(cfg.seed + fold)
     transform.set_random_seed(cfg.seed + fold)
+    # The model first: its initial weights are the first draws after seeding.
     model, source = _fold_model(cfg, n_classes=n_classes, device=device, dist_=dist_)
-    mean, std = (t.to(device) for t in normalisation(model))
-    dtype = amp_dtype(device, cfg.amp, img_size=cfg.img_size)
-    workers = auto_workers(cfg.num_workers, device)
-    generator = torch.Generator().manual_seed(cfg.seed + fold)
-    weights = _sampling_weights(cfg, targets[train_idx], n_classes=n_classes)
-    batches = make_batches(
-        len(train_idx), batch_size=cfg.batch_size, generator=generator, weights=weights, dist_=dist_
-    )
-    augment = batch_augment(preset=cfg.aug, pipeline=cfg.pipeline, img_size=cfg.img_size)
-    train_loader, valid_loader = _fold_loaders(
+    data = _fold_data(
         cfg,
+        seed=cfg.seed + fold,
         images=images,
         targets=targets,
         by_row=soft is not None,
         train_idx=train_idx,
         valid_idx=valid_idx,
-        batches=batches,
-        generator=generator,
+        n_classes=n_classes,
         transform=transform,
-        augment=augment,
-        workers=workers,
         device=device,
         dist_=dist_,
     )
-    if hasattr(model, "init_whitening"):
-        _init_whitening(model, images, train_idx, mean=mean, std=std, device=device)
+    _init_whitening(model, images, train_idx, device=device)
     return Fold(
+        **vars(data),
         cfg=cfg,
         number=fold,
         model=model,
         source=source,
         device=device,
         dist=dist_,
-        images=images,
-        train_idx=train_idx,
-        valid_idx=valid_idx,
-        y_train=torch.as_tensor(targets[train_idx]),
-        y_valid=targets[valid_idx],
-        transform=transform,
-        generator=generator,
-        weights=weights,
-        batches=batches,
-        train_loader=train_loader,
-        valid_loader=valid_loader,
-        augment=augment,
-        mean=mean,
-        std=std,
-        autocast=make_autocast(device, cfg.amp, img_size=cfg.img_size),
-        # bf16 needs no loss scaling; fp16 (e.g. a Kaggle T4) does.
-        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         loss_fn=_fold_loss(cfg, targets[train_idx], n_classes=n_classes, soft=soft, device=device),
         mixing=Mixing(cfg, n_classes=n_classes) if mixing_enabled(cfg) else None,
-        workers=workers,
         progress=progress,
         soft=None if soft is None else torch.as_tensor(soft, dtype=torch.float32),
-        labels=None if soft is None else torch.tensor(targets),
     )
 
 
@@ -376,76 +366,96 @@ def _sampling_weights(cfg: Config, y_train: np.ndarray, *, n_classes: int) -> np
     return 1.0 / counts[y_train]
 
 
-def _fold_loaders(
+def _fold_data(
     cfg: Config,
     *,
+    seed: int,
     images: np.ndarray,
     targets: np.ndarray,
     by_row: bool,
     train_idx: np.ndarray,
     valid_idx: np.ndarray,
-    batches: ShardedBatches,
-    generator: torch.Generator,
+    n_classes: int,
     transform: A.Compose,
-    augment: BatchAugment | None,
-    workers: int,
     device: torch.device,
     dist_: Dist,
-) -> tuple[DataLoader[Any] | MemoryBatches, DataLoader[Any] | MemoryBatches]:
-    """The training loader (``batches`` of ``train_idx``) and this process's validation loader.
+) -> FoldData:
+    """The batches of ``train_idx`` (in an order drawn from ``seed``), their training loader
+    and this process's validation loader.
 
-    With ``augment``, both are batches of memory that the batch pipeline augments on the
-    device; without, DataLoaders that apply ``transform`` image by image. ``by_row``: the
+    With the batch pipeline's augmentation, both loaders are batches of memory augmented on
+    the device; without, DataLoaders that apply ``transform`` image by image. ``by_row``: the
     training loader serves row numbers, to look each row's soft targets up by."""
+    workers = auto_workers(cfg.num_workers, device)
+    generator = torch.Generator().manual_seed(seed)
+    weights = _sampling_weights(cfg, targets[train_idx], n_classes=n_classes)
+    batches = make_batches(
+        len(train_idx), batch_size=cfg.batch_size, generator=generator, weights=weights, dist_=dist_
+    )
+    augment = batch_augment(preset=cfg.aug, pipeline=cfg.pipeline, img_size=cfg.img_size)
     # Each process scores one part of the validation fold, so validating takes a share of
     # the time; validation_probs gathers the parts in order.
     my_valid = np.array_split(valid_idx, dist_.world)[dist_.rank]
     rows = np.arange(len(images)) if by_row else targets
+    train_loader: DataLoader[Any] | MemoryBatches
+    valid_loader: DataLoader[Any] | MemoryBatches
     if augment is not None:
         step = cfg.batch_size * 2
         chunks = [
             list(range(i, min(i + step, len(my_valid)))) for i in range(0, len(my_valid), step)
         ]
-        return (
-            MemoryBatches(images, rows, index=train_idx, batches=batches, generator=generator),
-            MemoryBatches(images, targets, index=my_valid, batches=chunks),
+        train_loader = MemoryBatches(
+            images, rows, index=train_idx, batches=batches, generator=generator
         )
-    loader_args: dict[str, Any] = dict(
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        worker_init_fn=_reseed_worker if workers > 0 else None,
-    )
-    train_loader = DataLoader(
-        ImageDataset(images, rows, transform, index=train_idx),
-        batch_sampler=batches,
+        valid_loader = MemoryBatches(images, targets, index=my_valid, batches=chunks)
+    else:
+        loader_args: dict[str, Any] = dict(
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+            worker_init_fn=_reseed_worker if workers > 0 else None,
+        )
+        train_loader = DataLoader(
+            ImageDataset(images, rows, transform, index=train_idx),
+            batch_sampler=batches,
+            generator=generator,
+            **loader_args,
+        )
+        valid_loader = DataLoader(
+            ImageDataset(images, targets, index=my_valid),
+            batch_size=cfg.batch_size * 2,
+            **loader_args,
+        )
+    return FoldData(
+        images=images,
+        targets=targets,
+        train_idx=train_idx,
+        valid_idx=valid_idx,
+        transform=transform,
         generator=generator,
-        **loader_args,
+        weights=weights,
+        batches=batches,
+        train_loader=train_loader,
+        valid_loader=valid_loader,
+        augment=augment,
+        workers=workers,
     )
-    valid_loader = DataLoader(
-        ImageDataset(images, targets, index=my_valid),
-        batch_size=cfg.batch_size * 2,
-        **loader_args,
-    )
-    return train_loader, valid_loader
 
 
 def _init_whitening(
-    model: nn.Module,
-    images: np.ndarray,
-    train_idx: np.ndarray,
-    *,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    device: torch.device,
+    model: nn.Module, images: np.ndarray, train_idx: np.ndarray, *, device: torch.device
 ) -> None:
-    """The airnets' first conv whitens the patches of this fold's own training images."""
+    """The airnets' first conv whitens the patches of this fold's own training images (other
+    models have no such conv: nothing to do)."""
+    if not hasattr(model, "init_whitening"):
+        return
+    mean, std = normalisation(model)
     sample = train_idx[:: max(1, len(train_idx) // 2048)]
     model.init_whitening(  # type: ignore[operator]
         to_input(
             torch.from_numpy(np.asarray(images[np.sort(sample)])),
-            mean=mean,
-            std=std,
+            mean=mean.to(device),
+            std=std.to(device),
             device=device,
         )
     )
