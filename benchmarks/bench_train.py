@@ -18,11 +18,12 @@ For every model (timm, random init) and image size it measures:
 
 (a) the compute ceiling: model-only training throughput (images/s) on synthetic
     batches already on the device, batch 32, AdamW, cross-entropy, channels_last,
-    AMP (bf16, or fp16 with loss scaling) on CUDA only; a few warm-up steps, then
+    in the precision comp train chose for (b); a few warm-up steps, then
     ``--steps`` timed in 5 windows, of which the fastest counts (measured again
     in NCHW layout, for the JSON and a note: the naive pipeline's layout);
 (b) ``comp.train.train`` end-to-end on the images on disk, 3 epochs, no frozen
-    stage, light augmentation: b = train images / ``train_seconds`` of the fastest
+    stage, light augmentation, ``amp: auto`` (comp times a few steps in both precisions
+    and keeps the faster, as a user's run does; measured before (a)): b = train images / ``train_seconds`` of the fastest
     warm epoch (2 or 3) in metrics.csv (data loading, augmentation, forward, backward),
     and b_wall = train images x epochs / wall time of the whole train() call. The
     decoded-image cache is built beforehand and timed on its own, cold and warm;
@@ -77,6 +78,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from common import GB, machine_info, precision, sync, timer  # benchmarks/common.py
 from PIL import Image
 from torch import nn
@@ -183,10 +185,11 @@ def measure_ceiling(
     batch_size: int,
     warmup: int,
     steps: int,
+    amp: bool,
     channels_last: bool = True,
 ) -> dict[str, Any]:
     """Model-only training images/s on synthetic batches already on the device, in the
-    precision comp train chooses here at this size (recorded as ``a_precision``)."""
+    precision ``amp`` gives here at this size (recorded as ``a_precision``)."""
     import timm
 
     torch.manual_seed(0)
@@ -194,8 +197,8 @@ def measure_ceiling(
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device).to(memory_format=layout).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    dtype = amp_dtype(device, True, img_size=size)
-    autocast = make_autocast(device, True, img_size=size)
+    dtype = amp_dtype(device, amp, img_size=size)
+    autocast = make_autocast(device, amp, img_size=size)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = nn.CrossEntropyLoss()
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
@@ -285,6 +288,8 @@ def measure_comp_train(
     epochs: int = 3,
 ) -> dict[str, Any]:
     metrics, wall = train_run(root, {**base, "epochs": epochs, "freeze_epochs": 0}, name)
+    # What `amp: auto` resolved to, from the run's own resolved config.
+    amp = bool(yaml.safe_load((root / "runs" / name / "config.yaml").read_text())["amp"] == "true")
     n = images_per_epoch(n_train, base["batch_size"])
     # The fastest warm epoch, as (a) takes its steadiest window: both the least disturbed
     # by whatever else the machine does.
@@ -296,7 +301,8 @@ def measure_comp_train(
         "b_wall_img_s": n * len(metrics) / wall,
         "b_wall_s": wall,
         "b_run": name,
-        "b_precision": precision(device, amp=bool(base["amp"]), img_size=int(base["img_size"])),
+        "b_amp": amp,
+        "b_precision": precision(device, amp=amp, img_size=int(base["img_size"])),
     }
 
 
@@ -672,8 +678,8 @@ def report(result: dict[str, Any]) -> str:
         f"- software: python {m['python']}, torch {m['torch']}, timm {m['timm']}, "
         f"torchvision {m['torchvision']}, albumentations {m['albumentations']}; "
         f"device {m['device']}, native bf16 {m['native_bf16'] or 'none'}, "
-        f"{m['torch_threads']} torch threads; precision per row (a/b/c), as comp train "
-        "chooses it at that size (c: the naive pipeline, always fp32)",
+        f"{m['torch_threads']} torch threads; precision per row (a/b/c): what comp train's "
+        "amp: auto timed faster for (b), the same for (a), fp32 for the naive pipeline (c)",
         f"- command: `{result['command']}`",
         f"- data: {d['n_images']} photo crops ({PHOTO_SIZE}x{PHOTO_SIZE} JPEG q90, {N_CLASSES} classes); "
         f"fold 0: {d['n_train']} train, {d['n_valid']} valid; {d['n_test']} test; "
@@ -759,6 +765,15 @@ def measure_row(
     row: dict[str, Any] = {"model": model, "size": size}
     row |= attempt(
         errors,
+        f"b {tag}",
+        lambda: measure_comp_train(
+            root, cfg, name=f"b-{tag}", n_train=ws["n_train"], device=device
+        ),
+    )
+    # (a) in the precision that (b)'s `amp: auto` chose, so b/a compares like with like.
+    amp = bool(row.get("b_amp", True))
+    row |= attempt(
+        errors,
         f"a {tag}",
         lambda: measure_ceiling(
             model,
@@ -767,6 +782,7 @@ def measure_row(
             batch_size=args.batch_size,
             warmup=args.warmup,
             steps=args.steps,
+            amp=amp,
         ),
     )
     # The same without channels_last, as the naive pipeline (c) runs: is NHWC faster here?
@@ -780,17 +796,11 @@ def measure_row(
             batch_size=args.batch_size,
             warmup=args.warmup,
             steps=args.steps,
+            amp=amp,
             channels_last=False,
         ),
     )
     row["a_nchw_img_s"] = nchw.get("a_img_s")
-    row |= attempt(
-        errors,
-        f"b {tag}",
-        lambda: measure_comp_train(
-            root, cfg, name=f"b-{tag}", n_train=ws["n_train"], device=device
-        ),
-    )
     row |= attempt(
         errors,
         f"c {tag}",
@@ -907,7 +917,7 @@ def main(argv: list[str] | None = None) -> None:
             "seed": 42,
             "device": args.device,
             "cache_images": True,
-            "amp": True,
+            "amp": "auto",
         }
         ws = make_workspace(root, data, base)
         result["data"] = {
