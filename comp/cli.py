@@ -479,19 +479,10 @@ def train(
     from comp.train.run import train as train_run
 
     if resume:
-        from comp.runs import read_config
+        from comp.runs import resume_config
 
-        if name is None:
-            raise click.ClickException("--resume needs --name: the run to continue")
-        overrides = _overrides(kwargs)
-        if overrides:
-            raise click.ClickException(
-                f"--resume continues run {name} with its own config; drop {', '.join(sorted(overrides))}"
-            )
         root = find_workspace(ctx.obj.get("workspace"))
-        if not (root / "runs" / name / "config.yaml").exists():
-            raise click.ClickException(f"--resume: no run {name} in {root / 'runs'}")
-        cfg = read_config(root / "runs" / name)
+        cfg = resume_config(root, name, overrides=_overrides(kwargs))
     else:
         root, cfg = workspace_config(ctx, kwargs)
     if (devices > 1 or nnodes > 1) and "LOCAL_RANK" not in os.environ:

@@ -74,6 +74,21 @@ def read_config(run_dir: Path) -> Config:
     return make_config(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
 
 
+def resume_config(root: Path, name: str | None, *, overrides: dict[str, Any]) -> Config:
+    """The config of run ``name``, to go on with after a kill (`comp train --resume`). A
+    resumed run keeps its own config: any override is refused rather than half-applied."""
+    if name is None:
+        raise ConfigError("--resume needs --name: the run to continue")
+    if overrides:
+        raise ConfigError(
+            f"--resume continues run {name} with its own config; drop {', '.join(sorted(overrides))}"
+        )
+    run_dir = root / "runs" / name
+    if not (run_dir / CONFIG_FILE).exists():
+        raise DataError(f"--resume: no run {name} in {root / 'runs'}")
+    return read_config(run_dir)
+
+
 def read_classes(run_dir: Path) -> list[str]:
     return [str(c) for c in json.loads((run_dir / CLASSES_FILE).read_text())]
 
