@@ -23,9 +23,9 @@ For every model (timm, random init) and image size it measures:
     in NCHW layout, for the JSON and a note: the naive pipeline's layout);
 (b) ``comp.train.train`` end-to-end on the images on disk, 3 epochs, no frozen
     stage, light augmentation, ``amp: auto`` (comp times a few steps in both precisions
-    and keeps the faster, as a user's run does; measured before (a)): b = train images / ``train_seconds`` of the fastest
-    warm epoch (2 or 3) in metrics.csv (data loading, augmentation, forward, backward),
-    and b_wall = train images x epochs / wall time of the whole train() call. The
+    and keeps the faster, as a user's run does; measured before (a)): b = train images /
+    ``train_seconds`` of the fastest warm epoch (2 or 3) in metrics.csv (data loading,
+    augmentation, forward, backward), and b_wall = train images x epochs / wall time of the whole train() call. The
     decoded-image cache is built beforehand and timed on its own, cold and warm;
 (c) a naive seed-style pipeline with the same model and batch: PIL decode and
     torchvision transforms per image per epoch, a plain NCHW fp32 model, one
@@ -78,7 +78,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from common import GB, machine_info, precision, sync, timer  # benchmarks/common.py
 from PIL import Image
 from torch import nn
@@ -86,6 +85,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from comp.hardware.distributed import pick_device
 from comp.hardware.precision import amp_dtype, make_autocast, precision_name
+from comp.runs import read_config
 
 N_CLASSES = 8
 PHOTO_SIZE = 256
@@ -289,7 +289,7 @@ def measure_comp_train(
 ) -> dict[str, Any]:
     metrics, wall = train_run(root, {**base, "epochs": epochs, "freeze_epochs": 0}, name)
     # What `amp: auto` resolved to, from the run's own resolved config.
-    amp = bool(yaml.safe_load((root / "runs" / name / "config.yaml").read_text())["amp"] == "true")
+    amp = read_config(root / "runs" / name).amp == "true"
     n = images_per_epoch(n_train, base["batch_size"])
     # The fastest warm epoch, as (a) takes its steadiest window: both the least disturbed
     # by whatever else the machine does.
