@@ -26,7 +26,8 @@ For every model (timm, random init) and image size it measures:
     and keeps the faster, as a user's run does; measured before (a)): b = train images /
     ``train_seconds`` of the fastest warm epoch (2 or 3) in metrics.csv (data loading,
     augmentation, forward, backward), and b_wall = train images x epochs / wall time of
-    the whole train() call. The decoded-image cache is built beforehand and timed on its own, cold and warm;
+    the whole train() call. The decoded-image cache is built beforehand and timed on its
+    own, cold and warm;
 (c) a naive seed-style pipeline with the same model and batch: PIL decode and
     torchvision transforms per image per epoch, a plain NCHW fp32 model, one
     timed epoch after a few warm-up batches;
