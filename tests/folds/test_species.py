@@ -65,6 +65,25 @@ def test_classes_in_fewer_groups_than_folds_are_split_to_reach_every_fold() -> N
     assert split_within_classes(graph, groups, y=y, n_splits=3) is None
 
 
+def test_a_share_of_the_classes_keeps_its_views_whole() -> None:
+    # Ten classes of three views of 8: cut evenly, each keeps one view whole (8, 4, 4, 4, 4);
+    # kept whole, two (8, 8 and the third view in three pieces).
+    graph, y = clusters([8] * 30, label_of=[f"c{i // 3}" for i in range(30)])
+    groups = graph.groups([0.05], cap=40)[0]
+
+    def whole_views(split: np.ndarray) -> pd.Series:
+        sizes = pd.DataFrame({"y": y, "g": split}).value_counts()
+        return (sizes == 8).groupby(level="y").sum()
+
+    even = split_within_classes(graph, groups, y=y, n_splits=5)
+    half = split_within_classes(graph, groups, y=y, n_splits=5, whole=0.5, seed=1)
+    assert even is not None and half is not None
+    assert whole_views(even[0]).eq(1).all() and even[1].whole == 0
+    assert sorted(whole_views(half[0])) == [1] * 5 + [2] * 5 and half[1].whole == 5
+    assert "in 5 of them the views were kept whole" in half[1].line()
+    assert (pd.DataFrame({"y": y, "g": half[0]}).groupby("y")["g"].nunique() == 5).all()
+
+
 def test_write_species_holds_out_a_view_train_never_has(tmp_path: Path) -> None:
     root = write_species(tmp_path / "species", species=6, frames=2, size=32, seed=3)
     train = pd.read_csv(root / "train_labels.csv", dtype=str)
