@@ -76,12 +76,12 @@ def test_a_share_of_the_classes_keeps_its_views_whole() -> None:
         return (sizes == 8).groupby(level="y").sum()
 
     even = split_within_classes(graph, groups, y=y, n_splits=5)
-    half = split_within_classes(graph, groups, y=y, n_splits=5, whole=0.4, seed=1)
-    assert even is not None and half is not None
+    share = split_within_classes(graph, groups, y=y, n_splits=5, whole=0.4, seed=1)
+    assert even is not None and share is not None
     assert whole_views(even[0]).eq(1).all() and even[1].whole == 0
-    assert sorted(whole_views(half[0])) == [1] * 6 + [2] * 4 and half[1].whole == 4
-    assert "in 4 of them the views were kept whole" in half[1].line()
-    assert (pd.DataFrame({"y": y, "g": half[0]}).groupby("y")["g"].nunique() == 5).all()
+    assert sorted(whole_views(share[0])) == [1] * 6 + [2] * 4 and share[1].whole == 4
+    assert "in 4 of them the views were kept whole" in share[1].line()
+    assert (pd.DataFrame({"y": y, "g": share[0]}).groupby("y")["g"].nunique() == 5).all()
 
 
 def test_write_species_holds_out_a_view_train_never_has(tmp_path: Path) -> None:
