@@ -324,7 +324,8 @@ def demo(directory: Path, size: int, force: bool) -> None:
     "(the subject's palette), thumb (tiny whole image), phash (perceptual hash), embed (the "
     "model's backbone features; with no pretrained weights, a small net learned from the "
     "train and test images without labels, about 40 s). Images are as near as in the "
-    "feature where they are nearest.",
+    "feature where they are nearest; where the groups on all of them fill up, they are also "
+    "tried on the first feature with each other one left out, and the matching chooses.",
 )
 @click.option(
     "--threshold",

@@ -23,6 +23,7 @@ from comp.errors import ConfigError, DataError
 from comp.files import Echo
 from comp.folds.similarity import DEFAULT_METHODS, METHODS
 from comp.folds.split import (
+    NOISE_DRAWS,
     QUANTILES,
     check_class_counts,
     choose_folds,
@@ -132,7 +133,13 @@ def matched_folds(
     x_train = feats.take(slice(0, len(ids)))
     x_test = feats.take(slice(len(ids), None)) if test_ids else None
     choice = choose_folds(
-        comp.train, x_train, x_test, n_splits=cfg.n_splits, seed=cfg.seed, threshold=threshold
+        comp.train,
+        x_train,
+        x_test,
+        n_splits=cfg.n_splits,
+        seed=cfg.seed,
+        threshold=threshold,
+        methods=methods,
     )
     report = fold_report(choice, methods=methods, n_splits=cfg.n_splits, seed=cfg.seed)
     used = choice.plain if plain else choice.chosen
@@ -192,7 +199,10 @@ def fold_report_text(report: dict[str, Any], distances: dict[str, Any], path: Pa
         lines.append(
             f"{mark} {c['name']:<36} {groups:>6} {c['largest_group']:>8} {shift:>7} {match:>6}{note}"
         )
-    lines.append("  (shift: gap to the test distances, lower is better; match: 1 - Jensen-Shannon)")
+    lines.append(
+        "  (shift: gap to the test distances, lower is better; plain folds' is the best of "
+        f"{1 + NOISE_DRAWS} draws when matched; match: 1 - Jensen-Shannon)"
+    )
     if report.get("adversarial_auc") is not None:
         lines.append(
             f"\nadversarial validation AUC {report['adversarial_auc']:.2f}: {report['adversarial_meaning']}"
