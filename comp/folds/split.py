@@ -334,11 +334,11 @@ def choose_folds(
     folds and groups joined through neighbours up to a ladder of distances (each group at
     most N/(2K) images; comp.folds.similarity.Graph), on all the features and, at rungs
     where those groups fill up to that cap, on the first feature with each other one left
-    out (method_sets; ``methods`` names them). Each
-    feature's distances are scaled by the test set's typical distance in it, and each is
-    matched on its own (shift_score, averaged; plain folds keep their best over
-    1 + NOISE_DRAWS seeds); a candidate within ``tolerance`` of the smallest shift that
-    groups less wins, so CV does not turn pessimistic on a random split. With
+    out (_all_candidates; ``methods`` names them). Each feature's distances are scaled by
+    the test set's typical distance in it, and each is matched on its own (shift_score,
+    averaged; plain folds keep their best over 1 + NOISE_DRAWS seeds); a candidate within
+    ``tolerance`` of the smallest shift that groups less wins, so CV does not turn
+    pessimistic on a random split. With
     ``threshold``, the groups are cut there instead of chosen. Without test images there
     is nothing to match: twins (TWIN_DISTANCE) are kept together.
     """
@@ -360,41 +360,17 @@ def choose_folds(
         ladder = candidate_thresholds(d_test)
     # Nothing to match with a threshold given or no test set: take the grouping asked for.
     matching = threshold is None and d_test is not None
-    names = list(methods) if methods is not None else [str(i) for i in range(len(x_train.spaces))]
-    candidates: list[Candidate] = []
-    seen: set[bytes] = set()
-    # Rungs where the groups on every feature fill up to the cap: there a feature's false
-    # twins may have kept out true ones, and fewer features are tried too.
-    cap = group_cap(n, n_splits)
-    full = [
-        t
-        for t, g in zip(ladder, graph.groups(ladder, cap=cap), strict=True)
-        if np.bincount(g).max() >= cap
-    ]
-    for subset in method_sets(len(x_train.spaces)) if matching else [()]:
-        every = len(subset) in (0, len(x_train.spaces))
-        if not every and not full:
-            continue
-        on = Features([x_train.spaces[i] for i in subset])
-        found = fold_candidates(
-            graph if every else neighbour_graph(on, progress=progress),
-            ladder if every else full,
-            n=n,
-            n_splits=n_splits,
-            y=labels["label"].to_numpy(),
-            seed=seed,
-        )
-        for c in found if every else found[1:]:  # plain folds once
-            key = b"" if c.groups is None else pd.factorize(c.groups)[0].tobytes()
-            if key in seen:
-                continue  # the same groups, found by another way of looking
-            seen.add(key)
-            if not every:
-                c.name += " on " + "+".join(names[i] for i in subset)
-            candidates.append(c)
-    # By rung, as _choose reads them (least grouping first); within a rung the groups on
-    # every feature come first, as they did before fewer were tried.
-    candidates.sort(key=lambda c: -1.0 if c.threshold is None else c.threshold)
+    candidates = _all_candidates(
+        graph,
+        x_train,
+        ladder,
+        y=labels["label"].to_numpy(),
+        n_splits=n_splits,
+        seed=seed,
+        matching=matching,
+        methods=methods,
+        progress=progress,
+    )
     for c in tqdm(candidates, desc="candidate folds", leave=False, disable=files.no_bar(progress)):
         _measure(c, labels, x_train, queries, d_tests, n_splits=n_splits, seed=seed)
     if matching:
@@ -414,6 +390,47 @@ def choose_folds(
         x_test=x_test,
         d_train=d_train,
     )
+
+
+def _all_candidates(
+    graph: Graph,
+    x_train: Features,
+    ladder: list[float],
+    *,
+    y: np.ndarray,
+    n_splits: int,
+    seed: int,
+    matching: bool,
+    methods: Sequence[str] | None,
+    progress: bool,
+) -> list[Candidate]:
+    """fold_candidates on every feature (``graph``) and, when matching, at the rungs where
+    those groups fill up to the cap, on the first feature with each other one left out
+    (method_sets; ``methods`` names them): each grouping once, by rung."""
+    n = len(y)
+    cap = group_cap(n, n_splits)
+    rungs = graph.groups(ladder, cap=cap)
+    found = fold_candidates(graph, ladder, n=n, n_splits=n_splits, y=y, seed=seed, groups=rungs)
+    # Where the groups on every feature fill up to the cap, a feature's false twins may
+    # have kept out true ones: fewer features are tried there too.
+    full = [t for t, g in zip(ladder, rungs, strict=True) if np.bincount(g).max() >= cap]
+    if matching and full:
+        names = (
+            list(methods) if methods is not None else [str(i) for i in range(len(x_train.spaces))]
+        )
+        for subset in method_sets(len(x_train.spaces))[1:]:
+            on = neighbour_graph(Features([x_train.spaces[i] for i in subset]), progress=progress)
+            # [1:]: plain folds are in once already.
+            for c in fold_candidates(on, full, n=n, n_splits=n_splits, y=y, seed=seed)[1:]:
+                c.name += " on " + "+".join(names[i] for i in subset)
+                found.append(c)
+    unique: dict[bytes, Candidate] = {}
+    for c in found:
+        # The same groups, found by another way of looking, count once.
+        unique.setdefault(b"" if c.groups is None else pd.factorize(c.groups)[0].tobytes(), c)
+    # By rung, as _choose reads them (least grouping first); within a rung the groups on
+    # every feature come first, as they did before fewer were tried.
+    return sorted(unique.values(), key=lambda c: -1.0 if c.threshold is None else c.threshold)
 
 
 def group_cap(n: int, n_splits: int) -> int:
@@ -461,8 +478,10 @@ def fold_candidates(
     n_splits: int,
     y: np.ndarray | None = None,
     seed: int = 0,
+    groups: list[np.ndarray] | None = None,
 ) -> list[Candidate]:
-    """Plain folds first, then one candidate per rung of ``ladder`` that groups differently.
+    """Plain folds first, then one candidate per rung of ``ladder`` that groups differently
+    (``groups``: the graph's groups at each rung, where the caller has made them already).
 
     With the labels ``y``, a rung that leaves some class in fewer groups than folds (the
     class is the subject: all its images are near each other) also gives two candidates
@@ -473,11 +492,12 @@ def fold_candidates(
     candidates = [Candidate("plain stratified folds", None, None)]
     seen: set[int] = set()
     split_seen: set[tuple[int, float]] = set()
-    for t, groups in zip(ladder, graph.groups(ladder, cap=cap), strict=True):
+    rungs = groups if groups is not None else graph.groups(ladder, cap=cap)
+    for t, grouped in zip(ladder, rungs, strict=True):
         for whole in (0.0, WHOLE_SHARE) if y is not None else ():
             assert y is not None
             split = split_within_classes(
-                graph, groups, y=y, n_splits=n_splits, whole=whole, seed=seed
+                graph, grouped, y=y, n_splits=n_splits, whole=whole, seed=seed
             )
             if split is None or (int(split[0].max()) + 1, whole) in split_seen:
                 continue
@@ -486,11 +506,11 @@ def fold_candidates(
             if whole:
                 name += f", {whole:.0%} with views whole"
             candidates.append(Candidate(name, t, split[0], split=split[1]))
-        count = int(groups.max()) + 1
+        count = int(grouped.max()) + 1
         if count in seen or count == n:
             continue  # no grouping, or the same as a lower rung
         seen.add(count)
-        candidates.append(Candidate(f"groups within distance {t:g}", t, groups))
+        candidates.append(Candidate(f"groups within distance {t:g}", t, grouped))
     return candidates
 
 
