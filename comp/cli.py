@@ -250,7 +250,7 @@ def cli(ctx: click.Context, workspace: Path | None) -> None:
     help="Share of labelled images held back as a local test set when the data has no test set.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing comp.yaml.")
-@config_flags("model", "img_size", "n_splits", "seed")
+@config_flags("model", "img_size", "n_splits", "seed", "pretrained_file")
 @friendly_errors
 def init(directory: Path, data: Path, holdout: float, force: bool, **kwargs: Any) -> None:
     """Make a workspace in DIRECTORY around an existing competition folder.
@@ -258,9 +258,13 @@ def init(directory: Path, data: Path, holdout: float, force: bool, **kwargs: Any
     Detects the layout (Kaggle CSV + train/test folders, or one folder per class),
     the Id and label columns, and reports images, classes, sizes and modes.
 
+    A --pretrained-file is checked against the model the recipe fine-tunes, and
+    refused before anything is written where it does not fit.
+
     \b
-    Example:
+    Examples:
         comp init pokemon-ws --data ~/data/pokemon-types
+        comp init ws --data data --model tf_efficientnet_lite0 --pretrained-file lite0.pth
     """
     from comp.data.workspace import init_workspace
 
@@ -460,8 +464,11 @@ def train(
     """Train a timm model on every fold, with the recipe its starting point calls for.
 
     From random init: no frozen stage, warmup then cosine, label smoothing. From
-    pretrained weights: a frozen-backbone stage, then all layers with layer-wise
-    lr decay. Keys you set win over the recipe, which is printed. Early stopping
+    pretrained weights: a logistic-regression head on the frozen backbone's
+    features, then all layers at a low rate with BatchNorm frozen. Where
+    `recipe: auto` finds weights, the first fold trains both ways and the
+    better recipe trains the rest (`--recipe finetune` skips that). Keys you
+    set win over the recipe, which is printed. Early stopping
     and checkpoint choice follow validation macro-F1. Writes runs/<name>/ with
     the resolved config, per-fold checkpoints and metrics, out-of-fold
     probabilities and the CV macro-F1.
@@ -477,7 +484,7 @@ def train(
         comp train --model simple_cnn --freeze-epochs 0 --centre true
         comp train --head extratrees --features-from effb0   # on effb0's fold backbones
     """
-    from comp.train.run import train as train_run
+    from comp.train.probe import train as train_run
 
     if resume:
         from comp.runs import resume_config
@@ -486,6 +493,7 @@ def train(
         cfg = resume_config(root, name, overrides=_overrides(kwargs))
     else:
         root, cfg = workspace_config(ctx, kwargs)
+    _check_pretrained_file(root, cfg)
     if (devices > 1 or nnodes > 1) and "LOCAL_RANK" not in os.environ:
         # This process only launches: torchrun starts one `comp train` per device, each
         # of which joins the process group from the environment torchrun sets.
@@ -509,6 +517,20 @@ def train(
     if not summary:
         return  # a distributed process other than the first: that one reports
     _print_summary(summary, time.perf_counter() - t0)
+
+
+def _check_pretrained_file(root: Path, cfg: Config) -> None:
+    """Refuse a pretrained file that does not fit before a run folder is written (the folds
+    load it only after), and say how it will load."""
+    if cfg.pretrained_file is None or "LOCAL_RANK" in os.environ:
+        return  # torchrun's processes: the launching one has checked
+    if cfg.model == "auto" and cfg.recipe == "scratch":
+        return  # the net is chosen by image size and device, later
+    from comp.models.factory import describe_file
+
+    # Like every path in comp.yaml, relative to the workspace.
+    path = Path(cfg.pretrained_file).expanduser()
+    click.echo(describe_file(cfg.model, path=path if path.is_absolute() else root / path))
 
 
 def _print_summary(summary: dict[str, Any], seconds: float) -> None:
@@ -700,6 +722,7 @@ def distill(ctx: click.Context, run: str, name: str | None, **kwargs: Any) -> No
         pseudo_soft=True,
         pseudo_threshold=threshold if threshold is not None else 0.0,
     )
+    _check_pretrained_file(root, cfg)
     name = name or f"{cfg.model.replace('/', '_')}-distilled-{datetime.now():%Y%m%d-%H%M%S}"
     t0 = time.perf_counter()
     summary = train_run(root, validate(cfg), name=name, echo=click.echo, full=True)

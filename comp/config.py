@@ -163,6 +163,18 @@ class Config:
         "train",
     )
     lr1: float = _key(1e-3, "learning rate of stage 1 (head only)", "train")
+    stage1: str = _key(
+        "logreg",
+        "stage 1 on cached features: logreg (the head starts as a logistic regression fitted "
+        "on them at once; further frozen epochs refine it at lr1) or sgd (lr1 from a fresh head)",
+        "train",
+    )
+    bn: str = _key(
+        "auto",
+        "BatchNorm in stage 2: train (batch statistics) or frozen (the pretrained running "
+        "statistics kept, scale and shift still learnt) (auto: frozen to fine-tune, train from scratch)",
+        "train",
+    )
     lr2: float = _key(
         AUTO,
         "learning rate of stage 2, all layers (auto: 2e-4 to fine-tune, 2e-3 from scratch)",
@@ -480,6 +492,11 @@ def validate(cfg: Config) -> Config:
         ),
         (cfg.patience >= 1, "patience must be at least 1"),
         (cfg.pretrained in ("auto", "true", "false"), "pretrained must be auto, true or false"),
+        (cfg.stage1 in ("logreg", "sgd"), f"stage1 must be logreg or sgd, not '{cfg.stage1}'"),
+        (
+            cfg.bn in ("auto", "train", "frozen"),
+            f"bn must be auto, train or frozen, not '{cfg.bn}'",
+        ),
         (cfg.scheduler in ("cosine", "plateau"), "scheduler must be cosine or plateau"),
         (cfg.loss in ("ce", "focal"), f"loss '{cfg.loss}' must be ce or focal"),
         ("label_smoothing" in auto or cfg.label_smoothing < 1, "label_smoothing must be in [0, 1)"),

@@ -449,7 +449,12 @@ def init_workspace(
         "seed": seed,
         **(overrides or {}),
     }
+    if values.get("pretrained_file") is not None:
+        values["pretrained_file"] = _weights_path(str(values["pretrained_file"]), root)
     cfg = make_config(values)
+    n_train = len(det.labels) * (cfg.n_splits - 1) // cfg.n_splits
+    # Before anything is written: a pretrained file that does not fit is refused here.
+    plan = planned_recipe(cfg, stats["sizes"], n_train, root=root, num_classes=len(set(det.labels)))
     # Only now, with the data understood and the config valid: a refused init writes nothing.
     root.mkdir(parents=True, exist_ok=True)
     for name, table in det.tables.items():
@@ -461,27 +466,45 @@ def init_workspace(
         cfg,
         header=f"comp workspace around {data.resolve()} ({det.layout} layout).\nEvery key can be overridden on the command line: --epochs 3 or --set epochs=3.",
     )
-    n_train = len(det.labels) * (cfg.n_splits - 1) // cfg.n_splits
-    return dict(values), report(det, stats, cfg.img_size) + "\n" + planned_recipe(
-        cfg, stats["sizes"], n_train
-    )
+    return dict(values), report(det, stats, cfg.img_size) + "\n" + plan
 
 
-def planned_recipe(cfg: Config, sizes: np.ndarray, n_train: int) -> str:
-    """The recipe `comp train` will resolve here, as one line (it is resolved again there)."""
+def _weights_path(typed: str, root: Path) -> str:
+    """A pretrained file as comp.yaml holds it (relative inside the workspace, absolute
+    outside), from the path typed relative to where comp runs, or else to the workspace."""
+    path = Path(typed).expanduser()
+    if not path.is_absolute() and not path.exists() and (root / path).exists():
+        return path.as_posix()
+    return _where(path, root)
+
+
+def planned_recipe(
+    cfg: Config, sizes: np.ndarray, n_train: int, *, root: Path, num_classes: int
+) -> str:
+    """The recipe `comp train` will resolve here, as one line (it is resolved again there),
+    after the line on a pretrained file; ``ModelError`` where the file does not fit the
+    model the recipe fine-tunes."""
     # torch and timm only here, where weights are looked for: `comp init` stays quick otherwise.
     import torch
 
-    from comp.models.factory import weights_source
+    from comp.models.factory import describe_file, weights_source
 
     weights = weights_source(
         cfg.model, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file
     )
     cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    _, recipe = resolve(
+    resolved, recipe = resolve(
         cfg, weights=weights, device="cuda" if cuda else "cpu", sizes=sizes, n_train=n_train
     )
-    return recipe.describe()
+    if cfg.pretrained_file is None:
+        return recipe.describe()
+    loads = describe_file(
+        resolved.model,
+        path=root / Path(cfg.pretrained_file).expanduser(),  # absolute: stays itself
+        num_classes=num_classes,
+        guess=cfg.model == "auto",
+    )
+    return f"{loads}\n{recipe.describe()}"
 
 
 def report(det: Detected, stats: dict[str, Any], img_size: int) -> str:

@@ -1,8 +1,8 @@
 """Model factory, stage freezing and checkpoints.
 
 Reads timm weights: from ``pretrained_file`` (a local .pth/.safetensors, e.g. an
-attached Kaggle dataset, or an earlier comp checkpoint), from timm's cache or the
-hub. Writes checkpoints: the weights under ``state_dict`` plus plain metadata, so
+attached Kaggle dataset, or an earlier comp checkpoint; fitted by comp.models.weights,
+also under another implementation's key names), from timm's cache or the hub. Writes checkpoints: the weights under ``state_dict`` plus plain metadata, so
 timm's own ``load_state_dict`` and ``pretrained_cfg_overlay=dict(file=...)`` read
 them back.
 """
@@ -23,7 +23,7 @@ from torch import nn
 from comp import files
 from comp.config import PRETRAINED_MODEL
 from comp.errors import ModelError
-from comp.models import nets
+from comp.models import nets, weights
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ def create_model(
     warning), "true" (weights or an error) or "false" (random init). The baseline nets
     ``mlp`` and ``simple_cnn`` (comp.models.nets) have no pretrained weights: they start from
     random init, or from ``pretrained_file``, a comp checkpoint of the same net.
+
+    A timm model loaded from ``pretrained_file`` carries one line on what was loaded, by
+    name or mapped by order: ``comp.models.weights.loaded_from(model)``.
     """
     if name in nets.NAMES:
         return _create_baseline(
@@ -90,28 +93,17 @@ def _create_timm(
     pretrained_file: str | Path | None,
     drop_path_rate: float,
 ) -> tuple[nn.Module, str]:
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
-        hint = f"; similar: {', '.join(close)}" if close else ""
-        raise ModelError(f"unknown timm model '{name}'{hint}")
+    _check_timm_name(name)
     # Only when asked for: not every timm model takes it.
     extra: dict[str, Any] = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
     if pretrained_file is not None:
         path = Path(pretrained_file).expanduser()
         if not path.is_file():
             raise ModelError(f"{path}: pretrained_file not found")
-        try:
-            model = timm.create_model(
-                name,
-                pretrained=True,
-                num_classes=num_classes,
-                pretrained_cfg_overlay={"file": str(path)},
-                **extra,
-            )
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise ModelError(
-                f"{path}: weights do not fit {name} ({str(e).splitlines()[0]})"
-            ) from None
+        # Built bare and fitted here, not through timm's pretrained_cfg_overlay: that one
+        # loads a file under other key names with strict=False, i.e. loads nothing.
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **extra)
+        setattr(model, weights.ATTRIBUTE, weights.load_weights(model=model, path=path, name=name))
         return model, f"file:{path}"
     if pretrained == "false":
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **extra), "random"
@@ -124,13 +116,15 @@ def _create_timm(
                 raise OSError(
                     "the model hub cannot be reached and the weights are not in the local cache"
                 )
-            return _create_timm(
+            # timm's own weights of this very model: timm loads them, with the checkpoint
+            # filters some of its architectures need.
+            return timm.create_model(
                 name,
+                pretrained=True,
                 num_classes=num_classes,
-                pretrained="auto",
-                pretrained_file=cached,
-                drop_path_rate=drop_path_rate,
-            )[0], f"cache:{cached}"
+                pretrained_cfg_overlay={"file": cached},
+                **extra,
+            ), f"cache:{cached}"
         return timm.create_model(name, pretrained=True, num_classes=num_classes, **extra), "timm"
     except Exception as e:  # the hub raises many kinds of network and lookup errors
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -145,6 +139,13 @@ def _create_timm(
             stacklevel=2,
         )
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **extra), "random"
+
+
+def _check_timm_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise ModelError(f"unknown timm model '{name}'{hint}")
 
 
 def weights_source(name: str, *, pretrained: str, pretrained_file: str | Path | None) -> str:
@@ -165,6 +166,31 @@ def weights_source(name: str, *, pretrained: str, pretrained_file: str | Path | 
         return "timm"
     cached = cached_weights(name)
     return f"cache:{cached}" if cached else "random"
+
+
+def describe_file(
+    name: str, *, path: str | Path, num_classes: int | None = None, guess: bool = False
+) -> str:
+    """What ``create_model(name, pretrained_file=path)`` would load, as one line, or a
+    ``ModelError`` where the file does not fit: for `comp init` and `comp train`, which
+    must refuse a file before they write anything, cheaply (no weights are allocated).
+
+    ``name`` "auto" is the model comp fine-tunes; then, or with ``guess``, a refusal
+    names the common architecture the file fits, if one does. ``num_classes`` None
+    leaves the head out of the description.
+    """
+    guess = guess or name == "auto"
+    name = PRETRAINED_MODEL if name == "auto" else name
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelError(f"{path}: pretrained_file not found")
+    if name in nets.NAMES:
+        _create_baseline(
+            name, num_classes=num_classes or 2, pretrained="auto", pretrained_file=path
+        )
+        return f"weights: a comp checkpoint of {name} from {path}"
+    _check_timm_name(name)
+    return weights.check_file(name=name, path=path, num_classes=num_classes, guess=guess)
 
 
 def _create_baseline(
@@ -254,10 +280,11 @@ def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
         p.requires_grad = True
 
 
-def set_train_mode(model: nn.Module, *, frozen: bool) -> None:
-    """Train mode, except that a frozen backbone keeps its BatchNorm statistics fixed."""
+def set_train_mode(model: nn.Module, *, frozen: bool, frozen_bn: bool = False) -> None:
+    """Train mode, except that a frozen backbone (or, with ``frozen_bn``, every BatchNorm
+    below the head) keeps its running statistics fixed."""
     model.train()
-    if frozen:
+    if frozen or frozen_bn:
         head = set(model.get_classifier().modules())  # type: ignore[operator]
         for m in model.modules():
             if m not in head and isinstance(m, nn.modules.batchnorm._BatchNorm):

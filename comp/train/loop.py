@@ -62,6 +62,7 @@ from comp.models.factory import (
     set_train_mode,
 )
 from comp.models.inference import extract_features, head_probs, predict_probs
+from comp.train.heads import fit_linear_head
 from comp.train.losses import Mixing, TeacherLoss, make_loss, mixing_enabled
 
 EpochHook = Callable[[int, int, float], None]
@@ -517,8 +518,10 @@ def begin_stage(f: Fold, stage: Stage) -> StageRun:
     features = None
     net = f.model
     if stage.frozen and cfg.cache_features:
+        views = cfg.feature_views if f.transform.transforms else 1
+        # A regression fits every view at once; epochs of SGD take one view each.
         features = embed_fold(
-            f, views=min(cfg.feature_views if f.transform.transforms else 1, stage.epochs)
+            f, views=views if cfg.stage1 == "logreg" else min(views, stage.epochs)
         )
     else:
         net = wrap(f.model, f.device, f.dist)
@@ -547,15 +550,27 @@ def embed_fold(f: Fold, *, views: int) -> tuple[torch.Tensor, torch.Tensor]:
         progress=f.progress,
     )
     augment = f.transform if f.transform.transforms else None
+    # The first view is the images as validation and test see them; the others augmented.
     train = extract_features(
         f.model,
         f.images,
         f.train_idx,
-        transform=augment,
-        views=views,
+        transform=None,
+        views=1,
         desc=f"fold {f.number} features",
         **args,
     )
+    if views > 1:
+        more = extract_features(
+            f.model,
+            f.images,
+            f.train_idx,
+            transform=augment,
+            views=views - 1,
+            desc=f"fold {f.number} augmented features",
+            **args,
+        )
+        train = torch.cat([train, more])
     valid = extract_features(
         f.model,
         f.images,
@@ -606,7 +621,9 @@ def restore_stage(f: Fold, run: StageRun, last: dict[str, Any]) -> None:
 
 def train_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
     """One pass over the fold's training part; its mean loss and accuracy over every process."""
-    set_train_mode(f.model, frozen=run.stage.frozen)
+    # Frozen BatchNorm keeps the statistics stage 1's head was fitted under: batch
+    # statistics of images unlike ImageNet would shift every feature at the switch.
+    set_train_mode(f.model, frozen=run.stage.frozen, frozen_bn=f.cfg.bn == "frozen")
     if run.features is not None:
         return head_epoch(f, run, epoch)
     return image_epoch(f, run, epoch)
@@ -616,6 +633,15 @@ def head_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
     """Stage 1 from cached features: the head alone, on every process alike (the features
     are gathered), so no gradient needs synchronising."""
     assert run.features is not None
+    if epoch == run.stage.start and f.cfg.stage1 == "logreg" and f.soft is None:
+        fitted = fit_linear_head(
+            f.model.get_classifier(),  # type: ignore[operator]
+            run.features[0],
+            f.targets[f.train_idx],
+            balanced=f.cfg.class_weights == "balanced" or f.cfg.sampler == "balanced",
+        )
+        if fitted is not None:
+            return fitted
     # Summed on the device: reading them every step would stall a GPU on each batch.
     sum_loss = torch.zeros((), dtype=torch.float64, device=f.device)
     sum_correct = torch.zeros((), dtype=torch.int64, device=f.device)

@@ -277,17 +277,7 @@ def resolve_run_config(
     root: Path, cfg: Config, *, comp: Competition, device: torch.device, echo: Echo
 ) -> tuple[Config, Recipe]:
     """The config with its recipe resolved: where the weights come from, then every auto key."""
-    if cfg.pretrained_file is not None:
-        # Like every path in comp.yaml, relative to the workspace, not to where comp runs.
-        cfg = dataclasses.replace(cfg, pretrained_file=str(resolve(root, cfg.pretrained_file)))
-        weights = f"file:{cfg.pretrained_file}"
-    elif cfg.pretrained == "false":
-        weights = "random"
-    else:
-        # Find out once, not once per fold, whether pretrained weights can be had.
-        probe = PRETRAINED_MODEL if cfg.model == "auto" else cfg.model
-        _, weights = create_model(probe, num_classes=len(comp.classes), pretrained=cfg.pretrained)
-        echo(f"weights: {weights}")
+    cfg, weights = find_weights(root, cfg, n_classes=len(comp.classes), echo=echo)
     sizes = None
     if is_auto(cfg.img_size):
         sizes = image_stats(comp.train_paths(list(comp.train["Id"])), sample=200)["sizes"]
@@ -300,6 +290,22 @@ def resolve_run_config(
         cfg = dataclasses.replace(cfg, pretrained="false")
     echo(recipe.describe())
     return cfg, recipe
+
+
+def find_weights(root: Path, cfg: Config, *, n_classes: int, echo: Echo) -> tuple[Config, str]:
+    """``cfg`` with its pretrained file's path resolved, and where the weights come from
+    ("random" for none)."""
+    if cfg.pretrained_file is not None:
+        # Like every path in comp.yaml, relative to the workspace, not to where comp runs.
+        cfg = dataclasses.replace(cfg, pretrained_file=str(resolve(root, cfg.pretrained_file)))
+        return cfg, f"file:{cfg.pretrained_file}"
+    if cfg.pretrained == "false":
+        return cfg, "random"
+    # Find out once, not once per fold, whether pretrained weights can be had.
+    probe = PRETRAINED_MODEL if cfg.model == "auto" else cfg.model
+    _, weights = create_model(probe, num_classes=n_classes, pretrained=cfg.pretrained)
+    echo(f"weights: {weights}")
+    return cfg, weights
 
 
 def decode_train(
