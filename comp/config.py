@@ -111,7 +111,10 @@ class Config:
         "model",
     )
     pretrained_file: str | None = _key(
-        None, "local weights file (.pth/.safetensors), e.g. from a Kaggle dataset", "model"
+        None,
+        "local weights file (.pth/.safetensors), e.g. from a Kaggle dataset; under another "
+        "implementation's names, mapped onto timm's tensor by tensor where they fit",
+        "model",
     )
     recipe: str = _key(
         "auto",
@@ -120,7 +123,7 @@ class Config:
     )
     img_size: int = _key(
         AUTO,
-        "images are resized to img_size x img_size (auto: from the images, at most 64 when training from scratch on a CPU)",
+        "images are resized to img_size x img_size (auto: from the images, at most 64 when training from scratch on a CPU; to fine-tune, small images upscaled to 96 on a CPU, 128 on a GPU)",
         "model",
     )
     head: str = _key(
@@ -149,7 +152,7 @@ class Config:
     )
     epochs: int = _key(
         AUTO,
-        "total epochs per fold, stage 1 + stage 2 (auto: 15 to fine-tune, 12 from scratch)",
+        "total epochs per fold, stage 1 + stage 2 (auto: 5 to fine-tune; from scratch, about 500 updates)",
         "train",
     )
     time_limit: str | None = _key(
@@ -159,7 +162,7 @@ class Config:
     )
     freeze_epochs: int = _key(
         AUTO,
-        "stage 1: epochs with the backbone frozen, head only (auto: 3 to fine-tune, 0 from scratch)",
+        "stage 1: epochs with the backbone frozen, head only (auto: 1 to fine-tune, 0 from scratch)",
         "train",
     )
     lr1: float = _key(1e-3, "learning rate of stage 1 (head only)", "train")
@@ -177,7 +180,7 @@ class Config:
     )
     lr2: float = _key(
         AUTO,
-        "learning rate of stage 2, all layers (auto: 2e-4 to fine-tune, 2e-3 from scratch)",
+        "learning rate of stage 2, all layers (auto: 5e-5 to fine-tune, 2e-3 from scratch)",
         "train",
     )
     warmup_epochs: int = _key(
@@ -201,7 +204,9 @@ class Config:
     focal_gamma: float = _key(
         2.0, "focal loss: how strongly easy examples are down-weighted", "train"
     )
-    label_smoothing: float = _key(AUTO, "label smoothing, e.g. 0.1 (auto: 0.1)", "train")
+    label_smoothing: float = _key(
+        AUTO, "label smoothing, e.g. 0.1 (auto: 0.1 from scratch, 0 to fine-tune)", "train"
+    )
     mixup: float = _key(0.0, "mixup alpha (timm Mixup), e.g. 0.2; 0 = off", "train")
     cutmix: float = _key(0.0, "cutmix alpha (timm Mixup), e.g. 1.0; 0 = off", "train")
     mixup_off_epoch: int = _key(

@@ -496,15 +496,21 @@ def planned_recipe(
     resolved, recipe = resolve(
         cfg, weights=weights, device="cuda" if cuda else "cpu", sizes=sizes, n_train=n_train
     )
+    plan = recipe.describe()
+    if cfg.recipe == "auto" and weights != "random":
+        plan += (
+            "\nrecipe auto with weights: comp train trains the first fold both ways (finetune "
+            "and scratch) and keeps the better for the other folds (--recipe finetune skips it)"
+        )
     if cfg.pretrained_file is None:
-        return recipe.describe()
+        return plan
     loads = describe_file(
         resolved.model,
         path=root / Path(cfg.pretrained_file).expanduser(),  # absolute: stays itself
         num_classes=num_classes,
         guess=cfg.model == "auto",
     )
-    return f"{loads}\n{recipe.describe()}"
+    return f"{loads}\n{plan}"
 
 
 def report(det: Detected, stats: dict[str, Any], img_size: int) -> str:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
 from comp import files
@@ -28,7 +29,7 @@ from comp.data.competition import load_competition
 from comp.errors import ConfigError
 from comp.files import Echo
 from comp.folds.split import folds_path, read_folds
-from comp.runs import runs_dir
+from comp.runs import CONFIG_FILE, runs_dir
 from comp.train import run
 
 PROBE_FILE = "probe.json"
@@ -93,8 +94,14 @@ def train(
         dataclasses.replace(cfg, model=PRETRAINED_MODEL if cfg.model == "auto" else cfg.model)
     )
     run_dir = runs_dir(root) / name
-    if (run_dir / "probe").exists():
-        raise ConfigError(f"{run_dir}: a probed run of this name exists; pick a new --name")
+    if (run_dir / CONFIG_FILE).exists():
+        # More folds of a run begun earlier: they train under the recipe it chose.
+        chosen = yaml.safe_load((run_dir / CONFIG_FILE).read_text()).get("recipe")
+        if chosen not in RECIPES:
+            raise ConfigError(f"{run_dir}: no recipe in its config.yaml; pick a new --name")
+        return run.train(
+            root, arm(cfg, chosen), name=name, folds=folds, echo=echo, progress=progress
+        )
     table = read_folds(folds_path(root, cfg), labels=comp.train)
     first = run.checked_folds(folds, sorted(int(k) for k in table["fold"].unique()))[0]
     echo(

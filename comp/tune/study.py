@@ -160,7 +160,7 @@ def search_space(cfg: Config) -> list[Dimension]:
 # What each recipe searches among the tune_* keys left at auto (README, "Tuning").
 RECIPE_SEARCH = {
     "scratch": ("lr2", "weight_decay", "label_smoothing", "model"),
-    "finetune": ("freeze_epochs", "lr1", "lr2", "layer_decay"),
+    "finetune": ("freeze_epochs", "lr2", "layer_decay"),
 }
 # Why a recipe leaves an auto key out of its space.
 LEFT_OUT = {
@@ -170,11 +170,15 @@ LEFT_OUT = {
     ): "no frozen stage from scratch: a head on a random backbone learns nothing",
     ("scratch", "lr1"): "no frozen stage from scratch, so no stage-1 rate",
     ("scratch", "layer_decay"): "off from scratch: no pretrained lower layers to protect",
-    ("finetune", "weight_decay"): "the finetune space is freeze epochs, lr1, lr2 and layer decay",
+    ("finetune", "weight_decay"): "the finetune space is freeze epochs, lr2 and layer decay",
     (
         "finetune",
         "label_smoothing",
-    ): "the finetune space is freeze epochs, lr1, lr2 and layer decay",
+    ): "the finetune space is freeze epochs, lr2 and layer decay",
+    (
+        "finetune",
+        "lr1",
+    ): "stage 1 is a regression fitted at once (stage1: logreg); lr1 moves only later frozen epochs",
     ("finetune", "model"): "the pretrained model stays",
 }
 

@@ -137,3 +137,31 @@ def test_fold_k_embeds_with_fold_ks_own_checkpoint(
             assert any(all(r.tobytes() in seen for r in x) for seen in rows), (what, k)
             others = [{r.tobytes() for r in f} for fold, f in embedded if fold != k]
             assert not any(all(r.tobytes() in seen for r in x) for seen in others), (what, k)
+
+
+def test_stage_one_head_is_the_logistic_regression_on_the_same_features() -> None:
+    """The head set by fit_linear_head predicts what scikit-learn's regression predicts, on
+    raw features (the scaler folded in), for many classes and for two."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from torch import nn
+
+    from comp.train.heads import fit_linear_head
+
+    rng = np.random.default_rng(0)
+    for n_classes in (5, 2):
+        y = rng.integers(0, n_classes, 300)
+        # Large, offset features, as an ImageNet backbone's pooled ones are.
+        x = rng.normal(3.0, 4.0, (300, 16)) + np.eye(n_classes, 16)[y] * 16
+        views = torch.as_tensor(np.stack([x, x + rng.normal(0, 0.5, x.shape)]), dtype=torch.float32)
+        head = nn.Linear(16, n_classes)
+        loss, acc = fit_linear_head(head, views, y, balanced=False) or (None, None)
+        assert loss is not None and acc is not None and acc > 0.9
+        reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        reference.fit(views.reshape(-1, 16).double().numpy(), np.tile(y, 2))
+        with torch.no_grad():
+            ours = torch.softmax(head(views[0]), 1).numpy()
+        np.testing.assert_allclose(ours, reference.predict_proba(x), atol=1e-3)
+    # Not a linear head, or a class missing from the fold: nothing fitted.
+    assert fit_linear_head(nn.Identity(), views, y, balanced=False) is None

@@ -44,6 +44,14 @@ def test_pretrained_weights_resolve_to_the_finetune_recipe() -> None:
     assert cfg.img_size == 224  # the median short side, capped at 224
     cfg, _ = resolve(make_config(), weights="timm", device="cpu", sizes=PHOTO_SIZES)
     assert cfg.img_size == 128
+    # Small images are upscaled towards ImageNet's scale to fine-tune, never from scratch.
+    sprites = np.full((20, 2), 64)
+    assert resolve(make_config(), weights="timm", device="cpu", sizes=sprites)[0].img_size == 96
+    assert resolve(make_config(), weights="timm", device="cuda", sizes=sprites)[0].img_size == 128
+    assert resolve(make_config(), weights="random", device="cpu", sizes=sprites)[0].img_size == 64
+    # BatchNorm keeps pretrained statistics; random init has none worth keeping.
+    assert cfg.bn == "frozen" and cfg.label_smoothing == 0
+    assert resolve(make_config(), weights="random", device="cpu")[0].bn == "train"
 
 
 def test_keys_the_user_set_always_win() -> None:
@@ -57,7 +65,7 @@ def test_keys_the_user_set_always_win() -> None:
     ):
         resolve(make_config({"freeze_epochs": 20}), weights="random", device="cpu")
     forced, recipe = resolve(make_config({"recipe": "finetune"}), weights="random", device="cpu")
-    assert recipe.name == "finetune" and forced.freeze_epochs == 3
+    assert recipe.name == "finetune" and forced.freeze_epochs == FINETUNE["freeze_epochs"]
 
 
 def test_auto_round_trips_through_comp_yaml_and_flags(tmp_path: Path) -> None:
@@ -83,9 +91,9 @@ def test_durations() -> None:
 
 def test_rescheduling_scales_what_the_recipe_chose() -> None:
     cfg, recipe = resolve(make_config({"mixup": 0.2}), weights="timm", device="cuda")
-    assert (cfg.epochs, cfg.freeze_epochs, cfg.mixup_off_epoch) == (15, 3, 12)
-    short = with_epochs(cfg, 6, auto=set(recipe.filled))
-    assert (short.epochs, short.freeze_epochs, short.mixup_off_epoch) == (6, 1, 5)
+    assert (cfg.epochs, cfg.freeze_epochs, cfg.mixup_off_epoch) == (5, 1, 4)
+    short = with_epochs(cfg, 10, auto=set(recipe.filled))
+    assert (short.epochs, short.freeze_epochs, short.mixup_off_epoch) == (10, 2, 8)
 
 
 def test_cpu_bf16_only_where_the_cores_have_it_and_images_are_large() -> None:

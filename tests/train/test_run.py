@@ -134,7 +134,9 @@ def test_cached_features_train_the_head_as_the_frozen_backbone_does(
     workspace: Callable[..., Path],
 ) -> None:
     """Stage 1 from features computed once gives the run that a backbone pass per epoch gives."""
-    root, _ = with_folds(workspace(epochs=3, freeze_epochs=3, aug="none", sampler="balanced"))
+    root, _ = with_folds(
+        workspace(epochs=3, freeze_epochs=3, aug="none", sampler="balanced", stage1="sgd")
+    )
     for cached in (True, False):
         run_cfg = load_config(root, {"cache_features": cached})
         train(root, run_cfg, name=f"cached-{cached}", folds=[0], echo=lambda s: None)
