@@ -158,8 +158,7 @@ def resolve(
         values["epochs"] = int(np.clip(round(SCRATCH_STEPS / steps), low, high))
     epochs = values.get("epochs", cfg.epochs)
     if is_auto(cfg.freeze_epochs):
-        # A short run keeps most of its epochs for the whole network.
-        values["freeze_epochs"] = min(values["freeze_epochs"], epochs // 3)
+        values["freeze_epochs"] = frozen_epochs(values["freeze_epochs"], epochs=epochs)
     if is_auto(cfg.warmup_epochs):
         values["warmup_epochs"] = min(values["warmup_epochs"], max(0, epochs // 5))
     if is_auto(cfg.mixup_off_epoch):
@@ -175,6 +174,13 @@ def resolve(
     return resolved, Recipe(name, why, values, kept)
 
 
+def frozen_epochs(asked: int, *, epochs: int) -> int:
+    """The frozen stage's epochs: at most a third of the run, so a short run keeps most of
+    its epochs for the whole network; yet one wherever the run has two, since stage 2
+    starts from the head stage 1 fitted (a regression on the features, seconds long)."""
+    return min(asked, max(epochs // 3, min(1, epochs - 1)))
+
+
 def with_epochs(cfg: Config, epochs: int, *, auto: set[str]) -> Config:
     """``cfg`` rescheduled to ``epochs``: warmup, frozen stage and mixup end scale with it.
 
@@ -183,7 +189,9 @@ def with_epochs(cfg: Config, epochs: int, *, auto: set[str]) -> Config:
     scale = epochs / cfg.epochs
     values: dict[str, Any] = {"epochs": epochs}
     if "freeze_epochs" in auto:
-        values["freeze_epochs"] = min(round(cfg.freeze_epochs * scale), epochs // 3)
+        values["freeze_epochs"] = frozen_epochs(
+            max(round(cfg.freeze_epochs * scale), min(cfg.freeze_epochs, 1)), epochs=epochs
+        )
     if "warmup_epochs" in auto:
         values["warmup_epochs"] = (
             min(round(cfg.warmup_epochs * scale), max(0, epochs // 5)) if cfg.warmup_epochs else 0

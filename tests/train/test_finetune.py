@@ -32,6 +32,10 @@ def test_stage_two_starts_where_stage_one_ended_on_real_weights(tmp_path: Path) 
                 "img_size": 64,
                 "epochs": 2,
                 "bn": bn,
+                # The demo's comp.yaml is set for scratch: these go back to the recipe's.
+                **dict.fromkeys(
+                    ("freeze_epochs", "lr2", "warmup_epochs", "label_smoothing"), "auto"
+                ),
             },
         )
         train(root, cfg, name=bn, folds=[0], echo=lambda s: None, progress=False)
