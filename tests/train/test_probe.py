@@ -54,8 +54,9 @@ def test_weights_found_train_the_first_fold_both_ways_and_keep_the_better(
 
 def test_a_recipe_you_set_is_not_probed(workspace: Callable[..., Path]) -> None:
     root = workspace(pretrained="auto", epochs=1, freeze_epochs=0)
-    root, _ = with_folds(root, pretrained_file=_weights(root))
-    cfg = load_config(root, {"recipe": "finetune"})
+    root, _ = with_folds(root)
+    cfg = load_config(root, {"recipe": "finetune", "pretrained_file": _weights(root)})
     probe.train(root, cfg, name="f", folds=[0], echo=lambda s: None, progress=False)
     assert not (root / "runs" / "f" / probe.PROBE_FILE).exists()
-    assert yaml.safe_load((root / "runs" / "f" / "config.yaml").read_text())["recipe"] == "finetune"
+    saved = yaml.safe_load((root / "runs" / "f" / "config.yaml").read_text())
+    assert saved["recipe"] == "finetune" and saved["pretrained_file"].endswith("r10.pth")
