@@ -45,8 +45,12 @@ def test_report_of_a_run(workspace: Callable[..., Path]) -> None:
     readme = (out / "README.md").read_text()
     assert "![confusion](confusion.png)" in readme and "CV macro-F1" in readme
     assert "![gradcam](gradcam.png)" in readme
-    if (out / "mistakes.png").exists():
-        assert "![mistakes](mistakes.png)" in readme
+    # The grid of confident mistakes is drawn exactly when the run made some.
+    oof = pd.read_csv(ws / "runs" / "r1" / "oof.csv")
+    classes = ["circle", "square", "triangle"]
+    wrong = bool((oof[classes].idxmax(axis=1) != oof["label"]).any())
+    assert (out / "mistakes.png").exists() == wrong
+    assert ("![mistakes](mistakes.png)" in readme) == wrong
 
 
 def test_report_of_a_missing_run(workspace: Callable[..., Path]) -> None:
