@@ -101,6 +101,10 @@ def test_a_built_submission_is_valid(
     ).reshape(len(ids), len(classes))
     df = build_submission(ids, probs, classes=classes, sample=sample)
     validate(df, sample, classes)
+    # Each Id keeps its own row, and its label is a class the model rated highest for it.
+    assert list(df.iloc[:, 0]) == ids
+    for i, label in enumerate(df.iloc[:, 1]):
+        assert probs[i, classes.index(label)] == probs[i].max()
 
 
 CORRUPTIONS = [
