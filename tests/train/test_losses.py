@@ -27,7 +27,20 @@ def test_mixing_gives_soft_targets_for_any_batch(batch: int) -> None:
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
-def test_regularisers_train_and_the_ema_weights_are_kept(workspace: Callable[..., Path]) -> None:
+def test_regularisers_train_and_the_ema_weights_are_kept(
+    workspace: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mixed: list[int] = []  # batches mixed so far, read at the end of each epoch
+    real_call = Mixing.__call__
+
+    def counted(
+        self: Mixing, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mixed.append(len(x))
+        return real_call(self, x, y)
+
+    monkeypatch.setattr(Mixing, "__call__", counted)
+    per_epoch: list[int] = []
     root, cfg = with_folds(
         workspace(
             epochs=3,
@@ -42,14 +55,45 @@ def test_regularisers_train_and_the_ema_weights_are_kept(workspace: Callable[...
             warmup_epochs=1,
         )
     )
-    train(root, cfg, name="reg", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
+    train(
+        root,
+        cfg,
+        name="reg",
+        folds=[0],
+        echo=lambda s: None,
+        on_epoch=lambda fold, epoch, f1: per_epoch.append(len(mixed)),
+    )
+    # Mixup and cutmix mix every batch of the first two epochs and none after.
+    assert per_epoch[0] > 0 and per_epoch[1] == 2 * per_epoch[0] and per_epoch[2] == per_epoch[1]
     best = torch.load(root / "runs" / "reg" / "fold0" / "best.pt", weights_only=True)
     assert best["meta"]["ema"] is True
     metrics = pd.read_csv(root / "runs" / "reg" / "fold0" / "metrics.csv")
     # Warmup: the first epoch starts far below the peak rate.
     assert metrics["lr"].iloc[0] < metrics["lr"].iloc[1]
     saved = yaml.safe_load((root / "runs" / "reg" / "config.yaml").read_text())
-    assert saved["ema"] is True and saved["mixup_off_epoch"] == 2
+    assert saved["ema"] is True
+
+
+def test_layer_decay_and_drop_path_reach_the_model(workspace: Callable[..., Path]) -> None:
+    from timm.layers import DropPath
+
+    from comp.train.loop import begin_stage, stages
+    from comp.train.run import plan_run, setup_run_fold
+
+    root, cfg = with_folds(
+        workspace(epochs=2, freeze_epochs=1, drop_path_rate=0.1, layer_decay=0.7)
+    )
+    plan = plan_run(
+        root, cfg, name="ld", folds=[0], echo=lambda s: None, progress=False, resume=False
+    )
+    f = setup_run_fold(plan, 0)
+    assert any(isinstance(m, DropPath) and m.drop_prob > 0 for m in f.model.modules())
+    frozen, whole = stages(plan.cfg)
+    # Stage 2: lower block groups learn at powers of 0.7 of the head's rate; stage 1 trains
+    # the head alone, at one rate.
+    scales = sorted({g.get("lr_scale", 1.0) for g in begin_stage(f, whole).optimizer.param_groups})
+    assert scales[-1] == 1.0 and len(scales) > 2 and scales[0] <= 0.7**2 + 1e-9
+    assert {g.get("lr_scale", 1.0) for g in begin_stage(f, frozen).optimizer.param_groups} == {1.0}
 
 
 def test_an_interrupted_fold_with_ema_and_mixup_resumes_to_the_same_end(
