@@ -18,9 +18,10 @@ from comp.config import (
 from comp.errors import ConfigError
 
 
-def test_defaults_are_valid() -> None:
-    cfg = make_config()
-    assert cfg.n_splits == 5 and cfg.pretrained == "auto"
+def test_the_defaults_are_valid_and_survive_comp_yaml(tmp_path: Path) -> None:
+    cfg = make_config()  # validates: a default outside its own choices is refused here
+    write_workspace_config(tmp_path / CONFIG_FILE, cfg, header="defaults")
+    assert to_dict(load_config(tmp_path)) == to_dict(cfg)
 
 
 @pytest.mark.parametrize(
