@@ -252,9 +252,12 @@ def fit_linear_head(
     n_classes = head.out_features
     x = features.reshape(-1, features.shape[-1]).double().numpy()
     y = np.tile(targets, features.shape[0])
-    scaler = StandardScaler().fit(x)
-    reg = LogisticRegression(max_iter=1000, class_weight="balanced" if balanced else None)
-    reg.fit(scaler.transform(x), y)
+    # The `--head logreg` regression, so stage 1 is that head on the same features.
+    pipe = make_head("logreg", seed=0)
+    scaler, reg = pipe[0], pipe[-1]
+    reg.set_params(class_weight="balanced" if balanced else None)
+    z = scaler.fit_transform(x)
+    reg.fit(z, y)
     coef, intercept = reg.coef_, reg.intercept_
     if n_classes == 2:
         # sklearn keeps one row for two classes: softmax over (-z/2, z/2) is sigmoid(z).
@@ -265,7 +268,7 @@ def fit_linear_head(
         head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
         if head.bias is not None:
             head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
-    probs = reg.predict_proba(scaler.transform(x))
+    probs = reg.predict_proba(z)
     return float(log_loss(y, probs, labels=reg.classes_)), float(
         accuracy_score(y, reg.classes_[probs.argmax(1)])
     )

@@ -36,16 +36,15 @@ PROBE_FILE = "probe.json"
 RECIPES = ("finetune", "scratch")
 
 
-def should_probe(cfg: Config, *, weights: str, resume: bool, full: bool) -> bool:
-    """Whether a run chooses its recipe by training a fold both ways.
+def may_probe(cfg: Config, *, resume: bool, full: bool) -> bool:
+    """Whether a run chooses its recipe by training a fold both ways, should weights be found.
 
-    Only where the choice is comp's (``recipe: auto``) and weights were found; never in a
-    run whose schedule is otherwise fixed (resumed, sized to a time limit, taught by
-    another run, several processes) or that fits a scikit-learn head.
+    Only where the choice is comp's (``recipe: auto``); never in a run whose schedule is
+    otherwise fixed (resumed, sized to a time limit, taught by another run, several
+    processes) or that fits a scikit-learn head.
     """
     return (
         cfg.recipe == "auto"
-        and weights != "random"
         and not resume
         and not full
         and cfg.time_limit is None
@@ -76,10 +75,14 @@ def train(
     resume: bool = False,
     full: bool = False,
 ) -> dict[str, Any]:
-    """comp.train.run.train, with the recipe chosen by a probe where ``should_probe``."""
-    comp = load_competition(root, cfg)
-    cfg, weights = run.find_weights(root, cfg, n_classes=len(comp.classes), echo=lambda _: None)
-    if not should_probe(cfg, weights=weights, resume=resume, full=full):
+    """comp.train.run.train, with the recipe chosen by a probe where ``may_probe`` and
+    weights are found."""
+    # The cheap tests first: a run that cannot probe looks for weights once, in run.train.
+    comp = load_competition(root, cfg) if may_probe(cfg, resume=resume, full=full) else None
+    weights = "random"
+    if comp is not None:
+        cfg, weights = run.find_weights(root, cfg, n_classes=len(comp.classes), echo=lambda _: None)
+    if comp is None or weights == "random":
         return run.train(
             root,
             cfg,
