@@ -266,7 +266,7 @@ def init(directory: Path, data: Path, holdout: float, force: bool, **kwargs: Any
         comp init pokemon-ws --data ~/data/pokemon-types
         comp init ws --data data --model tf_efficientnet_lite0 --pretrained-file lite0.pth
     """
-    from comp.data.workspace import init_workspace
+    from comp.workspace.init import init_workspace
 
     overrides = _overrides(kwargs)
     seed = int(overrides.pop("seed", 42))
@@ -368,7 +368,7 @@ def folds(
         comp folds --method subject,embed        # add the backbone's view
         comp folds --threshold 0.05              # group within a fixed distance
     """
-    from comp.folds.report import UnknownMethod, workspace_folds
+    from comp.folds.make import UnknownMethod, workspace_folds
 
     root, cfg = workspace_config(ctx, kwargs)
     try:
@@ -839,9 +839,11 @@ def predict(
         comp predict resnet18-20261122-101500 --tta hflip,vflip
     """
     from comp.predict.predict import predict as predict_run
+    from comp.submit.submission import publish
 
     root, cfg = workspace_config(ctx, kwargs)
-    facts = predict_run(root, cfg, run=run, batch_size=batch_size, out=out, echo=click.echo)
+    prediction = predict_run(root, cfg, run=run, batch_size=batch_size)
+    facts = publish(root, prediction, out=out, echo=click.echo)
     cv = f" (CV macro-F1 {facts['cv_macro_f1']:.4f})" if facts["cv_macro_f1"] is not None else ""
     click.echo(f"submission: {facts['file']}{cv}")
 
@@ -908,7 +910,7 @@ def submit(
         comp submit submissions/effb0.csv -m "effb0, 5 folds, hflip TTA"
         comp submit submissions/demo.csv --local -m "first try"
     """
-    from comp.predict.submit import submit_kaggle, submit_local
+    from comp.submit.submit import submit_kaggle, submit_local
 
     root, cfg = workspace_config(ctx, {})
     if local:
@@ -948,7 +950,7 @@ def submissions(ctx: click.Context, refresh: bool, plot: bool, competition: str 
         comp submissions --refresh
         comp submissions --plot
     """
-    from comp.predict.submit import refresh_scores, show_ledger
+    from comp.submit.submit import refresh_scores, show_ledger
 
     root, cfg = workspace_config(ctx, {})
     if refresh:
@@ -1072,7 +1074,7 @@ def kernel_push(
         comp kernel push --name try --dry-run                   # write, don't push
         comp kernel push --tune --trials 20 --kernels 2         # then pull, comp tune --show
     """
-    from comp.kaggle.kernels import Tuning, build_group, push_bundles
+    from comp.kernels.push import Tuning, build_group, push_bundles
 
     flags = {"--trials": trials, "--kernels": kernels, "--study": study_name}
     flags |= {"--storage": storage, "--trial-time-limit": trial_time_limit}
@@ -1156,7 +1158,7 @@ def kernel_status(
     Example:
         comp kernel status effb0 --wait --interval 60
     """
-    from comp.kaggle.pull import kernel_status as status
+    from comp.kernels.pull import kernel_status as status
 
     root = find_workspace(ctx.obj.get("workspace"))
     status(
@@ -1206,7 +1208,7 @@ def kernel_pull(
         comp kernel pull tune-comp-1201-0930 && comp tune --show
         comp kernel pull try --from /tmp/working   # a bundle run by hand
     """
-    from comp.kaggle.pull import pull
+    from comp.kernels.pull import pull
 
     root = find_workspace(ctx.obj.get("workspace"))
     facts = pull(
@@ -1259,7 +1261,7 @@ def kernel_dataset(
         comp kernel dataset --weights weights/effb0.pth
         comp kernel push --code-dataset me/comp-code --pretrained-file weights/effb0.pth
     """
-    from comp.kaggle.kernels import build_code_dataset
+    from comp.kernels.push import build_code_dataset
 
     root = find_workspace(ctx.obj.get("workspace"))
     owner, kaggle = _owner(owner, dry_run=dry_run, what="dataset")
@@ -1294,7 +1296,7 @@ def download(competition: str, directory: Path, force: bool, **kwargs: Any) -> N
     Example:
         comp download pokemon-primary-type pokemon && cd pokemon && comp folds
     """
-    from comp.data.download import download_workspace
+    from comp.workspace.download import download_workspace
 
     overrides = _overrides(kwargs)
     text = download_workspace(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
+
+from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn, script_runner
 
 # Keep the 2 CI cores for the one process under test.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -123,7 +125,7 @@ def workspace(tmp_path: Path) -> Callable[..., Path]:
     """A workspace made by ``comp init`` around a competition of odd image modes, sizes and
     extensions, with tiny-model overrides."""
     odd_comp = make_kaggle(tmp_path / "odd", odd=True)
-    from comp.data.workspace import init_workspace
+    from comp.workspace.init import init_workspace
 
     def make(**overrides: object) -> Path:
         root = tmp_path / "ws"
@@ -144,3 +146,38 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         if key.startswith("KAGGLE_") and key != "KAGGLE_CONFIG_DIR":
             monkeypatch.delenv(key)
     return home
+
+
+# --- The Kaggle stand-in on loopback: ``standin`` answers the API, ``kaggle_machines`` also
+# runs the kernels pushed to it. Each test module using them gives the ``ws`` workspace they
+# serve, on the competition ``SLUG``.
+
+SLUG = "shapes"
+
+
+def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, run: bool) -> KaggleStandIn:
+    server = KaggleStandIn()
+    if run:
+        server.runner = script_runner(server, tmp_path / "kaggle-machines")
+    for k, v in server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("KAGGLE_API_TOKEN", GOOD_TOKEN)
+    assert (tmp_path / "kaggle-side" / "train").is_dir()
+    server.add_competition(SLUG, tmp_path / "kaggle-side")
+    return server
+
+
+@pytest.fixture
+def standin(
+    isolated: Path, ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[KaggleStandIn]:
+    with serve(tmp_path, monkeypatch, run=False) as server:
+        yield server
+
+
+@pytest.fixture
+def kaggle_machines(
+    isolated: Path, ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[KaggleStandIn]:
+    with serve(tmp_path, monkeypatch, run=True) as server:
+        yield server

@@ -38,8 +38,8 @@ from comp import cli as cli_module
 from comp.cli import cli
 from comp.config import load_config, to_dict
 from comp.data.images import read_image
-from comp.data.workspace import init_workspace
 from comp.kaggle.client import Kaggle
+from comp.workspace.init import init_workspace
 from tests.conftest import TINY, make_kaggle
 from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn
 
@@ -787,7 +787,8 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(
 def test_publishing_nan_probabilities_is_refused_and_writes_nothing(world: World) -> None:
     from comp.data.competition import load_competition
     from comp.errors import DataError
-    from comp.predict.predict import publish
+    from comp.predict.predict import Prediction
+    from comp.submit.submission import publish
 
     run = world.ws / "runs" / "k"
     run.mkdir(parents=True)
@@ -797,17 +798,16 @@ def test_publishing_nan_probabilities_is_refused_and_writes_nothing(world: World
     probs[2, 1] = np.nan
     before = snapshot(world.ws)
     with pytest.raises(DataError, match="NaN or inf"):
-        publish(
-            world.ws,
-            run,
+        prediction = Prediction(
+            run_dir=run,
             ids=ids,
             probs=probs,
             classes=CLASSES,
             sample=comp.sample,
             folds=["fold0"],
             tta=["none"],
-            echo=lambda s: None,
         )
+        publish(world.ws, prediction, echo=lambda s: None)
     assert snapshot(world.ws) == before
 
 

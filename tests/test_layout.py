@@ -1,4 +1,6 @@
-"""The package's layout: no import circle among comp's modules, and a CLI that starts without torch."""
+"""The package's layout: packages in the order of the data flow, each importing only earlier
+ones; no import circle among modules; one module that imports kaggle; a CLI that starts
+without torch."""
 
 from __future__ import annotations
 
@@ -58,6 +60,78 @@ def test_no_import_circle() -> None:
             visit(m)
 
 
+# comp's packages and top-level modules along the data flow: each may import only those
+# before it. The shared ground first (errors to track), then the stages from the images to
+# the leaderboard, then the orchestration that drives several of them, then the CLI.
+ORDER = (
+    "errors",
+    "files",
+    "config",
+    "metrics",
+    "plots",
+    "hardware",
+    "kaggle",
+    "track",
+    "data",
+    "runs",
+    "models",
+    "folds",
+    "fit",
+    "teach",
+    "train",
+    "tune",
+    "predict",
+    "report",
+    "submit",
+    "workspace",
+    "kernels",
+    "cli",
+    "__main__",
+)
+
+
+def unit(module: str) -> str:
+    """The package a module sits in, or the top-level module itself."""
+    return module.split(".")[1] if "." in module else "__init__"
+
+
+def test_packages_import_only_earlier_ones() -> None:
+    units = {unit(m) for m in graph()} - {"__init__"}
+    assert units == set(ORDER), f"place every package in ORDER: {sorted(units ^ set(ORDER))}"
+    backwards = sorted(
+        f"{a} imports {b} ({unit(b)} comes after {unit(a)})"
+        for a, imported in graph().items()
+        for b in imported
+        if unit(a) != unit(b) and ORDER.index(unit(b)) > ORDER.index(unit(a))
+    )
+    assert not backwards, "\n".join(backwards)
+
+
+def test_the_order_catches_a_backward_import(tmp_path: Path) -> None:
+    # The check above would pass on an empty graph: show it sees an import from data to train.
+    module = tmp_path / "m.py"
+    module.write_text("from comp.train.recipe import resolve\n")
+    known = {"comp.train.recipe", "comp.data.images"}
+    assert comp_imports(module, known) == {"comp.train.recipe"}
+    assert ORDER.index(unit("comp.train.recipe")) > ORDER.index(unit("comp.data.images"))
+
+
+def test_one_module_imports_kaggle() -> None:
+    importers = sorted(
+        {
+            module_name(path)
+            for path in PACKAGE.rglob("*.py")
+            for node in ast.walk(ast.parse(path.read_text()))
+            if (
+                isinstance(node, ast.Import)
+                and any(a.name.split(".")[0] == "kaggle" for a in node.names)
+            )
+            or (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "kaggle")
+        }
+    )
+    assert importers == ["comp.kaggle.client"]
+
+
 def test_every_module_sits_in_a_package_or_is_a_top_level_one() -> None:
     top = {p.stem for p in PACKAGE.glob("*.py")}
     assert top == {
@@ -67,13 +141,19 @@ def test_every_module_sits_in_a_package_or_is_a_top_level_one() -> None:
         "config",
         "errors",
         "files",
-        "ledger",
         "metrics",
+        "plots",
         "runs",
     }
     for package in (p for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"):
         doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
         assert doc and "TODO" not in doc, f"{package.name}/__init__.py says what it holds"
+        unlisted = [
+            m.stem
+            for m in sorted(package.glob("*.py"))
+            if m.stem != "__init__" and f"``{m.stem}``" not in doc
+        ]
+        assert not unlisted, f"{package.name}/__init__.py lists its modules; missing {unlisted}"
 
 
 def test_cli_starts_without_torch() -> None:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from comp.data.competition import read_labels
 from comp.errors import DataError, SubmissionError
-from comp.predict.submission import (
+from comp.submit.submission import (
     build_submission,
     read_submission,
     validate_submission,

@@ -3,11 +3,15 @@
 Reads image files (png/jpg/jpeg/webp/bmp, any size, RGB, RGBA, L, LA, P, CMYK or
 16-bit modes; EXIF rotation applied, transparency composited on white). Writes
 nothing; many images at once go through ``comp.data.cache.cached_images``.
+``image_stats`` reads only the headers of a sample of files (sizes and modes).
 """
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -60,3 +64,20 @@ def read_image(path: Path, size: int | None = None, *, centre: bool = False) -> 
             return np.asarray(rgb, dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from None
+
+
+def image_stats(paths: list[Path], *, sample: int = 500, seed: int = 0) -> dict[str, Any]:
+    """Sizes and modes from the headers of up to ``sample`` images (no pixel decoding)."""
+    chosen = paths if len(paths) <= sample else random.Random(seed).sample(paths, sample)
+    sizes: list[tuple[int, int]] = []
+    modes: Counter[str] = Counter()
+    unreadable: list[Path] = []
+    for p in chosen:
+        try:
+            with Image.open(p) as img:
+                sizes.append(img.size)
+                modes[img.mode] += 1
+        except OSError:
+            unreadable.append(p)
+    arr = np.array(sizes) if sizes else np.zeros((0, 2))
+    return {"sampled": len(chosen), "sizes": arr, "modes": modes, "unreadable": unreadable}

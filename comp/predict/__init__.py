@@ -1,6 +1,6 @@
-"""From trained runs to a file Kaggle scores.
+"""From trained runs to test probabilities.
 
-- ``predict``: test probabilities over folds and TTA views (``test_probs.csv``) and the submission.
+- ``predict``: test probabilities over folds and TTA views, as a ``Prediction`` that
+  ``comp.submit`` writes.
 - ``ensemble``: blends of runs, weighted on their out-of-fold predictions (``runs/<blend>/``).
-- ``submission``: the submission file, in the sample's format, validated before it is written.
 """

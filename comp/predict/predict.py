@@ -1,22 +1,20 @@
-"""Prediction: every fold of a run, averaged over folds and test-time views, into a submission.
+"""Prediction: every fold of a run, averaged over folds and test-time views.
 
 Reads a run folder (``runs/<name>/``: config.yaml, classes.json, cv.json, the
 finished folds' ``fold*/best.pt`` or ``fold*/head.pkl``, or ``full/best.pt`` once
 ``full/done.json`` says it trained to the end; ``adjust.json`` with ``adjust``;
-a blend's ``blend.json`` and its members), the test images and the sample
-submission. Writes ``runs/<name>/test_probs.csv`` (Id + one probability column
-per class; each fold's own in ``fold{k}/test_probs.csv``) and
-``submissions/<name>.csv`` with its sidecar ``<name>.json``, in exactly the
-sample submission's shape, validated before anything is written.
+a blend's ``blend.json`` and its members) and the test images. Writes nothing:
+``predict`` returns a ``Prediction``, which ``comp.submit.submission.publish``
+writes (``runs/<name>/test_probs.csv`` and the submission), so a failed
+prediction leaves no file.
 
 Read top to bottom: ``predict`` picks the models (``finished_models``), decodes
-the test images, runs every model over every view (``tta_probs``), then writes
-(``publish``).
+the test images and runs every model over every view (``tta_probs``).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +22,18 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from comp.config import Config
 from comp.data.cache import cache_dir, cached_images
 from comp.data.competition import Competition, load_competition
 from comp.data.transforms import ImageDataset, tta_names, tta_views
 from comp.errors import DataError
-from comp.files import Echo
+from comp.fit.heads import predict_heads
 from comp.hardware.distributed import pick_device
 from comp.hardware.precision import auto_workers, make_autocast
 from comp.metrics import load_priors
 from comp.models.factory import load_checkpoint, normalisation
 from comp.models.inference import predict_probs
-from comp.predict.submission import build_submission, validate_submission, write_submission
 from comp.runs import (
     OOF_FILE,
     TEST_PROBS_FILE,
@@ -45,12 +41,25 @@ from comp.runs import (
     read_blend,
     read_classes,
     read_config,
-    read_probs,
-    read_summary,
-    runs_dir,
-    write_probs,
 )
-from comp.train.heads import predict_heads
+
+
+@dataclass
+class Prediction:
+    """A run's test probabilities, not yet written: ``comp.submit.submission.publish`` writes
+    them (``test_probs.csv``, each fold's own, a blend's members') with the submission."""
+
+    run_dir: Path
+    ids: list[str]
+    probs: np.ndarray
+    classes: list[str]
+    sample: pd.DataFrame | None
+    folds: list[str]
+    tta: list[str]
+    # From the run's adjust.json: the labels are chosen on probs rescaled by them.
+    priors: np.ndarray | None = None
+    per_fold: dict[Path, np.ndarray] = field(default_factory=dict)
+    members: list[Prediction] = field(default_factory=list)
 
 
 def predict(
@@ -60,13 +69,11 @@ def predict(
     run: str | None = None,
     tta: str | None = None,
     batch_size: int = 256,
-    out: Path | None = None,
-    echo: Echo = tqdm.write,
-) -> dict[str, Any]:
-    """Write the test probabilities and the submission of a run; return the sidecar facts."""
+) -> Prediction:
+    """The test probabilities of a run over its folds and TTA views; nothing is written."""
     run_dir = find_run(root, run)
     if read_blend(run_dir) is not None:
-        return predict_blend(root, cfg, run_dir, tta=tta, batch_size=batch_size, out=out, echo=echo)
+        return predict_blend(root, cfg, run_dir, tta=tta, batch_size=batch_size)
     trained = read_config(run_dir)
     classes = read_classes(run_dir)
     checkpoints = finished_models(run_dir, head=trained.head)
@@ -92,23 +99,17 @@ def predict(
         device=device,
         batch_size=batch_size,
     )
-    facts = publish(
-        root,
-        run_dir,
+    return Prediction(
+        run_dir=run_dir,
         ids=ids,
         probs=probs,
         classes=classes,
         sample=comp.sample,
         folds=[p.parent.name for p in checkpoints],
         tta=tta_names(spec),
-        out=out,
-        echo=echo,
         priors=load_priors(run_dir, classes) if cfg.adjust else None,
+        per_fold=per_fold,
     )
-    # Only once the whole is known to be finite: a failed predict writes nothing.
-    for path, fold_probs in per_fold.items():
-        write_probs(path, ids, fold_probs, classes)
-    return facts
 
 
 def finished_models(run_dir: Path, *, head: str) -> list[Path]:
@@ -223,15 +224,8 @@ def largest_batch_probs(
 
 
 def predict_blend(
-    root: Path,
-    cfg: Config,
-    run_dir: Path,
-    *,
-    tta: str | None,
-    batch_size: int,
-    out: Path | None,
-    echo: Echo,
-) -> dict[str, Any]:
+    root: Path, cfg: Config, run_dir: Path, *, tta: str | None, batch_size: int
+) -> Prediction:
     """Predict every member of a blend, then weigh their test probabilities as on OOF."""
     members = read_blend(run_dir)
     assert members is not None
@@ -240,70 +234,21 @@ def predict_blend(
     comp = load_competition(root, cfg)
     ids = comp.test_ids()
     total = np.zeros((len(ids), len(classes)))
+    predicted = []
     for name, weight in zip(names, weights, strict=True):
-        predict(root, cfg, run=name, tta=tta, batch_size=batch_size, echo=echo)
-        total += weight * read_probs(
-            runs_dir(root) / name / TEST_PROBS_FILE, classes=classes, ids=ids
-        )
-    return publish(
-        root,
-        run_dir,
+        member = predict(root, cfg, run=name, tta=tta, batch_size=batch_size)
+        if member.ids != ids or sorted(member.classes) != sorted(classes):
+            raise DataError(f"{member.run_dir}: its test Ids or classes are not the blend's")
+        total += weight * member.probs[:, [member.classes.index(c) for c in classes]]
+        predicted.append(member)
+    return Prediction(
+        run_dir=run_dir,
         ids=ids,
         probs=total,
         classes=classes,
         sample=comp.sample,
         folds=[f"{n} x{w:.3f}" for n, w in zip(names, weights, strict=True)],
         tta=tta_names(tta if tta is not None else cfg.tta),
-        out=out,
-        echo=echo,
         priors=load_priors(run_dir, classes) if cfg.adjust else None,
+        members=predicted,
     )
-
-
-def publish(
-    root: Path,
-    run_dir: Path,
-    *,
-    ids: list[str],
-    probs: np.ndarray,
-    classes: list[str],
-    sample: pd.DataFrame | None,
-    folds: list[str],
-    tta: list[str],
-    out: Path | None = None,
-    echo: Echo = tqdm.write,
-    priors: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Write a run's test probabilities and its validated submission; return the sidecar facts.
-
-    ``priors`` (from the run's adjust.json) rescale the probabilities before the
-    labels are chosen, as they were when the adjusted CV was measured.
-    """
-    bad = ~np.isfinite(probs).all(1)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise DataError(
-            f"{run_dir}: test probabilities hold NaN or inf in {int(bad.sum())} row(s), "
-            f"first Id {ids[first]}; nothing written"
-        )
-    write_probs(run_dir / TEST_PROBS_FILE, ids, probs, classes)
-
-    chosen = probs if priors is None else probs * priors / (probs * priors).sum(1, keepdims=True)
-    submission = build_submission(ids, chosen, classes=classes, sample=sample)
-    validate_submission(submission, sample=sample, classes=classes, ids=ids, name=run_dir.name)
-    cv = read_summary(run_dir)
-    out = out or root / "submissions" / f"{run_dir.name}.csv"
-    facts = {
-        "run": run_dir.name,
-        "cv_macro_f1": cv.get("adjusted_macro_f1") if priors is not None else cv.get("cv_macro_f1"),
-        "adjusted": priors is not None,
-        "folds": folds,
-        "tta": tta,
-        "rows": len(submission),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "file": str(out),
-    }
-    write_submission(out, submission, facts)
-    models = "one model on every image" if folds == ["full"] else f"{len(folds)} folds"
-    echo(f"{len(ids)} test images, {models} x {len(tta)} views -> {out}")
-    return facts

@@ -2,5 +2,6 @@
 
 - ``report``: ``comp report``: ``runs/<run>/report/`` (curves, confusion matrix, per-class
   table, mistakes, Grad-CAM, ``README.md``).
-- ``plots``: the matplotlib figures shared by train, folds, report and the ledger.
+
+The figures other stages draw too (curves, fold distances, the leaderboard) are ``comp.plots``.
 """

@@ -31,7 +31,7 @@ from comp.data.images import read_image
 from comp.data.transforms import to_input
 from comp.errors import ModelError
 from comp.models.factory import load_checkpoint, normalisation
-from comp.report.plots import plot_curves
+from comp.plots import plot_curves
 from comp.runs import read_classes, read_oof, read_summary
 from comp.teach.lineage import describe, gain_over_parent
 

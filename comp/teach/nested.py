@@ -4,7 +4,7 @@ without both, so a student validated on fold k learns from no model that saw fol
 Reads the parent run (``config.yaml``, ``fold*/metrics.csv``, ``oof.csv``,
 ``blend.json``) and the train images. Writes the teachers into the parent, once:
 ``runs/<RUN>/nested/pair{j}-{k}/`` (``metrics.csv``, ``probs.csv``). Trains through
-comp.train.loop, the fold loop a run uses.
+comp.fit.loop, the fold loop a run uses.
 
 Why: the parent's own out-of-fold prediction of an image in fold j comes from a
 model that trained on every other fold, fold k included. A student validated on
@@ -26,11 +26,11 @@ from comp.data.competition import Competition, read_csv
 from comp.data.transforms import create_transform
 from comp.errors import ConfigError
 from comp.files import Echo
+from comp.fit.loop import setup_fold, train_fold
+from comp.fit.losses import soften
 from comp.hardware.distributed import Dist, barrier
 from comp.runs import find_parent, read_blend, read_config, write_probs
 from comp.runs import read_summary as summary_of
-from comp.train.loop import setup_fold, train_fold
-from comp.train.losses import soften
 
 
 def teacher_epochs(parent: Path, cfg: Config) -> int:

@@ -44,7 +44,7 @@ class Teaching:
     Rows: the train images, then every test image (fold -1: never validated). Fold k
     trains on the test images its pseudo-labels keep (``keep[k]``), labelled by the
     parent's fold-k model; ``k`` None means a model trained on everything, labelled by
-    the parent's ensemble. ``soft(k)`` packs the targets for comp.train.losses.TeacherLoss.
+    the parent's ensemble. ``soft(k)`` packs the targets for comp.fit.losses.TeacherLoss.
     """
 
     n_train: int

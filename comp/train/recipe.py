@@ -39,7 +39,7 @@ SCRATCH: dict[str, Any] = {
 }
 FINETUNE: dict[str, Any] = {
     "epochs": 5,
-    # One frozen epoch: a logistic regression on the cached features (comp.train.heads).
+    # One frozen epoch: a logistic regression on the cached features (comp.fit.heads).
     "freeze_epochs": 1,
     # Above this, and with label smoothing, stage 2's first epoch fell below stage 1's.
     "lr2": 5e-5,

@@ -19,7 +19,7 @@ Writes one run folder, ``runs/<name>/``:
 
 Read top to bottom: ``train`` plans the run (``plan_run``: the recipe, the images,
 what it learns from, the epochs a time limit allows, all in a ``RunPlan``), writes
-the plan, trains each fold through comp.train.loop (``train_folds``; ``fit_heads``
+the plan, trains each fold through comp.fit.loop (``train_folds``; ``fit_heads``
 for a scikit-learn head), then writes the run's summary (``summarise``) and, if
 asked, the model on every image (``train_full``).
 """
@@ -51,15 +51,17 @@ from comp import files
 from comp.config import PRETRAINED_MODEL, SIZED_KEYS, Config, is_auto, suggest, to_dict
 from comp.data.cache import cache_dir, cached_images
 from comp.data.competition import Competition, load_competition, read_csv, resolve
+from comp.data.images import image_stats
 from comp.data.transforms import create_transform
-from comp.data.workspace import image_stats
 from comp.errors import ConfigError, DataError
 from comp.files import Echo
+from comp.fit.heads import train_heads
+from comp.fit.loop import EpochHook, Fold, FoldResult, setup_fold, train_fold
 from comp.folds.split import folds_path, read_folds
 from comp.hardware.distributed import Dist, barrier, gather, init_distributed
 from comp.metrics import fit_priors, macro_f1, write_priors
 from comp.models.factory import create_model
-from comp.report.plots import plot_curves
+from comp.plots import plot_curves
 from comp.runs import (
     CLASSES_FILE,
     CONFIG_FILE,
@@ -74,8 +76,6 @@ from comp.teach.nested import fixed_config
 from comp.teach.teaching import Teaching, prepare
 from comp.track.trackers import Trackers, experiment_name, open_run, require
 from comp.train.budget import choose_precision, fit_time_limit
-from comp.train.heads import train_heads
-from comp.train.loop import EpochHook, Fold, FoldResult, setup_fold, train_fold
 from comp.train.recipe import Recipe
 from comp.train.recipe import resolve as resolve_recipe
 
@@ -481,7 +481,7 @@ def finish_fold(plan: RunPlan, f: Fold, result: FoldResult) -> None:
 
 def fit_heads(plan: RunPlan) -> None:
     """``head`` other than linear: a scikit-learn head per fold on pooled features
-    (comp.train.heads), in place of the fold loop."""
+    (comp.fit.heads), in place of the fold loop."""
     if plan.dist.world > 1:
         raise ConfigError(f"head '{plan.cfg.head}' is fitted in one process; drop --devices")
     train_heads(

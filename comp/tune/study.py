@@ -625,7 +625,7 @@ def finished(study: optuna.Study) -> int:
 
 def progress_line(study: optuna.Study, *, trials: int) -> str:
     """One line on where the study stands: ``comp kernel status`` reads it from a tuning
-    kernel's log (comp.kaggle.pull.PROGRESS), so keep the two in step."""
+    kernel's log (comp.kernels.pull.PROGRESS), so keep the two in step."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     best = max(done, key=lambda t: t.value or 0.0, default=None)
     tail = (

@@ -15,9 +15,9 @@ from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from comp.cli import cli
-from comp.data.workspace import init_workspace
 from comp.folds.similarity import Features, Space, features, nearest, neighbour_graph
 from comp.folds.split import NEAR_DUPLICATE, make_folds
+from comp.workspace.init import init_workspace
 from tests.conftest import TINY
 
 CLASSES = ("a", "b", "c")

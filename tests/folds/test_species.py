@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from comp.cli import cli
-from comp.data.workspace import init_workspace
 from comp.folds.similarity import Graph
 from comp.folds.split import fold_counts, loosest_cut, make_folds, split_within_classes
+from comp.workspace.init import init_workspace
 from tests.conftest import TINY
 from tests.sprites import SPECIES_VIEWS, write_species
 

@@ -10,7 +10,6 @@ from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from comp.cli import cli
-from comp.data.workspace import init_workspace
 from comp.errors import DataError
 from comp.folds.similarity import Features, Space
 from comp.folds.split import (
@@ -23,6 +22,7 @@ from comp.folds.split import (
     shift_score,
     write_folds,
 )
+from comp.workspace.init import init_workspace
 from tests.conftest import TINY
 from tests.sprites import write_sprites, write_styles
 

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from comp.cli import cli
-from comp.data.workspace import init_workspace, unpack
 from comp.errors import KaggleError
 from comp.kaggle.client import Kaggle, find_credentials
-from comp.ledger import Ledger, ledger_path
+from comp.submit.ledger import Ledger, ledger_path
+from comp.workspace.init import init_workspace, unpack
 from tests.conftest import TINY, make_kaggle
 from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn
 

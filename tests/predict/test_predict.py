@@ -10,6 +10,7 @@ from comp.config import load_config
 from comp.errors import DataError
 from comp.predict.predict import predict
 from comp.runs import find_run
+from comp.submit.submission import publish
 from comp.train.run import train
 from tests.train.test_run import with_folds
 
@@ -25,7 +26,7 @@ def trained(workspace: Callable[..., Path]) -> Path:
 
 def test_predict_writes_the_sample_shape(trained: Path) -> None:
     root = trained
-    facts = predict(root, load_config(root), **QUIET)  # type: ignore[arg-type]
+    facts = publish(root, predict(root, load_config(root)), **QUIET)  # type: ignore[arg-type]
     sample = pd.read_csv(root / load_config(root).sample_submission, dtype=str)  # type: ignore[operator]
     sub = pd.read_csv(root / "submissions" / "r.csv", dtype=str)
     assert list(sub.columns) == list(sample.columns) and list(sub["Id"]) == list(sample["Id"])
@@ -42,11 +43,14 @@ def test_predict_writes_the_sample_shape(trained: Path) -> None:
 
 def test_tta_averages_views(trained: Path) -> None:
     root = trained
-    predict(root, load_config(root), **QUIET)  # type: ignore[arg-type]
+    publish(root, predict(root, load_config(root)), **QUIET)  # type: ignore[arg-type]
     plain = pd.read_csv(root / "runs" / "r" / "test_probs.csv").iloc[:, 1:].to_numpy()
-    facts = predict(
-        root, load_config(root), tta="hflip,vflip", out=root / "submissions" / "tta.csv", **QUIET
-    )  # type: ignore[arg-type]
+    facts = publish(
+        root,
+        predict(root, load_config(root), tta="hflip,vflip"),
+        out=root / "submissions" / "tta.csv",
+        **QUIET,  # type: ignore[arg-type]
+    )
     tta = pd.read_csv(root / "runs" / "r" / "test_probs.csv").iloc[:, 1:].to_numpy()
     assert facts["tta"] == ["none", "HorizontalFlip", "VerticalFlip"]
     assert not np.allclose(plain, tta)

@@ -15,17 +15,17 @@ import yaml
 from click.testing import CliRunner
 from timm.loss import SoftTargetCrossEntropy
 
+import comp.fit.loop
 import comp.teach.nested
-import comp.train.loop
 import comp.train.run
 from comp.cli import cli
 from comp.config import load_config, make_config
 from comp.data.competition import load_competition, resolve
 from comp.errors import ConfigError
+from comp.fit.losses import Mixing, TeacherLoss, soften
 from comp.folds.split import folds_path, make_folds, write_folds
-from comp.ledger import Ledger
+from comp.submit.ledger import Ledger
 from comp.teach.lineage import describe, gain_over_parent
-from comp.train.losses import Mixing, TeacherLoss, soften
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -77,7 +77,7 @@ class Spy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.calls: list[dict[str, Any]] = []
-        real = comp.train.loop.setup_fold
+        real = comp.fit.loop.setup_fold
 
         def spy(cfg: Any, **kw: Any) -> Any:
             self.calls.append(kw)

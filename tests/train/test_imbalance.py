@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from comp.cli import cli
 from comp.config import make_config
+from comp.fit.losses import make_loss
 from comp.metrics import _fast_macro_f1, fit_priors, macro_f1
-from comp.train.losses import make_loss
 
 
 def test_focal_with_gamma_zero_is_cross_entropy() -> None:

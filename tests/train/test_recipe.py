@@ -9,11 +9,11 @@ import torch
 import yaml
 
 from comp.config import AUTO, load_config, make_config, parse_duration, render
-from comp.data.workspace import init_workspace
 from comp.errors import ConfigError
 from comp.hardware.precision import amp_dtype, cpu_bf16
 from comp.train.recipe import FINETUNE, SCRATCH, resolve, with_epochs
 from comp.train.run import train
+from comp.workspace.init import init_workspace
 from tests.train.test_run import with_folds
 
 SPRITE_SIZES = np.array([[64, 64]] * 10)

@@ -10,7 +10,7 @@ import pytest
 
 from comp.config import make_config
 from comp.errors import ConfigError, DataError
-from comp.kaggle.pull import tune_progress
+from comp.kernels.pull import tune_progress
 from comp.tune import merge
 from comp.tune.study import Dimension, Space, load_study, optimize, progress_line
 from tests.tune.test_study import fake_train, scratch

@@ -24,7 +24,6 @@ from click.testing import CliRunner
 
 from comp.cli import cli
 from comp.config import Config, is_auto, load_config, make_config, to_dict
-from comp.data.workspace import init_workspace
 from comp.errors import ConfigError
 from comp.train.recipe import resolve
 from comp.tune.study import (
@@ -36,6 +35,7 @@ from comp.tune.study import (
     parse_dimension,
     recipe_space,
 )
+from comp.workspace.init import init_workspace
 from tests.conftest import TINY, make_kaggle
 
 FAST = {**TINY, "epochs": 2, "tune_batch_size": "8,16", "tune_freeze_epochs": "0..1"}

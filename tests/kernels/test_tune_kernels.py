@@ -17,9 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from comp.cli import cli
-from comp.data.workspace import init_workspace
-from tests.conftest import TINY, make_kaggle
-from tests.kaggle.conftest import SLUG
+from comp.workspace.init import init_workspace
+from tests.conftest import SLUG, TINY, make_kaggle
 from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn
 
 # One objective fold of two, one epoch: a trial trains in seconds.

@@ -44,6 +44,8 @@ from comp.data.batches import BatchAugment, MemoryBatches, batch_augment
 from comp.data.transforms import ImageDataset, to_input
 from comp.errors import DataError
 from comp.files import Echo
+from comp.fit.heads import fit_linear_head
+from comp.fit.losses import Mixing, TeacherLoss, make_loss, mixing_enabled
 from comp.hardware.distributed import (
     Dist,
     ShardedBatches,
@@ -62,8 +64,6 @@ from comp.models.factory import (
     set_train_mode,
 )
 from comp.models.inference import extract_features, head_probs, predict_probs
-from comp.train.heads import fit_linear_head
-from comp.train.losses import Mixing, TeacherLoss, make_loss, mixing_enabled
 
 EpochHook = Callable[[int, int, float], None]
 
@@ -304,7 +304,7 @@ def setup_fold(
     """The model, loaders, loss and precision of fold ``fold``, seeded so a rerun is identical.
 
     ``soft``: packed soft targets of every row of ``images`` (comp.teach), trained on with
-    comp.train.losses.TeacherLoss instead of the labels alone."""
+    comp.fit.losses.TeacherLoss instead of the labels alone."""
     seed_everything(cfg.seed + fold)
     transform.set_random_seed(cfg.seed + fold)
     # The model first: its initial weights are the first draws after seeding.

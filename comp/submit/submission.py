@@ -1,15 +1,19 @@
-"""Submission files: built in the sample submission's exact shape, validated, scored locally.
+"""Submission files: a prediction published in the sample submission's exact shape,
+validated, and scored locally.
 
-Reads the competition's ``sample_submission.csv`` (Id order and columns) and,
-for local scoring, the held-back ``solution.csv`` (Id,label,Usage). Writes
-``submissions/<name>.csv`` and its sidecar ``<name>.json`` (run, CV, TTA), both
-only after the submission has passed validation.
+Reads a ``comp.predict.Prediction``, the competition's ``sample_submission.csv`` (Id
+order and columns), the run's ``cv.json`` and, for local scoring, the held-back
+``solution.csv`` (Id,label,Usage). Writes ``runs/<name>/test_probs.csv`` (Id + one
+probability column per class; each fold's own in ``fold{k}/test_probs.csv``; a blend's
+members first) and ``submissions/<name>.csv`` with its sidecar ``<name>.json`` (run, CV,
+TTA), the submission only after it has passed validation.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +22,12 @@ from sklearn.metrics import f1_score
 from comp import files
 from comp.data.competition import read_csv
 from comp.errors import DataError, SubmissionError
+from comp.files import Echo
+from comp.runs import TEST_PROBS_FILE, read_summary, write_probs
+
+if TYPE_CHECKING:
+    # Only its type: predicting imports torch, which checking a submission never needs.
+    from comp.predict.predict import Prediction
 
 
 def submission_columns(sample: pd.DataFrame | None) -> list[str]:
@@ -129,3 +139,54 @@ def score_local(submission: pd.DataFrame, solution_path: Path) -> dict[str, floa
                 float(f1_score(part["truth"], part["pred"].astype(str), average="macro")), 6
             )
     return scores
+
+
+def publish(
+    root: Path, prediction: Prediction, *, out: Path | None = None, echo: Echo = print
+) -> dict[str, Any]:
+    """Write a prediction's test probabilities and its validated submission; return the
+    sidecar facts.
+
+    The labels are chosen on the probabilities rescaled by the prediction's ``priors``
+    (the run's adjust.json), as they were when the adjusted CV was measured.
+    """
+    for member in prediction.members:
+        publish(root, member, echo=echo)
+    run_dir, ids, probs, priors = (
+        prediction.run_dir,
+        prediction.ids,
+        prediction.probs,
+        prediction.priors,
+    )
+    bad = ~np.isfinite(probs).all(1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{run_dir}: test probabilities hold NaN or inf in {int(bad.sum())} row(s), "
+            f"first Id {ids[first]}; nothing written"
+        )
+    classes, sample = prediction.classes, prediction.sample
+    chosen = probs if priors is None else probs * priors / (probs * priors).sum(1, keepdims=True)
+    submission = build_submission(ids, chosen, classes=classes, sample=sample)
+    validate_submission(submission, sample=sample, classes=classes, ids=ids, name=run_dir.name)
+    write_probs(run_dir / TEST_PROBS_FILE, ids, probs, classes)
+    cv = read_summary(run_dir)
+    out = out or root / "submissions" / f"{run_dir.name}.csv"
+    facts = {
+        "run": run_dir.name,
+        "cv_macro_f1": cv.get("adjusted_macro_f1") if priors is not None else cv.get("cv_macro_f1"),
+        "adjusted": priors is not None,
+        "folds": prediction.folds,
+        "tta": prediction.tta,
+        "rows": len(submission),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "file": str(out),
+    }
+    write_submission(out, submission, facts)
+    # Only once the whole is known to be finite and valid: a failed publish writes nothing.
+    for path, fold_probs in prediction.per_fold.items():
+        write_probs(path, ids, fold_probs, classes)
+    folds = prediction.folds
+    models = "one model on every image" if folds == ["full"] else f"{len(folds)} folds"
+    echo(f"{len(ids)} test images, {models} x {len(prediction.tta)} views -> {out}")
+    return facts

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from comp.errors import SubmissionError
-from comp.predict.submission import build_submission, score_local, validate_submission
+from comp.submit.submission import build_submission, score_local, validate_submission
 
 SAMPLE = pd.DataFrame({"Id": ["x", "y", "z"], "label": ["a", "a", "a"]})
 CLASSES = ["a", "b"]

@@ -1,6 +1,6 @@
 """The script a comp kernel runs on Kaggle: install comp, train, predict.
 
-``comp kernel push`` (comp.kaggle.kernels.render_script) writes a bundle's
+``comp kernel push`` (comp.kernels.push.render_script) writes a bundle's
 ``<slug>.py`` as a docstring, the kernel's values as literal constants (the
 fields of Kernel, upper-cased: run, folds, data reference, resolved config,
 payload), then this file's source as it is. A kernel on Kaggle is one script

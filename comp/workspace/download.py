@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from comp.config import CONFIG_FILE
-from comp.data.workspace import init_workspace, unpack
 from comp.files import Echo
 from comp.kaggle.client import Kaggle
+from comp.workspace.init import init_workspace, unpack
 
 
 def download_workspace(

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from comp.config import make_config
-from comp.train.losses import Mixing
+from comp.fit.losses import Mixing
 from comp.train.run import train
 from tests.train.test_resume import Interrupt, same_run
 from tests.train.test_run import with_folds
@@ -77,7 +77,7 @@ def test_regularisers_train_and_the_ema_weights_are_kept(
 def test_layer_decay_and_drop_path_reach_the_model(workspace: Callable[..., Path]) -> None:
     from timm.layers import DropPath
 
-    from comp.train.loop import begin_stage, stages
+    from comp.fit.loop import begin_stage, stages
     from comp.train.run import plan_run, setup_run_fold
 
     root, cfg = with_folds(

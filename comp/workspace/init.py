@@ -16,7 +16,6 @@ loop, local scoring included, runs on it.
 
 from __future__ import annotations
 
-import random
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,14 +24,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 
 from comp import files
 from comp.config import CONFIG_FILE, Config, make_config, write_workspace_config
 from comp.data.competition import index_images, natural_key, read_csv, read_labels
 from comp.data.demo import WORKSPACE_DIRS
-from comp.data.images import IMAGE_EXTS
+from comp.data.images import IMAGE_EXTS, image_stats
 from comp.errors import DataError
 from comp.folds.similarity import near_duplicate_groups
 from comp.folds.split import NEAR_DUPLICATE
@@ -396,23 +394,6 @@ def _with_usage(test: pd.DataFrame, seed: int, public: float = 0.3) -> pd.DataFr
         np.random.default_rng(seed).random(len(out)) < public, "Public", "Private"
     )
     return out
-
-
-def image_stats(paths: list[Path], *, sample: int = 500, seed: int = 0) -> dict[str, Any]:
-    """Sizes and modes from the headers of up to ``sample`` images (no pixel decoding)."""
-    chosen = paths if len(paths) <= sample else random.Random(seed).sample(paths, sample)
-    sizes: list[tuple[int, int]] = []
-    modes: Counter[str] = Counter()
-    unreadable: list[Path] = []
-    for p in chosen:
-        try:
-            with Image.open(p) as img:
-                sizes.append(img.size)
-                modes[img.mode] += 1
-        except OSError:
-            unreadable.append(p)
-    arr = np.array(sizes) if sizes else np.zeros((0, 2))
-    return {"sampled": len(chosen), "sizes": arr, "modes": modes, "unreadable": unreadable}
 
 
 def init_workspace(

@@ -22,9 +22,9 @@ from comp.data.competition import load_competition, resolve
 from comp.errors import ConfigError, KaggleError, KaggleUncertain, SubmissionError
 from comp.files import Echo
 from comp.kaggle.client import Kaggle
-from comp.ledger import Ledger, compare, ledger_path
-from comp.predict.submission import read_submission, score_local, validate_submission
-from comp.report.plots import plot_leaderboard
+from comp.plots import plot_leaderboard
+from comp.submit.ledger import Ledger, compare, ledger_path
+from comp.submit.submission import read_submission, score_local, validate_submission
 from comp.teach.lineage import lineage_text
 from comp.track.scores import track_scores
 

@@ -10,8 +10,9 @@ from sklearn.ensemble import ExtraTreesClassifier
 
 from comp.config import load_config
 from comp.errors import ConfigError, ModelError
+from comp.fit.heads import make_head
 from comp.predict.predict import predict
-from comp.train.heads import make_head
+from comp.submit.submission import publish
 from comp.train.run import train
 from tests.train.test_run import with_folds
 
@@ -41,7 +42,7 @@ def test_a_head_run_works_like_a_neural_run(workspace: Callable[..., Path]) -> N
     assert np.allclose(oof.iloc[:, 3:].sum(1), 1, atol=1e-5)
     assert (run / "fold0" / "head.pkl").exists() and not (run / "fold0" / "best.pt").exists()
 
-    facts = predict(root, heads, run="trees", tta="hflip", echo=quiet)
+    facts = publish(root, predict(root, heads, run="trees", tta="hflip"), echo=quiet)
     assert facts["folds"] == ["fold0", "fold1"] and len(facts["tta"]) == 2
     sub = pd.read_csv(facts["file"], dtype=str)
     assert len(sub) == 9 and set(sub.iloc[:, 1]) <= {"circle", "square", "triangle"}
@@ -55,7 +56,7 @@ def test_classical_features_make_a_run_of_their_own(workspace: Callable[..., Pat
     assert summary["complete"] and summary["cv_macro_f1"] > 0.5  # shapes by silhouette
     # Hand-made features run in fp32 whatever autocast says: nothing is timed.
     assert any("fp32 (hand-made features, not timed)" in line for line in said), said
-    facts = predict(root, cfg, run="classical", tta="hflip", echo=quiet)
+    facts = publish(root, predict(root, cfg, run="classical", tta="hflip"), echo=quiet)
     assert len(pd.read_csv(facts["file"])) == 9
 
 
@@ -72,7 +73,7 @@ def test_fold_k_embeds_with_fold_ks_own_checkpoint(
     workspace: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Fold k's head is fitted on, and predicts from, features of runs/net/fold{k}/best.pt."""
-    import comp.train.heads as heads
+    import comp.fit.heads as heads
 
     root, cfg = with_folds(workspace(epochs=1, freeze_epochs=0))
     train(root, cfg, name="net", echo=quiet)  # type: ignore[arg-type]
@@ -122,7 +123,7 @@ def test_fold_k_embeds_with_fold_ks_own_checkpoint(
     fitted = [(what, k) for what, k, _ in used]
     assert sorted(set(fitted)) == [("fit", 0), ("fit", 1), ("predict", 0), ("predict", 1)]
     n_train = len(used)
-    predict(root, trees, run="trees", tta="hflip", echo=quiet)
+    publish(root, predict(root, trees, run="trees", tta="hflip"), echo=quiet)
     # Test time: each fold's head on both views of the test images.
     assert sorted(k for what, k, _ in used[n_train:] if what == "predict") == [0, 0, 1, 1]
     assert {k for k, _ in embedded} == {0, 1}
@@ -147,7 +148,7 @@ def test_stage_one_head_is_the_logistic_regression_on_the_same_features() -> Non
     from sklearn.preprocessing import StandardScaler
     from torch import nn
 
-    from comp.train.heads import fit_linear_head
+    from comp.fit.heads import fit_linear_head
 
     rng = np.random.default_rng(0)
     for n_classes in (5, 2):

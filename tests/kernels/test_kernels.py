@@ -16,18 +16,12 @@ from click.testing import CliRunner
 
 from comp.cli import cli
 from comp.config import load_config
-from comp.data.workspace import init_workspace
 from comp.errors import ConfigError, DataError
-from comp.kaggle.kernels import (
-    INFO,
-    build_bundles,
-    data_layout,
-    import_output,
-    kernel_groups,
-    slugify,
-)
-from tests.conftest import TINY, make_kaggle
-from tests.kaggle.conftest import SLUG
+from comp.kernels.bundle import INFO
+from comp.kernels.output import import_output
+from comp.kernels.push import build_bundles, data_layout, kernel_groups, slugify
+from comp.workspace.init import init_workspace
+from tests.conftest import SLUG, TINY, make_kaggle
 from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn
 
 

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from comp.cli import cli
-from comp.data.workspace import init_workspace
+from comp.workspace.init import init_workspace
 from tests.conftest import TINY, make_kaggle
 from tests.kaggle_standin import USERNAME, KaggleStandIn
 

@@ -5,8 +5,8 @@ import pytest
 
 from comp.config import load_config
 from comp.data.competition import load_competition
-from comp.data.workspace import init_workspace
 from comp.errors import DataError
+from comp.workspace.init import init_workspace
 from tests.conftest import draw, make_imagefolder, make_kaggle
 
 
@@ -153,7 +153,7 @@ def test_a_holdout_keeps_near_duplicates_on_one_side(tmp_path: Path) -> None:
     import numpy as np
     import pandas as pd
 
-    from comp.data.workspace import init_workspace
+    from comp.workspace.init import init_workspace
 
     data = tmp_path / "folder"
     rng = np.random.default_rng(0)

@@ -23,7 +23,8 @@ from comp.config import load_config
 from comp.errors import ConfigError, DataError, KaggleError
 from comp.files import Echo
 from comp.kaggle.client import Kaggle
-from comp.kaggle.kernels import bundles_of, combine_fan_out, import_output, read_info
+from comp.kernels.bundle import bundles_of, read_info
+from comp.kernels.output import combine_fan_out, import_output
 from comp.runs import CLASSES_FILE, read_classes
 from comp.track.scores import merge_kernel_tracker
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from comp.ledger import Ledger
+from comp.submit.ledger import Ledger
 
 
 def test_ledger_rows_survive_reopening(tmp_path: Path) -> None:

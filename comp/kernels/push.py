@@ -1,18 +1,17 @@
-"""Kaggle kernels: bundles that train on Kaggle's GPUs, and their outputs brought home as runs.
+"""Kaggle kernels pushed: bundles that train (or tune) on Kaggle's GPUs.
 
 Reads the workspace config, its folds CSV, comp's own source and, for tuning
 kernels, the local study ``tune/<study>.db``. Writes one bundle per kernel under
 ``kernels/<name>/`` (``kernel-metadata.json``, the script, and ``comp-kernel.json``
 with what comp needs to find the kernel again; a tuning kernel's script also
 carries its seed study, never a storage's password),
-the code dataset folder ``kernels/_dataset/<slug>/``, and, when outputs are
-pulled, the run folder ``runs/<name>/`` exactly as a local ``comp train``
-would have written it.
+and the code dataset folder ``kernels/_dataset/<slug>/``. Bringing outputs home is
+``comp.kernels.pull``'s.
 
 ``build_group`` writes a group of either kind (``comp kernel push``, with or without
 ``--tune``); ``push_bundles`` sends its bundles to Kaggle through the client it is given.
 
-The script is comp.kaggle.script's source after the kernel's values, written as
+The script is comp.kernels.script's source after the kernel's values, written as
 Python literals: the resolved config, the folds and (unless a code dataset is
 attached) comp's source as one embedded zip, so a kernel trains on exactly the
 split and settings of the workspace. It holds no credentials: a kernel needs
@@ -23,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import pprint
 import re
@@ -39,27 +37,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
-import yaml
-
 import comp
 from comp import files
-from comp.config import SIZED_KEYS, Config, to_dict
-from comp.data.competition import load_competition, read_csv, resolve
+from comp.config import Config, to_dict
+from comp.data.competition import resolve
 from comp.errors import ConfigError, DataError
 from comp.files import Echo
 from comp.folds.split import folds_path
-from comp.kaggle import script as kernel_script
 from comp.kaggle.client import Kaggle
-from comp.kaggle.script import Kernel
-from comp.runs import read_classes
+from comp.kernels import script as kernel_script
+from comp.kernels.bundle import INFO, PATH_KEYS, read_info
+from comp.kernels.script import Kernel
 
 KERNEL_METADATA = "kernel-metadata.json"
 # Tables the kernel carries in its payload rather than reads from the data folder.
 CARRIED = "carried"
 DATASET_METADATA = "dataset-metadata.json"
-INFO = "comp-kernel.json"
-PATH_KEYS = ("train_csv", "train_dir", "test_dir", "sample_submission")
 # Kaggle's limit is on the whole script; beyond this a code dataset is the better carrier.
 MAX_SCRIPT_BYTES = 1_000_000
 # A tuning kernel's study budget unless comp.yaml sets tune_time_limit: Kaggle ends a GPU
@@ -408,7 +401,7 @@ def _check_tune_request(*, study: str, kernels: int) -> None:
 def _push_tune(
     cfg: Config, *, study: str, trials: int, kernels: int, storage: str | None
 ) -> dict[str, Any]:
-    """The push's TUNE (comp.kaggle.script.Kernel.tune) before it is split among the kernels:
+    """The push's TUNE (comp.kernels.script.Kernel.tune) before it is split among the kernels:
     each kernel's own place and share replace ``kernel``, ``kernels`` and ``trials``.
 
     Checks the storage, then the study's settings: a kernel would only stop on them, after
@@ -555,7 +548,7 @@ def kernel_config(
     values.update(layout)
     values.update(solution=None, competition=competition, device="auto")
     if cfg.pretrained_file:
-        # Found again by name in the code dataset (comp.kaggle.script).
+        # Found again by name in the code dataset (comp.kernels.script).
         values["pretrained_file"] = Path(cfg.pretrained_file).name
     return values
 
@@ -694,22 +687,6 @@ def _write_bundle(
     files.write_json(bundle / INFO, info)
 
 
-def bundles_of(root: Path, name: str) -> list[Path]:
-    group_dir = root / "kernels" / name
-    found = sorted(p.parent for p in group_dir.rglob(INFO))
-    if not found:
-        known = sorted(p.parent.name for p in (root / "kernels").glob(f"*/{INFO}"))
-        known += sorted(p.parent.parent.name for p in (root / "kernels").glob(f"*/*/{INFO}"))
-        raise DataError(
-            f"no kernel bundle '{name}' in {root / 'kernels'}; bundles are: {', '.join(sorted(set(known))) or 'none yet'}"
-        )
-    return found
-
-
-def read_info(bundle: Path) -> dict[str, Any]:
-    return dict(json.loads((bundle / INFO).read_text()))
-
-
 def record_push(bundle: Path, pushed: dict[str, Any]) -> None:
     info = read_info(bundle)
     info.update(
@@ -729,127 +706,6 @@ def push_bundles(kaggle: Kaggle, bundles: list[Path], *, echo: Echo = print) -> 
         echo(
             f"pushed {pushed['ref'].removeprefix('/code/')} version {pushed['version']}: {pushed['url']}"
         )
-
-
-def import_output(root: Path, bundle: Path, pulled: Path) -> dict[str, Any]:
-    """Move one kernel's downloaded output into ``runs/<run>/``, merging folds of other kernels."""
-    info = read_info(bundle)
-    run = info["run"]
-    src = pulled / "runs" / run
-    logs = sorted(pulled.glob("*.log"))
-    if not (src / "config.yaml").exists():
-        hint = f"; its log is {logs[0]}" if logs else ""
-        raise DataError(f"kernel {info['ref']} produced no run '{run}'{hint}")
-    dest = root / "runs" / run
-    dest.mkdir(parents=True, exist_ok=True)
-    for meta in ("config.yaml", "classes.json", "transforms.json"):
-        mine, theirs = dest / meta, src / meta
-        if mine.exists() and theirs.exists() and _settings(mine) != _settings(theirs):
-            raise DataError(
-                f"{dest} holds a different run ({meta} differs from kernel {info['ref']}'s); pick another name"
-            )
-    measured = _measured_differences(dest / "config.yaml", src / "config.yaml")
-    for meta in ("config.yaml", "classes.json", "transforms.json"):
-        if (src / meta).exists() and not (dest / meta).exists():
-            shutil.copy2(src / meta, dest / meta)
-    folds = []
-    for fold_dir in sorted(src.glob("fold*")):
-        target = dest / fold_dir.name
-        # Swap the whole fold in at once: never half old, half new.
-        staging = dest / f".{fold_dir.name}.pulled"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(fold_dir, staging)
-        old = dest / f".{fold_dir.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        if measured:
-            # The fold keeps what its own machine measured, so it can be reproduced.
-            shutil.copy2(src / "config.yaml", staging / "config.yaml")
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-        folds.append(fold_dir.name)
-    if info["folds"] == list(range(info["n_splits"])) and (src / "test_probs.csv").exists():
-        shutil.copy2(src / "test_probs.csv", dest / "test_probs.csv")
-        for ext in (".csv", ".json"):
-            made = pulled / "submissions" / f"{run}{ext}"
-            if made.exists():
-                (root / "submissions").mkdir(exist_ok=True)
-                shutil.copy2(made, root / "submissions" / f"{run}{ext}")
-    for log in logs:
-        (dest / "logs").mkdir(exist_ok=True)
-        shutil.copy2(log, dest / "logs" / log.name)
-    return {"ref": info["ref"], "run": run, "folds": folds, "measured": measured}
-
-
-def combine_fan_out(
-    root: Path, cfg: Config, run_dir: Path, *, n_splits: int
-) -> dict[str, Any] | None:
-    """Average the test probabilities of fanned-out kernels into the run's submission.
-
-    Each kernel predicted with its own folds; weighting each by its number of
-    folds gives exactly what `comp predict` over every fold would. None until
-    the kernels together cover every fold once.
-    """
-    # Imported here: comp.predict imports torch, which pushing a kernel never needs.
-    from comp.predict.predict import publish
-
-    parts = sorted(run_dir.glob("fold*/test_probs_folds*.csv"))
-    covered = [[int(k) for k in p.stem.removeprefix("test_probs_folds").split("-")] for p in parts]
-    if sorted(k for group in covered for k in group) != list(range(n_splits)):
-        return None
-    classes = read_classes(run_dir)
-    total = None
-    ids: list[str] = []
-    for path, group in zip(parts, covered, strict=True):
-        table = read_csv(path)
-        if total is None:
-            ids = list(table["Id"])
-            total = np.zeros((len(ids), len(classes)))
-        elif list(table["Id"]) != ids:
-            raise DataError(f"{path}: the kernels predicted different test Ids")
-        total += table[classes].to_numpy(np.float64) * len(group)
-    assert total is not None
-    trained = yaml.safe_load((run_dir / "config.yaml").read_text())
-    return publish(
-        root,
-        run_dir,
-        ids=ids,
-        probs=total / n_splits,
-        classes=classes,
-        sample=load_competition(root, cfg).sample,
-        folds=[f"fold{k}" for k in range(n_splits)],
-        tta=str(trained.get("tta", "none")).split(","),
-    )
-
-
-def _settings(path: Path) -> Any:
-    """What makes two runs the same run: everything but where each machine keeps its data
-    and what each machine measured for itself."""
-    data = yaml.safe_load(path.read_text())
-    if isinstance(data, dict):
-        for key in (*PATH_KEYS, "solution", "pretrained_file", *_measured_keys(data)):
-            data.pop(key, None)
-    return data
-
-
-def _measured_keys(cfg: dict[str, Any]) -> tuple[str, ...]:
-    """The keys a training machine resolves by timing itself: two kernels of one run may
-    differ on them and still be one run (the precision; the epochs a time limit allows)."""
-    keys: tuple[str, ...] = ("amp",)
-    if cfg.get("time_limit") is not None:
-        keys += SIZED_KEYS
-    return keys
-
-
-def _measured_differences(mine: Path, theirs: Path) -> dict[str, tuple[Any, Any]]:
-    """{key: (the run's, this kernel's)} for the measured keys on which they differ."""
-    if not (mine.exists() and theirs.exists()):
-        return {}
-    a, b = yaml.safe_load(mine.read_text()), yaml.safe_load(theirs.read_text())
-    if not (isinstance(a, dict) and isinstance(b, dict)):
-        return {}
-    return {k: (a.get(k), b.get(k)) for k in _measured_keys(b) if a.get(k) != b.get(k)}
 
 
 def build_code_dataset(
@@ -884,9 +740,9 @@ def build_code_dataset(
 
 
 def render_script(kernel: Kernel) -> str:
-    """The bundle's script: a docstring, the kernel's values as literals, then comp.kaggle.script.
+    """The bundle's script: a docstring, the kernel's values as literals, then comp.kernels.script.
 
-    The values are the upper-cased fields of comp.kaggle.script.Kernel, which the
+    The values are the upper-cased fields of comp.kernels.script.Kernel, which the
     script gathers from its globals; the code after them is script.py as it is.
     """
     constants = [
@@ -902,7 +758,7 @@ def render_script(kernel: Kernel) -> str:
             HEADER,
             '"""',
             "",
-            f"# This kernel's values; the code below is comp/kaggle/script.py of comp {comp.__version__}.",
+            f"# This kernel's values; the code below is comp/kernels/script.py of comp {comp.__version__}.",
             *constants,
             f"PAYLOAD = (\n{payload}\n)",
             "",
