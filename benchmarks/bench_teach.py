@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import machine, run_comp  # benchmarks/common.py
 
-from comp.ledger import Ledger, ledger_path
+from comp.submit.ledger import Ledger, ledger_path
 
 
 def comp(ws: Path, *args: str) -> float:
