@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import machine  # noqa: E402  (benchmarks/common.py)
+from common import machine
 
-from tests.sprites import write_sprites  # noqa: E402
+from tests.sprites import write_sprites
 
 
 def main() -> None:

@@ -24,7 +24,9 @@ import torch
 from common import machine  # benchmarks/common.py
 
 
-def throughput(model_name: str, size: int, batch: int, steps: int, bf16: bool) -> tuple[float, float]:
+def throughput(
+    model_name: str, size: int, batch: int, steps: int, bf16: bool
+) -> tuple[float, float]:
     torch.manual_seed(0)
     model = timm.create_model(model_name, num_classes=10, pretrained=False)
     model = model.to(memory_format=torch.channels_last)
@@ -76,7 +78,10 @@ def main() -> None:
         for size in (int(s) for s in a.sizes.split(",")):
             t32, i32 = throughput(name, size, a.batch, a.steps, bf16=False)
             t16, i16 = throughput(name, size, a.batch, a.steps, bf16=True)
-            print(f"| {name} | {size} | {t32:.0f} | {t16:.0f} | {t16 / t32:.2f} | {i32:.0f} | {i16:.0f} | {i16 / i32:.2f} |", flush=True)
+            print(
+                f"| {name} | {size} | {t32:.0f} | {t16:.0f} | {t16 / t32:.2f} | {i32:.0f} | {i16:.0f} | {i16 / i32:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -36,14 +36,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import machine, run_comp  # noqa: E402  (benchmarks/common.py)
+from common import machine, run_comp
 
-from tests.sprites import write_sprites  # noqa: E402
+from tests.sprites import write_sprites
 
 CONFIGS = {
     "old": [
-        "--recipe", "finetune", "--lr2", "1e-4", "--label-smoothing", "0",
-        "--layer-decay", "0", "--warmup-epochs", "0", "--amp", "false",
+        "--recipe",
+        "finetune",
+        "--lr2",
+        "1e-4",
+        "--label-smoothing",
+        "0",
+        "--layer-decay",
+        "0",
+        "--warmup-epochs",
+        "0",
+        "--amp",
+        "false",
     ],
     "new": [],
     "new+mix+ema": ["--mixup", "0.2", "--cutmix", "1.0", "--ema", "true"],
@@ -58,7 +68,9 @@ def comp(ws: Path, *args: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--keep", type=Path, default=None, help="write the data and runs here, and keep them")
+    p.add_argument(
+        "--keep", type=Path, default=None, help="write the data and runs here, and keep them"
+    )
     p.add_argument("--train-subjects", type=int, default=300, help="6 images each")
     p.add_argument("--test-subjects", type=int, default=100)
     p.add_argument("--budgets", default="3,6", help="minutes of comp train, comma-separated")
@@ -68,8 +80,15 @@ def main() -> None:
     root = a.keep or Path(tempfile.mkdtemp(prefix="bench-recipe-"))
     data, ws = root / "data", root / "ws"
     if not (data / "train_labels.csv").exists():
-        write_sprites(data, train_subjects=a.train_subjects, test_subjects=a.test_subjects,
-                      n_labels=9, size=64, jitter=0.01, seed=3)
+        write_sprites(
+            data,
+            train_subjects=a.train_subjects,
+            test_subjects=a.test_subjects,
+            n_labels=9,
+            size=64,
+            jitter=0.01,
+            seed=3,
+        )
     if not (ws / "comp.yaml").exists():
         comp(Path("."), "init", str(ws), "--data", str(data))
         comp(ws, "folds")
@@ -85,7 +104,9 @@ def main() -> None:
             train_s = time.time() - t0
             comp(ws, "predict", run)
             total_s = time.time() - t0
-            scored = comp(ws, "submit", str(ws / "submissions" / f"{run}.csv"), "--local", "-m", run)
+            scored = comp(
+                ws, "submit", str(ws / "submissions" / f"{run}.csv"), "--local", "-m", run
+            )
             cv = json.loads((ws / "runs" / run / "cv.json").read_text())["cv_macro_f1"]
             epochs = re.search(r"so (\d+) epochs per fold", said)
             row = {
@@ -100,22 +121,30 @@ def main() -> None:
             }
             print(json.dumps(row), flush=True)
             results.append(row)
-            a.out.write_text(json.dumps({"machine": machine(), "data": data_note(a), "rows": results}, indent=1))
+            a.out.write_text(
+                json.dumps({"machine": machine(), "data": data_note(a), "rows": results}, indent=1)
+            )
     print(table(results))
     plot(results, HERE / "recipe.png")
 
 
 def data_note(a: argparse.Namespace) -> str:
-    return (f"tests/sprites.py: {a.train_subjects * 6} train images ({a.train_subjects} creatures), "
-            f"{a.test_subjects * 6} test images of unseen creatures, 9 types, 64 px, seed 3")
+    return (
+        f"tests/sprites.py: {a.train_subjects * 6} train images ({a.train_subjects} creatures), "
+        f"{a.test_subjects * 6} test images of unseen creatures, 9 types, 64 px, seed 3"
+    )
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| config | budget (min) | epochs/fold | train (min) | train+predict (min) | CV | public | private |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| config | budget (min) | epochs/fold | train (min) | train+predict (min) | CV | public | private |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in sorted(rows, key=lambda r: (r["budget_min"], r["config"])):
-        lines.append(f"| {r['config']} | {r['budget_min']:g} | {r['epochs']} | {r['train_min']:.1f} | "
-                     f"{r['total_min']:.1f} | {r['cv']:.3f} | {r['public']:.3f} | {r['private']:.3f} |")
+        lines.append(
+            f"| {r['config']} | {r['budget_min']:g} | {r['epochs']} | {r['train_min']:.1f} | "
+            f"{r['total_min']:.1f} | {r['cv']:.3f} | {r['public']:.3f} | {r['private']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -128,7 +157,9 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in dict.fromkeys(r["config"] for r in rows):
         mine = sorted((r for r in rows if r["config"] == name), key=lambda r: r["total_min"])
-        ax.plot([r["total_min"] for r in mine], [r["private"] for r in mine], marker="o", label=name)
+        ax.plot(
+            [r["total_min"] for r in mine], [r["private"] for r in mine], marker="o", label=name
+        )
     ax.set_xlabel("minutes (5 folds: train + predict, 2 CPU cores)")
     ax.set_ylabel("held-out (private) macro-F1")
     ax.set_title("Recipes at equal time, no pretrained weights")

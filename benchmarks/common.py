@@ -1,20 +1,25 @@
-"""What the benchmarks share: the machine they ran on, running comp, and timing.
+"""What the benchmarks share: the machine they ran on, running comp, timing and results.
 
 Every figure a benchmark records names the machine (CPU model, cores, the native
 bf16 feature comp's precision rule reads, GPU) and the precision it ran in, as
 comp.hardware.precision chooses it; nothing here re-decides what comp decides.
-Reads /proc/cpuinfo and /proc/meminfo; writes nothing.
+Benchmarks print figures and may write them to a results file; they judge nothing
+(no pass/fail, no exit status from a threshold). Reads /proc/cpuinfo and
+/proc/meminfo; writes only the results file a benchmark names.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import shlex
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,8 @@ import torch  # noqa: E402
 from comp.hardware.precision import amp_dtype, cpu_bf16, precision_name  # noqa: E402
 
 GB = 1e9
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def cores() -> int:
@@ -82,9 +89,7 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
 
 def machine() -> str:
     """The machine in one line, for a results table's heading."""
-    gpu = (
-        f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    )
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return (
         f"{cpu_model()}, {cores()} cores, native bf16: {cpu_bf16() or 'none'}{gpu}, "
         f"torch {torch.__version__}"
@@ -124,3 +129,44 @@ def timer(device: torch.device | None = None) -> Iterator[list[float]]:
     if device is not None:
         sync(device)
     out[0] = time.perf_counter() - start
+
+
+def command_line() -> str:
+    """The command this process was started with, for the record beside its figures."""
+    return shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+
+
+def machine_lines(m: dict[str, Any]) -> list[str]:
+    """Markdown bullets naming the machine and software of ``machine_info``."""
+    gpu = f", GPU {m['gpu']}" if m["gpu"] else ", no GPU"
+    return [
+        f"- machine: {m['cpu']}, {m['cores']} cores (of {m['cpu_count']}), "
+        f"{m['ram_gb']} GB RAM{gpu}; host {m['host']}",
+        f"- software: python {m['python']}, torch {m['torch']}, timm {m['timm']}, "
+        f"torchvision {m['torchvision']}, albumentations {m['albumentations']}; "
+        f"device {m['device']}, native bf16 {m['native_bf16'] or 'none'}, "
+        f"{m['torch_threads']} torch threads",
+    ]
+
+
+def attempt(errors: dict[str, str], what: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one measurement; a failure is recorded under ``what`` and printed, and the
+    benchmark goes on with the others."""
+    try:
+        return fn()
+    except Exception as e:
+        traceback.print_exc()
+        errors[what] = f"{type(e).__name__}: {e}"
+        return {}
+
+
+def write_results(result: dict[str, Any], text: str, out: Path) -> None:
+    """Print the Markdown ``text`` (with any errors), and write it with ``result`` to ``out``."""
+    errors = result.get("errors") or {}
+    if errors:
+        text += "\n\nErrors:\n\n" + "\n".join(f"- {k}: {v}" for k, v in errors.items())
+    result["markdown"] = text
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"\n(results in {out}; {result.get('seconds', 0):.0f} s in all)")

@@ -157,7 +157,7 @@ def search_space(cfg: Config) -> list[Dimension]:
 
 # --- the space the recipe chooses ----------------------------------------------------------
 
-# What each recipe searches among the tune_* keys left at auto (README, "Tuning").
+# What each recipe searches among the tune_* keys left at auto (docs/tuning.md).
 RECIPE_SEARCH = {
     "scratch": ("lr2", "weight_decay", "label_smoothing", "model"),
     "finetune": ("freeze_epochs", "lr2", "layer_decay"),

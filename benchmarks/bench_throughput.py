@@ -1,17 +1,17 @@
-"""Benchmark of comp's training data path against the compute ceiling and a naive pipeline.
+"""Throughput of comp's training data path against the compute ceiling and a naive pipeline.
 
 Run from the repository root, on a quiet machine (nothing else using the cores):
 
-    .venv/bin/python benchmarks/bench_train.py                      # CPU or GPU, whatever is here
-    .venv/bin/python benchmarks/bench_train.py --device cuda --label h100
-    .venv/bin/python benchmarks/bench_train.py --quick --out /tmp/quick.json   # a smoke test
+    .venv/bin/python benchmarks/bench_throughput.py                 # CPU or GPU, whatever is here
+    .venv/bin/python benchmarks/bench_throughput.py --device cuda --label h100
+    .venv/bin/python benchmarks/bench_throughput.py --quick --out /tmp/quick.json   # a smoke test
 
 It builds once (into a temporary folder, or ``--data DIR`` to keep and reuse it) a
 Kaggle-layout competition of real photographs: random square crops, at varying
 position and scale, of scikit-learn's two sample photos (china.jpg, flower.jpg),
-resized to 256x256 and saved as JPEG quality 90, with 8 labels assigned
-round-robin, plus a test set of a quarter as many images. Around it goes a comp
-workspace (``comp.data.workspace.init_workspace``) with 4 stratified folds; fold 0 is
+resized to ``--photo-size`` squares (256) and saved as JPEG quality 90, with 8 labels
+assigned round-robin, plus a test set of a quarter as many images. Around it goes a comp
+workspace (``comp.workspace.init.init_workspace``) with 4 stratified folds; fold 0 is
 validated, so 3/4 of the images train.
 
 For every model (timm, random init) and image size it measures:
@@ -37,40 +37,27 @@ For every model (timm, random init) and image size it measures:
     extracts the features, and "extraction s" is its excess over a cached epoch;
 (e) ``comp.predict.predict`` throughput of the run of (b), without TTA and with
     hflip TTA: test images x checkpoints / wall seconds, after a warm-up call
-    (which builds the test cache);
+    (which builds the test cache).
 
-and once per run:
+Peak memory over many small images is ``bench_memory.py``'s job.
 
-(f) peak memory, in a clean subprocess: ``--rss-images`` 64x64 PNGs (generated
-    once into ``--rss-dir`` and reused) go through comp's image cache and then one
-    shuffled pass of the training DataLoader with light augmentation (batch 256,
-    no workers), whose last ``--rss-steps`` batches train a resnet18. A thread samples
-    /proc/self/status every 20 ms: RssAnon (memory the process holds itself),
-    RssFile (mapped file pages: the memory-mapped cache, shared libraries) and
-    VmHWM (peak resident set).
-
-It prints the machine, the command line, a Markdown table, the cache and memory
-lines and the issue's targets with PASS/FAIL, and writes the same as JSON to
-``--out`` (default ``benchmarks/results-<label or host>.json``).
+It prints the machine, the command line, a Markdown table and the cache lines, and
+writes the same as JSON to ``--out`` (default
+``benchmarks/results-throughput-<label or host>.json``). It judges nothing: the
+figures are the result.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import shlex
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext, redirect_stderr
 from functools import partial
 from pathlib import Path
@@ -79,21 +66,36 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from common import GB, machine_info, precision, sync, timer  # benchmarks/common.py
+from common import (  # benchmarks/common.py
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    attempt,
+    command_line,
+    machine_info,
+    machine_lines,
+    precision,
+    timer,
+    write_results,
+)
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+# comp, all in one place.
+from comp.config import load_config
+from comp.data.cache import cache_key, cached_images
+from comp.data.competition import load_competition
+from comp.folds.split import folds_path, make_folds, write_folds
 from comp.hardware.distributed import pick_device
-from comp.hardware.precision import amp_dtype, make_autocast, precision_name
+from comp.hardware.precision import make_autocast
+from comp.predict.predict import predict
 from comp.runs import read_config
+from comp.train.run import train
+from comp.workspace.init import init_workspace
 
 N_CLASSES = 8
 PHOTO_SIZE = 256
 N_SPLITS = 4
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-TARGETS = {"b_over_a_64": 0.9, "b_over_c": 2.0, "stage1_speedup": 20.0, "rss_anon_gb": 2.0}
 
 
 def noop(_: str) -> None:
@@ -103,10 +105,12 @@ def noop(_: str) -> None:
 # --- data -----------------------------------------------------------------------
 
 
-def build_competition(data: Path, *, n_train: int, n_test: int, seed: int = 0) -> dict[str, Any]:
+def build_competition(
+    data: Path, *, n_train: int, n_test: int, photo_size: int = PHOTO_SIZE, seed: int = 0
+) -> dict[str, Any]:
     """A Kaggle-layout competition of random crops of real photos, reused when it already fits."""
     manifest = data / "bench-manifest.json"
-    want = {"n_train": n_train, "n_test": n_test, "seed": seed, "size": PHOTO_SIZE, "version": 1}
+    want = {"n_train": n_train, "n_test": n_test, "seed": seed, "size": photo_size, "version": 1}
     if manifest.exists() and json.loads(manifest.read_text()) == want:
         return want
     if data.exists() and any(data.iterdir()):
@@ -128,7 +132,7 @@ def build_competition(data: Path, *, n_train: int, n_test: int, seed: int = 0) -
         side = int(rng.uniform(0.2, 1.0) * min(w, h))
         x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
         box = (x0, y0, x0 + side, y0 + side)
-        return photo.crop(box).resize((PHOTO_SIZE, PHOTO_SIZE), Image.Resampling.BICUBIC)
+        return photo.crop(box).resize((photo_size, photo_size), Image.Resampling.BICUBIC)
 
     train_ids = [f"img_{i:05d}" for i in range(n_train)]
     test_ids = [f"test_{i:05d}" for i in range(n_test)]
@@ -147,11 +151,6 @@ def build_competition(data: Path, *, n_train: int, n_test: int, seed: int = 0) -
 
 def make_workspace(root: Path, data: Path, base: dict[str, Any]) -> dict[str, Any]:
     """A comp workspace around ``data`` with its folds file; returns fold 0's facts."""
-    from comp.config import load_config
-    from comp.data.competition import load_competition
-    from comp.data.workspace import init_workspace
-    from comp.folds.split import folds_path, make_folds, write_folds
-
     init_workspace(root, data, overrides=base, force=True)
     cfg = load_config(root, base)
     comp = load_competition(root, cfg)
@@ -198,9 +197,9 @@ def measure_ceiling(
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device).to(memory_format=layout).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    dtype = amp_dtype(device, amp, img_size=size)
+    chosen = precision(device, amp=amp, img_size=size)  # fp32, bf16 or fp16
     autocast = make_autocast(device, amp, img_size=size)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=chosen == "fp16")
     loss_fn = nn.CrossEntropyLoss()
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
@@ -235,7 +234,7 @@ def measure_ceiling(
         "a_img_s": per_window * batch_size / float(np.min(windows)),
         "a_mean_img_s": timed * batch_size / sum(windows),
         "a_steps": timed,
-        "a_precision": precision_name(dtype),
+        "a_precision": chosen,
     }
 
 
@@ -244,8 +243,6 @@ def measure_ceiling(
 
 def measure_cache(root: Path, paths: list[Path], size: int) -> dict[str, Any]:
     """First (cold: nothing cached yet) and second (warm) build of the train image cache."""
-    from comp.data.cache import cache_key, cached_images
-
     cache_dir = root / "cache" / "images"
     (cache_dir / f"{cache_key(paths, size)}.npy").unlink(missing_ok=True)
     with timer() as cold:
@@ -269,9 +266,6 @@ def measure_cache(root: Path, paths: list[Path], size: int) -> dict[str, Any]:
 
 def train_run(root: Path, overrides: dict[str, Any], name: str) -> tuple[pd.DataFrame, float]:
     """One fold of a ``comp.train.train`` run; its metrics.csv and the call's wall seconds."""
-    from comp.config import load_config
-    from comp.train.run import train
-
     cfg = load_config(root, overrides)
     shutil.rmtree(root / "runs" / name, ignore_errors=True)
     with timer() as t:
@@ -403,181 +397,18 @@ def measure_stage1(root: Path, base: dict[str, Any], *, name: str) -> dict[str, 
 
 
 def measure_predict(root: Path, base: dict[str, Any], *, run: str, n_test: int) -> dict[str, Any]:
-    from comp.config import load_config
-    from comp.predict.predict import predict
-
     cfg = load_config(root, base)
     n_ckpt = len(list((root / "runs" / run).glob("fold*/best.pt")))
-    # predict() draws progress bars whatever echo is; they go nowhere here.
+    # predict() draws progress bars; they go nowhere here. What is timed is the prediction,
+    # not the writing of its files.
     with open(os.devnull, "w") as devnull, redirect_stderr(devnull):
-        predict(root, cfg, run=run, tta="none", echo=noop)  # warm-up; builds the test cache
+        predict(root, cfg, run=run, tta="none")  # warm-up; builds the test cache
         out: dict[str, Any] = {"e_checkpoints": n_ckpt}
         for tta in ("none", "hflip"):
             with timer() as t:
-                predict(root, cfg, run=run, tta=tta, echo=noop)
+                predict(root, cfg, run=run, tta=tta)
             out[f"e_{tta}_img_s"] = n_test * n_ckpt / t[0]
     return out
-
-
-# --- (f) peak memory, in a subprocess ------------------------------------------------
-
-
-def rss_paths(folder: Path, n: int) -> list[Path]:
-    return [folder / f"{i // 1000:03d}" / f"{i:06d}.png" for i in range(n)]
-
-
-def make_rss_images(folder: Path, n: int) -> float:
-    """``n`` 64x64 PNGs (coloured, noisy, upscaled digits), made once; returns seconds spent."""
-    done = folder / "count.txt"
-    have = int(done.read_text()) if done.exists() else 0
-    if have >= n:
-        return 0.0
-    from sklearn.datasets import load_digits
-
-    digits = (load_digits().images * (255 / 16)).astype(np.uint8)
-    paths = rss_paths(folder, n)
-    for sub in {p.parent for p in paths[have:]}:
-        sub.mkdir(parents=True, exist_ok=True)
-
-    def draw(i: int) -> None:
-        rng = np.random.default_rng(i)
-        mask = Image.fromarray(digits[i % len(digits)]).resize((64, 64), Image.Resampling.BILINEAR)
-        m = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
-        fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-        img = bg + (fg - bg) * m + rng.normal(0, 8, (64, 64, 3))
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(paths[i], compress_level=1)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
-        list(pool.map(draw, range(have, n), chunksize=256))
-    done.write_text(str(n))
-    return time.perf_counter() - start
-
-
-class MemorySampler(threading.Thread):
-    """Peaks of RssAnon, RssFile and VmHWM from /proc/self/status, sampled every ``interval`` s,
-    overall and per phase of the work (``mark`` starts the next phase)."""
-
-    FIELDS = ("RssAnon", "RssFile", "RssShmem", "VmHWM", "VmRSS")
-
-    def __init__(self, interval: float = 0.02):
-        super().__init__(daemon=True)
-        self.interval = interval
-        self.phase = "start"
-        self.peaks: dict[str, dict[str, int]] = {}
-        self.samples = 0
-        self._lock = threading.Lock()
-        self._stop_event = threading.Event()
-
-    @classmethod
-    def read(cls) -> dict[str, int]:
-        """The current values, in bytes."""
-        out = {}
-        for line in Path("/proc/self/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in cls.FIELDS:
-                out[key] = int(value.split()[0]) * 1024
-        return out
-
-    def sample(self) -> None:
-        values = self.read()
-        with self._lock:
-            peak = self.peaks.setdefault(self.phase, dict.fromkeys(self.FIELDS, 0))
-            for key, value in values.items():
-                peak[key] = max(peak[key], value)
-            self.samples += 1
-
-    def mark(self, phase: str) -> None:
-        self.sample()  # the phase that ends gets at least one sample, however short
-        with self._lock:
-            self.phase = phase
-        self.sample()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.sample()
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> dict[str, int]:
-        """Stop sampling; the peaks over every phase."""
-        self.sample()
-        self._stop_event.set()
-        self.join()
-        return {k: max(p[k] for p in self.peaks.values()) for k in self.FIELDS}
-
-
-def rss_child(folder: Path, n: int, *, steps: int, device: torch.device) -> dict[str, Any]:
-    """In a fresh process: comp's image cache of ``n`` PNGs, then one augmented pass of the
-    training DataLoader, whose last ``steps`` batches train a resnet18."""
-    import timm
-
-    from comp.data.cache import cached_images
-    from comp.data.transforms import ImageDataset, create_transform, to_input
-
-    sampler = MemorySampler()
-    sampler.start()
-    torch.manual_seed(0)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
-    model = model.to(device).to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    mean = torch.tensor(IMAGENET_MEAN, device=device)
-    std = torch.tensor(IMAGENET_STD, device=device)
-    paths = rss_paths(folder, n)
-    autocast = make_autocast(device, True, img_size=64)
-    with tempfile.TemporaryDirectory(dir=folder, prefix="cache-") as cache_dir:
-        sampler.mark("cache build")
-        with timer() as build:
-            images = cached_images(paths, 64, cache_dir=Path(cache_dir), progress=False)
-        sampler.mark("augmented pass")
-        dataset = ImageDataset(
-            images, np.arange(n) % 10, create_transform("light", img_size=64), index=np.arange(n)
-        )
-        loader = DataLoader(dataset, batch_size=256, shuffle=True, num_workers=0)
-        first_step = max(0, len(loader) - steps)
-        seen, passed, t0, pass_s = 0, 0, time.perf_counter(), None
-        for i, (xb, yb) in enumerate(loader):
-            seen += len(yb)
-            if i < first_step:
-                passed += len(yb)
-                continue
-            if i == first_step:
-                pass_s = time.perf_counter() - t0
-                sampler.mark("train steps")
-            x = to_input(xb, mean=mean, std=std, device=device, channels_last=True)
-            with autocast():
-                loss = nn.functional.cross_entropy(model(x), yb.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sync(device)
-        if pass_s is None:
-            pass_s = time.perf_counter() - t0
-        cache_bytes = sum(p.stat().st_size for p in Path(cache_dir).glob("*.npy"))
-        peak = sampler.stop()
-    assert seen == n
-    return {
-        "n_images": n,
-        "cache_bytes": cache_bytes,
-        "cache_build_s": build[0],
-        "pass_img_s": passed / pass_s if passed and pass_s else None,
-        "train_steps": min(steps, math.ceil(n / 256)),
-        "device": str(device),
-        "precision": precision(device, amp=True, img_size=64),
-        "peak": peak,
-        "phases": sampler.peaks,
-        "samples": sampler.samples,
-    }
-
-
-def measure_rss(folder: Path, n: int, *, steps: int, device: torch.device) -> dict[str, Any]:
-    folder.mkdir(parents=True, exist_ok=True)
-    generated = make_rss_images(folder, n)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", "--rss-dir", str(folder)]
-    cmd += ["--rss-images", str(n), "--rss-steps", str(steps), "--device", str(device)]
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["generate_s"] = generated
-    return result
 
 
 # --- report -----------------------------------------------------------------------
@@ -624,65 +455,17 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def check_targets(
-    rows: list[dict[str, Any]], rss: dict[str, Any] | None, device: torch.device
-) -> list[dict[str, Any]]:
-    """The issue's targets, one line each; ``passed`` is None where it cannot be judged."""
-    out = []
-
-    def add(
-        name: str, value: float | None, threshold: float, *, below: bool = False, note: str = ""
-    ) -> None:
-        passed = None
-        if value is not None:
-            passed = value < threshold if below else value >= threshold
-        out.append(
-            {"target": name, "value": value, "threshold": threshold, "passed": passed, "note": note}
-        )
-
-    at64 = [r for r in rows if r["size"] == 64]
-    for r in at64:
-        note = "" if device.type == "cpu" else "CPU target; informational on this device"
-        add(
-            f"b/a >= 0.9 at 64 ({r['model']})", r.get("b_over_a"), TARGETS["b_over_a_64"], note=note
-        )
-        if device.type != "cpu":
-            out[-1]["passed"] = None
-    if not at64:
-        add("b/a >= 0.9 at 64", None, TARGETS["b_over_a_64"], note="64 is not among --sizes")
-    for r in rows:
-        tag = f"({r['model']} {r['size']})"
-        add(f"b/c >= 2 {tag}", r.get("b_over_c"), TARGETS["b_over_c"])
-        add(f"stage-1 cached speed-up >= 20 {tag}", r.get("d_speedup"), TARGETS["stage1_speedup"])
-    if rss is not None:
-        anon = rss["peak"]["RssAnon"] / GB if "peak" in rss else None
-        note = "" if rss.get("n_images", 0) >= 100_000 else f"only {rss.get('n_images')} images"
-        add(
-            f"peak RssAnon < 2 GB, {rss.get('n_images')} 64x64 images",
-            anon,
-            TARGETS["rss_anon_gb"],
-            below=True,
-            note=note,
-        )
-    return out
-
-
 def report(result: dict[str, Any]) -> str:
-    m = result["machine"]
-    gpu = f", GPU {m['gpu']}" if m["gpu"] else ", no GPU"
     d = result["data"]
+    photo = result["args"]["photo_size"]
     lines = [
-        "## comp training benchmark",
+        "## comp training throughput",
         "",
-        f"- machine: {m['cpu']}, {m['cores']} cores (of {m['cpu_count']}), "
-        f"{m['ram_gb']} GB RAM{gpu}; host {m['host']}",
-        f"- software: python {m['python']}, torch {m['torch']}, timm {m['timm']}, "
-        f"torchvision {m['torchvision']}, albumentations {m['albumentations']}; "
-        f"device {m['device']}, native bf16 {m['native_bf16'] or 'none'}, "
-        f"{m['torch_threads']} torch threads; precision per row (a/b/c): what comp train's "
-        "amp: auto timed faster for (b), the same for (a), fp32 for the naive pipeline (c)",
+        *machine_lines(result["machine"]),
+        "- precision per row (a/b/c): what comp train's amp: auto timed faster for (b), "
+        "the same for (a), fp32 for the naive pipeline (c)",
         f"- command: `{result['command']}`",
-        f"- data: {d['n_images']} photo crops ({PHOTO_SIZE}x{PHOTO_SIZE} JPEG q90, {N_CLASSES} classes); "
+        f"- data: {d['n_images']} photo crops ({photo}x{photo} JPEG q90, {N_CLASSES} classes); "
         f"fold 0: {d['n_train']} train, {d['n_valid']} valid; {d['n_test']} test; "
         f"batch {result['args']['batch_size']}",
         "",
@@ -712,44 +495,7 @@ def report(result: dict[str, Any]) -> str:
                 f"({r['d_uncached_train_s'] / r['d_cached_train_s']:.0f}x); the rest of a cached "
                 "epoch is validation and checkpointing"
             )
-    rss = result.get("rss")
-    if rss and "peak" in rss:
-        p = rss["peak"]
-        passed = f"{rss['pass_img_s']:.0f} img/s" if rss["pass_img_s"] else "no batches left"
-        lines.append(
-            f"- memory, {rss['n_images']} 64x64 PNGs ({rss['device']}): cache "
-            f"{rss['cache_bytes'] / GB:.2f} GB built in {rss['cache_build_s']:.1f} s, "
-            f"augmented pass {passed}, then {rss['train_steps']} resnet18 training steps (batch 256); "
-            f"peak RssAnon {p['RssAnon'] / GB:.2f} GB, peak RssFile {p['RssFile'] / GB:.2f} GB, "
-            f"peak VmHWM {p['VmHWM'] / GB:.2f} GB"
-        )
-        for phase, q in rss["phases"].items():
-            lines.append(
-                f"  - {phase}: peak RssAnon {q['RssAnon'] / GB:.2f} GB, "
-                f"RssFile {q['RssFile'] / GB:.2f} GB, VmHWM {q['VmHWM'] / GB:.2f} GB"
-            )
-    elif rss:
-        lines.append(f"- memory: error {rss.get('error')}")
-    lines += ["", "Targets:", ""]
-    for t in result["targets"]:
-        verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["passed"]]
-        value = "—" if t["value"] is None else f"{t['value']:.2f}"
-        note = f" ({t['note']})" if t["note"] else ""
-        lines.append(f"- {verdict}: {t['target']}: {value}{note}")
     return "\n".join(lines)
-
-
-# --- main -------------------------------------------------------------------------
-
-
-def attempt(errors: dict[str, str], what: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run one measurement; a failure is recorded and reported, and the others go on."""
-    try:
-        return fn()
-    except Exception as e:
-        traceback.print_exc()
-        errors[what] = f"{type(e).__name__}: {e}"
-        return {}
 
 
 def measure_row(
@@ -829,6 +575,9 @@ def measure_row(
     return row
 
 
+# --- main -------------------------------------------------------------------------
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("It builds once")[0],
@@ -848,17 +597,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--steps", type=int, help="timed steps of (a) (default 20, --quick 5)")
     p.add_argument("--data", type=Path, help="keep the photo competition here, and reuse it")
-    p.add_argument("--rss-images", type=int, help="images of (f) (default 100000, --quick 2000)")
-    p.add_argument("--rss-dir", type=Path, help="where the PNGs of (f) are made once and kept")
-    p.add_argument("--rss-steps", type=int, default=5, help="resnet18 training steps in (f)")
-    p.add_argument("--no-rss", action="store_true", help="skip (f)")
     p.add_argument("--keep", action="store_true", help="keep the workspace (runs, caches)")
     p.add_argument("--label", help="names the results file (default: the host name)")
     p.add_argument(
-        "--out", type=Path, help="JSON results (default benchmarks/results-<label>.json)"
+        "--out",
+        type=Path,
+        help="JSON results (default benchmarks/results-throughput-<label>.json)",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test of the script")
-    p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     quick = args.quick
     args.models = [m for spec in args.models or [] for m in spec.split(",") if m] or (
@@ -869,29 +615,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.test_images = args.test_images or max(8, args.images // 4)
     args.steps = args.steps or (5 if quick else 20)
     args.warmup = 2 if quick else 3
-    args.rss_images = args.rss_images or (2000 if quick else 100_000)
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    args.rss_dir = args.rss_dir or cache_home / "comp-bench" / "rss-png64"
     args.label = args.label or socket.gethostname()
     suffix = "-quick" if quick else ""
-    args.out = args.out or Path(__file__).parent / f"results-{args.label}{suffix}.json"
+    args.out = args.out or Path(__file__).parent / f"results-throughput-{args.label}{suffix}.json"
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    global PHOTO_SIZE
     args = parse_args(argv)
-    PHOTO_SIZE = args.photo_size
     device = pick_device(args.device)
-    if args.rss_child:
-        result = rss_child(args.rss_dir, args.rss_images, steps=args.rss_steps, device=device)
-        print(json.dumps(result))
-        return
-
     started = time.perf_counter()
     result: dict[str, Any] = {
         "machine": machine_info(device),
-        "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
+        "command": command_line(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rows": [],
         "cache": [],
@@ -906,7 +642,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.keep:
             print(f"workspace kept in {tmp}/ws", file=sys.stderr)
         data = args.data or Path(tmp) / "data"
-        build_competition(data, n_train=args.images, n_test=args.test_images)
+        build_competition(
+            data, n_train=args.images, n_test=args.test_images, photo_size=args.photo_size
+        )
         root = Path(tmp) / "ws"
         base = {
             "model": args.models[0],
@@ -938,26 +676,8 @@ def main(argv: list[str] | None = None) -> None:
                 errors.update(row.pop("errors"))
                 result["rows"].append(row)
 
-    if not args.no_rss:
-        print(
-            f"[{time.perf_counter() - started:6.0f}s] memory, {args.rss_images} images",
-            file=sys.stderr,
-        )
-        result["rss"] = attempt(
-            errors,
-            "f",
-            lambda: measure_rss(args.rss_dir, args.rss_images, steps=args.rss_steps, device=device),
-        ) or {"error": errors.get("f")}
-    result["targets"] = check_targets(result["rows"], result.get("rss"), device)
     result["seconds"] = time.perf_counter() - started
-    text = report(result)
-    if errors:
-        text += "\n\nErrors:\n\n" + "\n".join(f"- {k}: {v}" for k, v in errors.items())
-    result["markdown"] = text
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"\n(results in {args.out}; {result['seconds']:.0f} s in all)")
+    write_results(result, report(result), args.out)
 
 
 if __name__ == "__main__":
