@@ -156,6 +156,14 @@ def test_every_module_sits_in_a_package_or_is_a_top_level_one() -> None:
         assert not unlisted, f"{package.name}/__init__.py lists its modules; missing {unlisted}"
 
 
+def test_the_tests_mirror_the_packages() -> None:
+    # By folder: tests/<package>/ holds the tests of comp/<package>/, so a newcomer finds them.
+    tests = Path(__file__).parent
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    test_dirs = {p.parent.name for p in tests.glob("*/test_*.py")}
+    assert test_dirs == packages, f"tests/ and comp/ differ on {sorted(test_dirs ^ packages)}"
+
+
 def test_cli_starts_without_torch() -> None:
     code = "import sys, comp.cli; print('torch' in sys.modules, 'timm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
