@@ -13,6 +13,7 @@ from sklearn.metrics import f1_score
 
 from comp import files
 from comp.errors import DataError
+from comp.runs import ADJUST_FILE
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -54,11 +55,11 @@ def fit_priors(probs: np.ndarray, y: np.ndarray, *, n_classes: int, passes: int 
 def write_priors(run_dir: Path, probs: np.ndarray, y: np.ndarray, *, classes: list[str]) -> None:
     """Fit class priors on all of a run's OOF and keep them as adjust.json, for predict --adjust."""
     fitted = fit_priors(probs, y, n_classes=len(classes)).round(6).tolist()
-    files.write_json(run_dir / "adjust.json", dict(zip(classes, fitted, strict=True)))
+    files.write_json(run_dir / ADJUST_FILE, dict(zip(classes, fitted, strict=True)))
 
 
 def load_priors(run_dir: Path, classes: list[str]) -> np.ndarray:
-    path = run_dir / "adjust.json"
+    path = run_dir / ADJUST_FILE
     if not path.exists():
         raise DataError(f"{run_dir}: no adjust.json (it needs two or more trained folds)")
     fitted = json.loads(path.read_text())

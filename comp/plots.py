@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from comp import files
+from comp.runs import CURVES_FILE, METRICS_FILE
 
 
 def plot_curves(run_dir: Path) -> Path | None:
@@ -23,7 +24,7 @@ def plot_curves(run_dir: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folds = sorted(run_dir.glob("fold*/metrics.csv"))
+    folds = sorted(run_dir.glob(f"fold*/{METRICS_FILE}"))
     if not folds:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
@@ -60,7 +61,7 @@ def plot_curves(run_dir: Path) -> Path | None:
     axes[0].legend(fontsize=8)
     note = " (dotted line: backbone unfrozen)" if two_stages else ""
     fig.suptitle(f"{run_dir.name}: training curves{note}")
-    out = run_dir / "curves.png"
+    out = run_dir / CURVES_FILE
     files.write_with(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return out

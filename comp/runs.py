@@ -8,7 +8,17 @@ Reads and writes, in a run folder:
 - ``oof.csv``         out-of-fold probabilities: Id, label, fold, one column per class
 - ``test_probs.csv``  test probabilities: Id, one column per class (``fold{k}/`` too)
 - ``blend.json``      a blend's members and weights
-- ``lineage.json``    what the run learnt from besides its labels
+- ``lineage.json``    what the run learnt from besides its labels (``pseudo.csv``: the
+                      test images each fold used)
+- ``transforms.json`` the training augmentation, serialised by albumentations
+- ``adjust.json``     the class priors fitted on the OOF (``--adjust``)
+- ``curves.png``      loss, accuracy and macro-F1 per epoch and fold
+- ``probe.json``      with weights found, the two recipes' first fold and the choice
+- ``trackers.json``   each tracker's id for the run
+- ``fold{k}/``        one fold (``fold_dir``): ``best.pt``, ``last.pt`` (while it
+                      trains), ``metrics.csv``, ``oof.csv``, ``test_probs.csv``, or
+                      ``head.pkl`` for a scikit-learn head; ``full/`` the same for the
+                      model on every image, with ``done.json`` once it has finished
 
 Every table of Ids and class probabilities is built here (``probs_table``), so
 train, heads, teachers, blends and predict write one format. Imports no torch.
@@ -37,6 +47,23 @@ OOF_FILE = "oof.csv"
 TEST_PROBS_FILE = "test_probs.csv"
 BLEND_FILE = "blend.json"
 LINEAGE_FILE = "lineage.json"
+PSEUDO_FILE = "pseudo.csv"
+TRANSFORMS_FILE = "transforms.json"
+ADJUST_FILE = "adjust.json"
+CURVES_FILE = "curves.png"
+PROBE_FILE = "probe.json"
+TRACKERS_FILE = "trackers.json"
+# In each fold's folder (and ``full/``).
+BEST_FILE = "best.pt"
+LAST_FILE = "last.pt"
+METRICS_FILE = "metrics.csv"
+HEAD_FILE = "head.pkl"
+DONE_FILE = "done.json"
+FULL_DIR = "full"
+
+
+def fold_dir(run_dir: Path, k: int) -> Path:
+    return run_dir / f"fold{k}"
 
 
 def runs_dir(root: Path) -> Path:

@@ -61,19 +61,19 @@ def test_no_import_circle() -> None:
 
 
 # comp's packages and top-level modules along the data flow: each may import only those
-# before it. The shared ground first (errors to track), then the stages from the images to
+# before it. The shared ground first (errors to track, with the competition and a run's files), then the stages from the images to
 # the leaderboard, then the orchestration that drives several of them, then the CLI.
 ORDER = (
     "errors",
     "files",
     "config",
-    "metrics",
-    "plots",
     "hardware",
     "kaggle",
-    "track",
     "data",
     "runs",
+    "metrics",
+    "plots",
+    "track",
     "models",
     "folds",
     "fit",

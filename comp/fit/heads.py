@@ -41,7 +41,7 @@ from comp.hardware.precision import make_autocast
 from comp.metrics import macro_f1
 from comp.models.factory import create_model, load_checkpoint, normalisation
 from comp.models.inference import extract_features
-from comp.runs import OOF_FILE, write_probs
+from comp.runs import BEST_FILE, HEAD_FILE, METRICS_FILE, OOF_FILE, fold_dir, runs_dir, write_probs
 
 
 def make_head(name: str, *, seed: int) -> ClassifierMixin:
@@ -66,7 +66,7 @@ def make_head(name: str, *, seed: int) -> ClassifierMixin:
 def backbone(root: Path, cfg: Config, *, fold: int, classes: list[str]) -> nn.Module:
     """The feature extractor for ``fold``: the fold's checkpoint of ``features_from``, else timm's."""
     if cfg.features_from:
-        ckpt = root / "runs" / cfg.features_from / f"fold{fold}" / "best.pt"
+        ckpt = fold_dir(runs_dir(root) / cfg.features_from, fold) / BEST_FILE
         if not ckpt.exists():
             raise ModelError(
                 f"{ckpt}: features_from run {cfg.features_from} has no fold {fold}; train it first"
@@ -168,9 +168,9 @@ def train_heads(
             "train_seconds": round(time.perf_counter() - t1, 3),
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        out = run_dir / f"fold{k}"
-        files.write_with(out / "head.pkl", partial(_dump, head))
-        files.write_csv(out / "metrics.csv", pd.DataFrame([row]))
+        out = fold_dir(run_dir, k)
+        files.write_with(out / HEAD_FILE, partial(_dump, head))
+        files.write_csv(out / METRICS_FILE, pd.DataFrame([row]))
         write_probs(out / OOF_FILE, table.iloc[valid_idx][["Id", "label", "fold"]], pv, classes)
         echo(
             f"fold {k}: {cfg.head} head, valid macro-F1 {row['valid_macro_f1']:.4f} "
@@ -203,13 +203,13 @@ def predict_heads(
 ) -> tuple[np.ndarray, list[str]]:
     """Test probabilities of a head run: every finished fold's head, averaged over folds and views."""
     fold_dirs = sorted(
-        p.parent for p in run_dir.glob("fold*/head.pkl") if (p.parent / "oof.csv").exists()
+        p.parent for p in run_dir.glob(f"fold*/{HEAD_FILE}") if (p.parent / OOF_FILE).exists()
     )
     total = np.zeros((len(images), len(classes)), dtype=np.float64)
     shared: dict[int, np.ndarray] = {}
     for d in fold_dirs:
         k = int(d.name.removeprefix("fold"))
-        head = pickle.loads((d / "head.pkl").read_bytes())
+        head = pickle.loads((d / HEAD_FILE).read_bytes())
         model = None
         for v, view in enumerate(views):
             if trained.features_from or v not in shared:

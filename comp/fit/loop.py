@@ -64,6 +64,7 @@ from comp.models.factory import (
     set_train_mode,
 )
 from comp.models.inference import extract_features, head_probs, predict_probs
+from comp.runs import BEST_FILE, LAST_FILE, METRICS_FILE
 
 EpochHook = Callable[[int, int, float], None]
 
@@ -229,7 +230,7 @@ def train_fold(
     best = Best(probs=np.zeros((len(f.valid_idx), len(classes)), dtype=np.float32), last=not select)
     rows: list[dict[str, Any]] = []
     start = 0
-    last = load_last(out_dir / "last.pt") if resume else None
+    last = load_last(out_dir / LAST_FILE) if resume else None
     if last is not None:
         f.model.load_state_dict(last["model"])
         best = Best(
@@ -264,7 +265,7 @@ def train_fold(
                 | {"seconds": round(time.perf_counter() - t0, 3)}
             )
             if f.dist.main:
-                files.write_csv(out_dir / "metrics.csv", pd.DataFrame(rows))
+                files.write_csv(out_dir / METRICS_FILE, pd.DataFrame(rows))
             if f.dist.main and time.perf_counter() - saved_at >= cfg.checkpoint_seconds:
                 save_resume_state(
                     f, run, best, rows, epoch=epoch + 1, out_dir=out_dir, classes=classes
@@ -282,7 +283,7 @@ def train_fold(
             echo(f"fold {fold}: early stop, no better macro-F1 for {cfg.patience} epochs")
             break
     if f.dist.main and best.state is not None:
-        save_checkpoint(out_dir / "best.pt", best.state, best_meta(f, classes, best))
+        save_checkpoint(out_dir / BEST_FILE, best.state, best_meta(f, classes, best))
     return FoldResult(fold, best.epoch, best.f1, epoch + 1, best.probs, f.source)
 
 
@@ -820,10 +821,10 @@ def save_resume_state(
     """Everything the next epoch depends on, so `comp train --resume` after a kill ends exactly
     where an uninterrupted run would; best.pt first, so the two agree."""
     if best.state is not None:
-        save_checkpoint(out_dir / "best.pt", best.state, best_meta(f, classes, best))
+        save_checkpoint(out_dir / BEST_FILE, best.state, best_meta(f, classes, best))
         best.state = None
     save_last(
-        out_dir / "last.pt",
+        out_dir / LAST_FILE,
         {
             "epoch": epoch,
             "model": f.model.state_dict(),

@@ -20,7 +20,7 @@ from comp.config import SIZED_KEYS, Config
 from comp.data.competition import load_competition, read_csv
 from comp.errors import DataError
 from comp.kernels.bundle import PATH_KEYS, read_info
-from comp.runs import read_classes
+from comp.runs import CLASSES_FILE, CONFIG_FILE, TEST_PROBS_FILE, TRANSFORMS_FILE, read_classes
 
 
 def import_output(root: Path, bundle: Path, pulled: Path) -> dict[str, Any]:
@@ -29,19 +29,19 @@ def import_output(root: Path, bundle: Path, pulled: Path) -> dict[str, Any]:
     run = info["run"]
     src = pulled / "runs" / run
     logs = sorted(pulled.glob("*.log"))
-    if not (src / "config.yaml").exists():
+    if not (src / CONFIG_FILE).exists():
         hint = f"; its log is {logs[0]}" if logs else ""
         raise DataError(f"kernel {info['ref']} produced no run '{run}'{hint}")
     dest = root / "runs" / run
     dest.mkdir(parents=True, exist_ok=True)
-    for meta in ("config.yaml", "classes.json", "transforms.json"):
+    for meta in (CONFIG_FILE, CLASSES_FILE, TRANSFORMS_FILE):
         mine, theirs = dest / meta, src / meta
         if mine.exists() and theirs.exists() and _settings(mine) != _settings(theirs):
             raise DataError(
                 f"{dest} holds a different run ({meta} differs from kernel {info['ref']}'s); pick another name"
             )
-    measured = _measured_differences(dest / "config.yaml", src / "config.yaml")
-    for meta in ("config.yaml", "classes.json", "transforms.json"):
+    measured = _measured_differences(dest / CONFIG_FILE, src / CONFIG_FILE)
+    for meta in (CONFIG_FILE, CLASSES_FILE, TRANSFORMS_FILE):
         if (src / meta).exists() and not (dest / meta).exists():
             shutil.copy2(src / meta, dest / meta)
     folds = []
@@ -57,12 +57,12 @@ def import_output(root: Path, bundle: Path, pulled: Path) -> dict[str, Any]:
             target.rename(old)
         if measured:
             # The fold keeps what its own machine measured, so it can be reproduced.
-            shutil.copy2(src / "config.yaml", staging / "config.yaml")
+            shutil.copy2(src / CONFIG_FILE, staging / CONFIG_FILE)
         staging.rename(target)
         shutil.rmtree(old, ignore_errors=True)
         folds.append(fold_dir.name)
-    if info["folds"] == list(range(info["n_splits"])) and (src / "test_probs.csv").exists():
-        shutil.copy2(src / "test_probs.csv", dest / "test_probs.csv")
+    if info["folds"] == list(range(info["n_splits"])) and (src / TEST_PROBS_FILE).exists():
+        shutil.copy2(src / TEST_PROBS_FILE, dest / TEST_PROBS_FILE)
         for ext in (".csv", ".json"):
             made = pulled / "submissions" / f"{run}{ext}"
             if made.exists():
@@ -103,7 +103,7 @@ def combine_fan_out(
             raise DataError(f"{path}: the kernels predicted different test Ids")
         total += table[classes].to_numpy(np.float64) * len(group)
     assert total is not None
-    trained = yaml.safe_load((run_dir / "config.yaml").read_text())
+    trained = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
     prediction = Prediction(
         run_dir=run_dir,
         ids=ids,

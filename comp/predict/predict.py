@@ -35,6 +35,10 @@ from comp.metrics import load_priors
 from comp.models.factory import load_checkpoint, normalisation
 from comp.models.inference import predict_probs
 from comp.runs import (
+    BEST_FILE,
+    DONE_FILE,
+    FULL_DIR,
+    HEAD_FILE,
     OOF_FILE,
     TEST_PROBS_FILE,
     find_run,
@@ -115,13 +119,13 @@ def predict(
 def finished_models(run_dir: Path, *, head: str) -> list[Path]:
     """The checkpoints that predict: ``full/best.pt`` once the model on every image has
     trained to the end, else every finished fold's ``best.pt`` (``head.pkl`` for a head)."""
-    if (run_dir / "full" / "done.json").exists():
+    if (run_dir / FULL_DIR / DONE_FILE).exists():
         # A model trained on every image (comp distill): the one model that predicts.
-        return [run_dir / "full" / "best.pt"]
+        return [run_dir / FULL_DIR / BEST_FILE]
     # A fold counts once it has finished (its oof.csv is written last), not while it trains.
     checkpoints = sorted(
         p
-        for p in run_dir.glob(f"fold*/{'best.pt' if head == 'linear' else 'head.pkl'}")
+        for p in run_dir.glob(f"fold*/{BEST_FILE if head == 'linear' else HEAD_FILE}")
         if (p.parent / OOF_FILE).exists()
     )
     if not checkpoints:

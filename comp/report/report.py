@@ -32,7 +32,15 @@ from comp.data.transforms import to_input
 from comp.errors import ModelError
 from comp.models.factory import load_checkpoint, normalisation
 from comp.plots import plot_curves
-from comp.runs import read_classes, read_oof, read_summary
+from comp.runs import (
+    BEST_FILE,
+    CONFIG_FILE,
+    CURVES_FILE,
+    fold_dir,
+    read_classes,
+    read_oof,
+    read_summary,
+)
 from comp.teach.lineage import describe, gain_over_parent
 
 if TYPE_CHECKING:
@@ -217,7 +225,7 @@ def plot_gradcam(
     OOF predictions, each from its fold's best.pt; or None and why it was skipped."""
     import torch
 
-    config_path = run_dir / "config.yaml"
+    config_path = run_dir / CONFIG_FILE
     config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
     centre = bool((config or {}).get("centre", False))
     groups = _gradcam_picks(oof, classes, n)
@@ -225,12 +233,12 @@ def plot_gradcam(
     if picked.empty:
         return None, "no out-of-fold predictions"
     folds = sorted({int(k) for k in picked["fold"]})
-    if not any((run_dir / f"fold{k}" / "best.pt").exists() for k in folds):
+    if not any((fold_dir(run_dir, k) / BEST_FILE).exists() for k in folds):
         return None, "the run has no fold checkpoints (fold*/best.pt), e.g. a blend"
     index = {c: i for i, c in enumerate(classes)}
     tiles: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # Id -> (image, CAM)
     for k in folds:
-        ckpt = run_dir / f"fold{k}" / "best.pt"
+        ckpt = fold_dir(run_dir, k) / BEST_FILE
         rows = picked[picked["fold"].astype(int) == k]
         if not ckpt.exists() or rows.empty:
             continue
@@ -290,7 +298,7 @@ def write_report(run_dir: Path, comp: Competition) -> dict[str, Any]:
     files.write_csv(out / "per_class.csv", table)
     curves = plot_curves(run_dir)
     if curves is not None:
-        shutil.copy2(curves, out / "curves.png")
+        shutil.copy2(curves, out / CURVES_FILE)
     plot_confusion(y, pred, classes, out / "confusion.png")
     plot_per_class(table, out / "per_class.png")
     mistakes, worst = plot_mistakes(oof, classes, comp, out / "mistakes.png")

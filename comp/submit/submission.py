@@ -23,7 +23,7 @@ from comp import files
 from comp.data.competition import read_csv
 from comp.errors import DataError, SubmissionError
 from comp.files import Echo
-from comp.runs import TEST_PROBS_FILE, read_summary, write_probs
+from comp.runs import FULL_DIR, TEST_PROBS_FILE, read_summary, write_probs
 
 if TYPE_CHECKING:
     # Only its type: predicting imports torch, which checking a submission never needs.
@@ -187,6 +187,6 @@ def publish(
     for path, fold_probs in prediction.per_fold.items():
         write_probs(path, ids, fold_probs, classes)
     folds = prediction.folds
-    models = "one model on every image" if folds == ["full"] else f"{len(folds)} folds"
+    models = "one model on every image" if folds == [FULL_DIR] else f"{len(folds)} folds"
     echo(f"{len(ids)} test images, {models} x {len(prediction.tta)} views -> {out}")
     return facts

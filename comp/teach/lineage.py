@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 
 from comp import files
-from comp.runs import LINEAGE_FILE, read_blend, read_summary
+from comp.runs import LINEAGE_FILE, PSEUDO_FILE, read_blend, read_summary
 
 
 def write_lineage(run_dir: Path, lineage: dict[str, Any], pseudo: pd.DataFrame | None) -> None:
     """``lineage.json``, and with pseudo-labels ``pseudo.csv``: the test images each fold used."""
     files.write_json(run_dir / LINEAGE_FILE, lineage)
     if pseudo is not None:
-        files.write_csv(run_dir / "pseudo.csv", pseudo)
+        files.write_csv(run_dir / PSEUDO_FILE, pseudo)
 
 
 def describe(built_from: dict[str, Any] | None) -> str:

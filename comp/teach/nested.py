@@ -29,14 +29,23 @@ from comp.files import Echo
 from comp.fit.loop import setup_fold, train_fold
 from comp.fit.losses import soften
 from comp.hardware.distributed import Dist, barrier
-from comp.runs import find_parent, read_blend, read_config, write_probs
+from comp.runs import (
+    BEST_FILE,
+    LAST_FILE,
+    METRICS_FILE,
+    OOF_FILE,
+    find_parent,
+    read_blend,
+    read_config,
+    write_probs,
+)
 from comp.runs import read_summary as summary_of
 
 
 def teacher_epochs(parent: Path, cfg: Config) -> int:
     """The median epoch at which the parent's folds did best: its teachers train that long."""
     best = []
-    for metrics in sorted(parent.glob("fold*/metrics.csv")):
+    for metrics in sorted(parent.glob(f"fold*/{METRICS_FILE}")):
         rows = pd.read_csv(metrics)
         if len(rows):
             f1 = rows["valid_macro_f1"].to_numpy()
@@ -159,7 +168,7 @@ def _pair_teachers(
                     result.valid_probs,
                     classes,
                 )
-                for leftover in ("last.pt", "best.pt"):
+                for leftover in (LAST_FILE, BEST_FILE):
                     (pair_dir / leftover).unlink(missing_ok=True)
             barrier(dist_)
             echo(f"  teacher without folds {j} and {k}: done")
@@ -213,7 +222,7 @@ def distill_targets(
     )
     teacher = np.stack([soften(p, cfg.distill_temperature) for p in probs])
     # With no validation images to keep clean, the parent's own OOF teaches.
-    oof = read_csv(parent / "oof.csv").set_index("Id")
+    oof = read_csv(parent / OOF_FILE).set_index("Id")
     full_teacher = soften(
         oof.loc[list(table["Id"]), classes].astype(np.float64).to_numpy(),
         cfg.distill_temperature,

@@ -24,7 +24,7 @@ from comp.errors import ConfigError
 from comp.files import Echo
 from comp.folds.similarity import nearest
 from comp.folds.split import TWIN_DISTANCE, similarity_features
-from comp.runs import find_parent, read_blend, read_test_probs
+from comp.runs import OOF_FILE, TEST_PROBS_FILE, find_parent, fold_dir, read_blend, read_test_probs
 from comp.runs import read_summary as summary_of
 
 
@@ -46,8 +46,8 @@ def fold_test_probs(
             for n, w in zip(*members, strict=True)
         ]
         return np.asarray(sum(parts))
-    paths = [parent / f"fold{k}" / "test_probs.csv" for k in range(n_folds)]
-    paths.append(parent / "test_probs.csv")
+    paths = [fold_dir(parent, k) / TEST_PROBS_FILE for k in range(n_folds)]
+    paths.append(parent / TEST_PROBS_FILE)
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise ConfigError(
@@ -59,9 +59,9 @@ def fold_test_probs(
 
 def same_split(parent: Path, table: pd.DataFrame) -> bool:
     """Whether the parent validated every image on the fold this split puts it in."""
-    if not (parent / "oof.csv").exists():
+    if not (parent / OOF_FILE).exists():
         return False
-    theirs = read_csv(parent / "oof.csv")
+    theirs = read_csv(parent / OOF_FILE)
     ours = dict(zip(table["Id"], table["fold"].astype(int), strict=True))
     return len(theirs) == len(ours) and all(
         ours.get(i) == int(k) for i, k in zip(theirs["Id"], theirs["fold"], strict=True)

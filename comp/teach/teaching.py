@@ -31,7 +31,7 @@ from comp.data.competition import Competition, read_csv
 from comp.errors import ConfigError
 from comp.files import Echo
 from comp.hardware.distributed import Dist
-from comp.runs import find_parent
+from comp.runs import OOF_FILE, find_parent
 from comp.runs import read_summary as summary_of
 from comp.teach.nested import distill_targets
 from comp.teach.pseudo import pseudo_rows, same_split
@@ -147,9 +147,7 @@ def prepare(
     lineage: dict[str, Any] = {}
     if cfg.distill:
         # Checked before the (long) pseudo-label features and nested teachers.
-        oof = read_csv(
-            find_parent(root, cfg.distill, classes=classes, what="--distill") / "oof.csv"
-        )
+        oof = read_csv(find_parent(root, cfg.distill, classes=classes, what="--distill") / OOF_FILE)
         if set(oof["Id"]) != set(table["Id"]):
             raise ConfigError(
                 f"--distill {cfg.distill}: its out-of-fold predictions cover {len(oof)} of "

@@ -13,6 +13,7 @@ from typing import Any
 
 from comp.config import Config, load_config
 from comp.files import Echo
+from comp.runs import BLEND_FILE, SUMMARY_FILE
 from comp.track.trackers import experiment_name, log_scores, merge_pulled, open_run
 
 
@@ -36,7 +37,7 @@ def track_blend(root: Path, cfg: Config, *, summary: dict[str, Any], echo: Echo 
         {"cv_macro_f1": summary["cv_macro_f1"], "cv_accuracy": summary["cv_accuracy"]}
         | {f"fold{k}/best_macro_f1": v for k, v in summary["fold_macro_f1"].items()}
     )
-    trackers.artifacts([run_dir / "cv.json", run_dir / "blend.json"])
+    trackers.artifacts([run_dir / SUMMARY_FILE, run_dir / BLEND_FILE])
     trackers.close()
 
 

@@ -32,10 +32,10 @@ from typing import Any
 from comp import files
 from comp.config import parse_trackers
 from comp.errors import ConfigError
+from comp.runs import CONFIG_FILE, CURVES_FILE, SUMMARY_FILE, TRACKERS_FILE
 
 # Keys whose values are never logged (the config holds none today; a --set might).
 SECRET = re.compile(r"(token|secret|password|api_?key|credential)", re.IGNORECASE)
-IDS_FILE = "trackers.json"
 
 
 def require(spec: str | None) -> None:
@@ -306,14 +306,14 @@ def open_run(
         for name in names
     }
     if run_dir is not None:
-        files.write_json(run_dir / IDS_FILE, known | {n: t.id for n, t in items.items()})
+        files.write_json(run_dir / TRACKERS_FILE, known | {n: t.id for n, t in items.items()})
     return Trackers(items, echo=echo)
 
 
 def _ids(run_dir: Path | None) -> dict[str, str]:
-    if run_dir is None or not (run_dir / IDS_FILE).exists():
+    if run_dir is None or not (run_dir / TRACKERS_FILE).exists():
         return {}
-    return dict(json.loads((run_dir / IDS_FILE).read_text()))
+    return dict(json.loads((run_dir / TRACKERS_FILE).read_text()))
 
 
 def experiment_name(root: Path, competition: str | None) -> str:
@@ -427,13 +427,13 @@ def merge_pulled(
                     )
                 tags = {k: v for k, v in theirs.data.tags.items() if not k.startswith("mlflow.")}
                 ours.tags(tags | {"pulled_from": "kaggle kernel"})
-                for name in ("cv.json", "config.yaml", "curves.png"):
+                for name in (SUMMARY_FILE, CONFIG_FILE, CURVES_FILE):
                     if (run_dir / name).exists():
                         ours.artifact(run_dir / name)
                 ours.close()
                 if theirs.info.run_name == run_dir.name:
                     ids = _ids(run_dir) | {"mlflow": ours.id}
-                    files.write_json(run_dir / IDS_FILE, ids)
+                    files.write_json(run_dir / TRACKERS_FILE, ids)
         merged.append("mlflow")
     if (pulled / "tensorboard").is_dir() and "tensorboard" in names:
         shutil.copytree(

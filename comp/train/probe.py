@@ -29,10 +29,9 @@ from comp.data.competition import load_competition
 from comp.errors import ConfigError
 from comp.files import Echo
 from comp.folds.split import folds_path, read_folds
-from comp.runs import CONFIG_FILE, runs_dir
+from comp.runs import CONFIG_FILE, PROBE_FILE, runs_dir
 from comp.train import run
 
-PROBE_FILE = "probe.json"
 RECIPES = ("finetune", "scratch")
 
 

@@ -65,9 +65,15 @@ from comp.plots import plot_curves
 from comp.runs import (
     CLASSES_FILE,
     CONFIG_FILE,
+    CURVES_FILE,
+    DONE_FILE,
+    FULL_DIR,
+    LAST_FILE,
     LINEAGE_FILE,
     OOF_FILE,
     SUMMARY_FILE,
+    TRANSFORMS_FILE,
+    fold_dir,
     runs_dir,
     write_probs,
 )
@@ -213,7 +219,7 @@ def plan_run(
         f"folds {asked}, device {device}{processes}, {chosen}"
     )
     images = decode_train(root, recipe_cfg, comp=comp, table=table, dist_=dist_, progress=progress)
-    todo = [k for k in asked if not (resume and (run_dir / f"fold{k}" / OOF_FILE).exists())]
+    todo = [k for k in asked if not (resume and (fold_dir(run_dir, k) / OOF_FILE).exists())]
     teaching, teaching_s = learn_from(
         root,
         recipe_cfg,
@@ -414,7 +420,7 @@ def write_plan(plan: RunPlan) -> None:
         return
     files.write_yaml(plan.run_dir / CONFIG_FILE, to_dict(plan.cfg))
     files.write_json(plan.run_dir / CLASSES_FILE, plan.classes)
-    files.write_json(plan.run_dir / "transforms.json", A.to_dict(plan.transform))
+    files.write_json(plan.run_dir / TRANSFORMS_FILE, A.to_dict(plan.transform))
     if plan.teaching.lineage:
         write_lineage(plan.run_dir, plan.teaching.lineage, plan.teaching.pseudo)
 
@@ -428,7 +434,7 @@ def train_folds(plan: RunPlan, *, trackers: Any, on_epoch: EpochHook | None) -> 
         if k not in plan.todo:
             plan.echo(f"fold {k}: already trained")
             continue
-        if not plan.resume and (plan.run_dir / f"fold{k}" / "last.pt").exists():
+        if not plan.resume and (fold_dir(plan.run_dir, k) / LAST_FILE).exists():
             plan.echo(
                 f"fold {k}: was interrupted; training it again (--resume would go on from it)"
             )
@@ -436,7 +442,7 @@ def train_folds(plan: RunPlan, *, trackers: Any, on_epoch: EpochHook | None) -> 
         result = train_fold(
             f,
             classes=plan.classes,
-            out_dir=plan.run_dir / f"fold{k}",
+            out_dir=fold_dir(plan.run_dir, k),
             echo=plan.echo,
             on_epoch=on_epoch,
             resume=plan.resume,
@@ -467,12 +473,12 @@ def setup_run_fold(plan: RunPlan, k: int | None, cfg: Config | None = None) -> F
 
 def finish_fold(plan: RunPlan, f: Fold, result: FoldResult) -> None:
     """A trained fold's out-of-fold probabilities, written last: they mark it finished."""
-    out_dir = plan.run_dir / f"fold{f.number}"
+    out_dir = fold_dir(plan.run_dir, f.number)
     if f.dist.main:
         front = plan.table.iloc[f.valid_idx][["Id", "label", "fold"]]
         write_probs(out_dir / OOF_FILE, front, result.valid_probs, plan.classes)
         # A finished fold is never resumed; its optimizer state would only take space.
-        (out_dir / "last.pt").unlink(missing_ok=True)
+        (out_dir / LAST_FILE).unlink(missing_ok=True)
     plan.echo(
         f"fold {f.number}: best macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs run)"
@@ -503,7 +509,7 @@ def fit_heads(plan: RunPlan) -> None:
 def train_full(plan: RunPlan) -> None:
     """One model on every row, as long as the run's folds did best: ``full/best.pt``."""
     fcfg = fixed_config(plan.run_dir, plan.cfg)
-    out_dir = plan.run_dir / "full"
+    out_dir = plan.run_dir / FULL_DIR
     plan.echo(
         f"full model: every image{' and pseudo-label' if plan.teaching.keep is not None else ''}, "
         f"{fcfg.epochs} epochs (the folds' median best), last weights -> {out_dir}"
@@ -511,9 +517,9 @@ def train_full(plan: RunPlan) -> None:
     f = setup_run_fold(plan, None, cfg=fcfg)
     train_fold(f, classes=plan.classes, out_dir=out_dir, echo=plan.echo, select=False)
     if plan.dist.main:
-        (out_dir / "last.pt").unlink(missing_ok=True)
+        (out_dir / LAST_FILE).unlink(missing_ok=True)
         # Last: `comp predict` takes the model only once it has trained to the end.
-        files.write_json(out_dir / "done.json", {"epochs": fcfg.epochs, "rows": len(f.train_idx)})
+        files.write_json(out_dir / DONE_FILE, {"epochs": fcfg.epochs, "rows": len(f.train_idx)})
     barrier(plan.dist)
 
 
@@ -571,7 +577,7 @@ def finish_tracking(trackers: Any, summary: dict[str, Any], run_dir: Path) -> No
         | {f"fold{k}/best_macro_f1": v for k, v in summary.get("fold_macro_f1", {}).items()}
     )
     trackers.artifacts(
-        run_dir / name for name in (SUMMARY_FILE, CONFIG_FILE, "curves.png", LINEAGE_FILE)
+        run_dir / name for name in (SUMMARY_FILE, CONFIG_FILE, CURVES_FILE, LINEAGE_FILE)
     )
     trackers.close()
 
@@ -583,7 +589,7 @@ def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, A
     """Gather every fold's OOF of a run into oof.csv and cv.json (folds may be trained apart)."""
     parts = []
     for k in range(n_folds):
-        path = run_dir / f"fold{k}" / OOF_FILE
+        path = fold_dir(run_dir, k) / OOF_FILE
         if path.exists():
             # As text, so labels and Ids such as "NA" or "None" stay what they are.
             part = read_csv(path)
