@@ -86,15 +86,17 @@ def test_imbalance_options_train_and_adjust_at_predict(workspace: Callable[..., 
         ws / "runs" / "imb" / "oof.csv", dtype={"Id": str}, float_precision="round_trip"
     )
     classes = ["circle", "square", "triangle"]
-    probs, y = oof[classes].to_numpy(), oof["label"].map(classes.index).to_numpy()
+    oof_probs, y = oof[classes].to_numpy(), oof["label"].map(classes.index).to_numpy()
     crossed = np.empty(len(oof), dtype=int)
     for k in (0, 1):
         held = (oof["fold"] == k).to_numpy()
-        crossed[held] = (probs[held] * fit_priors(probs[~held], y[~held], n_classes=3)).argmax(1)
+        crossed[held] = (
+            oof_probs[held] * fit_priors(oof_probs[~held], y[~held], n_classes=3)
+        ).argmax(1)
     assert cv["adjusted_macro_f1"] == round(f1_score(y, crossed, average="macro"), 6)
     # The priors kept for predict are fitted on all of the OOF, from no adjustment up:
     # on that OOF they score at least the plain CV.
-    in_sample = (probs * np.array([priors[c] for c in classes])).argmax(1)
+    in_sample = (oof_probs * np.array([priors[c] for c in classes])).argmax(1)
     assert f1_score(y, in_sample, average="macro") >= cv["cv_macro_f1"] - 1e-6
     result = runner.invoke(cli, ["-w", str(ws), "predict", "imb", "--adjust", "true"])
     assert result.exit_code == 0, result.output
