@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn, script_runner
+
+if TYPE_CHECKING:
+    from comp.config import Config
 
 # Keep the 2 CI cores for the one process under test.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -58,7 +62,8 @@ def make_kaggle(
     rng = np.random.default_rng(seed)
     (root / "train").mkdir(parents=True)
     (root / "test").mkdir()
-    rows, test_rows = [], []
+    rows: list[tuple[str, str]] = []
+    test_rows: list[tuple[str, str]] = []
     for i in range(n_per_class * len(SHAPES) + n_test):
         shape = SHAPES[i % len(SHAPES)]
         ident = str(uuid.UUID(bytes=rng.bytes(16), version=4))
@@ -133,6 +138,18 @@ def workspace(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+def with_folds(root: Path, **overrides: object) -> tuple[Path, Config]:
+    """The workspace's config (with ``overrides``) and its folds written, as `comp folds` would."""
+    from comp.config import load_config
+    from comp.data.competition import load_competition
+    from comp.folds.split import folds_path, make_folds, write_folds
+
+    cfg = load_config(root, overrides)
+    comp = load_competition(root, cfg)
+    write_folds(folds_path(root, cfg), make_folds(comp.train, n_splits=cfg.n_splits, seed=cfg.seed))
+    return root, cfg
 
 
 @pytest.fixture

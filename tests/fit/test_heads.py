@@ -14,7 +14,7 @@ from comp.fit.heads import make_head
 from comp.predict.predict import predict
 from comp.submit.submission import publish
 from comp.train.run import train
-from tests.train.test_run import with_folds
+from tests.conftest import with_folds
 
 quiet = lambda s: None  # noqa: E731
 
@@ -30,7 +30,7 @@ def test_every_head_fits(head: str) -> None:
 
 def test_a_head_run_works_like_a_neural_run(workspace: Callable[..., Path]) -> None:
     root, cfg = with_folds(workspace(epochs=1, freeze_epochs=1))
-    train(root, cfg, name="net", echo=quiet)  # type: ignore[arg-type]
+    train(root, cfg, name="net", echo=quiet)
     heads = load_config(root, {"head": "extratrees", "features_from": "net"})
     said: list[str] = []
     summary = train(root, heads, name="trees", echo=said.append)
@@ -76,7 +76,7 @@ def test_fold_k_embeds_with_fold_ks_own_checkpoint(
     import comp.fit.heads as heads
 
     root, cfg = with_folds(workspace(epochs=1, freeze_epochs=0))
-    train(root, cfg, name="net", echo=quiet)  # type: ignore[arg-type]
+    train(root, cfg, name="net", echo=quiet)
     net = root / "runs" / "net"
     ckpts = {
         k: torch.load(net / f"fold{k}" / "best.pt", weights_only=True)["state_dict"] for k in (0, 1)
@@ -107,11 +107,11 @@ def test_fold_k_embeds_with_fold_ks_own_checkpoint(
     real_fit, real_proba = ExtraTreesClassifier.fit, ExtraTreesClassifier.predict_proba
 
     def spy_fit(self: ExtraTreesClassifier, x: np.ndarray, y: np.ndarray) -> Any:
-        used.append(("fit", self.random_state - cfg.seed, np.array(x)))  # type: ignore[attr-defined]
+        used.append(("fit", self.random_state - cfg.seed, np.array(x)))
         return real_fit(self, x, y)
 
     def spy_proba(self: ExtraTreesClassifier, x: np.ndarray) -> np.ndarray:
-        used.append(("predict", self.random_state - cfg.seed, np.array(x)))  # type: ignore[attr-defined]
+        used.append(("predict", self.random_state - cfg.seed, np.array(x)))
         return real_proba(self, x)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(heads, "embed", spy_embed)

@@ -11,8 +11,8 @@ import yaml
 from comp.config import make_config
 from comp.fit.losses import Mixing
 from comp.train.run import train
-from tests.train.test_resume import Interrupt, same_run
-from tests.train.test_run import with_folds
+from tests.conftest import with_folds
+from tests.train.conftest import Interrupt, same_run
 
 
 @pytest.mark.parametrize("batch", [8, 7, 1])
@@ -105,15 +105,15 @@ def test_an_interrupted_fold_with_ema_and_mixup_resumes_to_the_same_end(
         )
     )
     quiet = lambda s: None  # noqa: E731
-    train(root, cfg, name="whole", folds=[0], echo=quiet)  # type: ignore[arg-type]
+    train(root, cfg, name="whole", folds=[0], echo=quiet)
 
     def stop(fold: int, epoch: int, f1: float) -> None:
         if epoch == 2:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(root, cfg, name="cut", folds=[0], echo=quiet, on_epoch=stop)  # type: ignore[arg-type]
-    train(root, cfg, name="cut", folds=[0], echo=quiet, resume=True)  # type: ignore[arg-type]
+        train(root, cfg, name="cut", folds=[0], echo=quiet, on_epoch=stop)
+    train(root, cfg, name="cut", folds=[0], echo=quiet, resume=True)
     same_run(root / "runs" / "whole", root / "runs" / "cut")
 
 
@@ -123,7 +123,7 @@ def test_a_time_limit_sizes_the_epochs(workspace: Callable[..., Path]) -> None:
         workspace(epochs="auto", freeze_epochs="auto", time_limit="20s", patience=10_000)
     )
     said: list[str] = []
-    train(root, cfg, name="timed", echo=said.append)  # type: ignore[arg-type]
+    train(root, cfg, name="timed", echo=said.append)
     (line,) = [s for s in said if s.startswith("time limit 20s")]
     run = root / "runs" / "timed"
     sized = yaml.safe_load((run / "config.yaml").read_text())
@@ -141,7 +141,7 @@ def test_a_time_limit_sizes_the_epochs(workspace: Callable[..., Path]) -> None:
     # A fold trained again later under the same name keeps the run's sizing: no new
     # measurement, the same epochs in config.yaml and in the fold's metrics.
     said.clear()
-    train(root, cfg, name="timed", folds=[1], echo=said.append)  # type: ignore[arg-type]
+    train(root, cfg, name="timed", folds=[1], echo=said.append)
     assert not [s for s in said if s.startswith("time limit")], said
     assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == epochs
     every_epoch_ran(1)
@@ -152,5 +152,5 @@ def test_a_time_limit_too_short_is_refused(workspace: Callable[..., Path]) -> No
 
     root, cfg = with_folds(workspace(epochs="auto", time_limit="0.01s"))
     with pytest.raises(ConfigError, match="an epoch takes about"):
-        train(root, cfg, name="rushed", echo=lambda s: None)  # type: ignore[arg-type]
+        train(root, cfg, name="rushed", echo=lambda s: None)
     assert not (root / "runs" / "rushed" / "config.yaml").exists()

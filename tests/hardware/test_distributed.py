@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.train.test_run import with_folds
+from tests.conftest import with_folds
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from comp.predict.predict import predict
 from comp.runs import find_run
 from comp.submit.submission import publish
 from comp.train.run import train
-from tests.train.test_run import with_folds
+from tests.conftest import with_folds
 
 QUIET = {"echo": lambda s: None}
 

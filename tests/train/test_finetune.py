@@ -11,7 +11,7 @@ import pytest
 from comp.config import load_config
 from comp.data.demo import write_demo
 from comp.train.run import train
-from tests.train.test_run import with_folds
+from tests.conftest import with_folds
 
 
 @pytest.mark.slow

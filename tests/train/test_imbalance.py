@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 from click.testing import CliRunner
+from sklearn.metrics import f1_score
 
 from comp.cli import cli
 from comp.config import make_config
@@ -77,9 +78,26 @@ def test_imbalance_options_train_and_adjust_at_predict(workspace: Callable[..., 
     assert result.exit_code == 0, result.output
     assert "with OOF-fitted class priors (cross-fitted): macro-F1" in result.output
     cv = json.loads((ws / "runs" / "imb" / "cv.json").read_text())
-    assert 0 <= cv["adjusted_macro_f1"] <= 1
     priors = json.loads((ws / "runs" / "imb" / "adjust.json").read_text())
     assert set(priors) == {"circle", "square", "triangle"}
+    # The adjusted CV is the out-of-fold predictions' own, each fold's under priors fitted on
+    # the other fold (never on itself), not any number in [0, 1].
+    oof = pd.read_csv(
+        ws / "runs" / "imb" / "oof.csv", dtype={"Id": str}, float_precision="round_trip"
+    )
+    classes = ["circle", "square", "triangle"]
+    oof_probs, y = oof[classes].to_numpy(), oof["label"].map(classes.index).to_numpy()
+    crossed = np.empty(len(oof), dtype=int)
+    for k in (0, 1):
+        held = (oof["fold"] == k).to_numpy()
+        crossed[held] = (
+            oof_probs[held] * fit_priors(oof_probs[~held], y[~held], n_classes=3)
+        ).argmax(1)
+    assert cv["adjusted_macro_f1"] == round(f1_score(y, crossed, average="macro"), 6)
+    # The priors kept for predict are fitted on all of the OOF, from no adjustment up:
+    # on that OOF they score at least the plain CV.
+    in_sample = (oof_probs * np.array([priors[c] for c in classes])).argmax(1)
+    assert f1_score(y, in_sample, average="macro") >= cv["cv_macro_f1"] - 1e-6
     result = runner.invoke(cli, ["-w", str(ws), "predict", "imb", "--adjust", "true"])
     assert result.exit_code == 0, result.output
     sidecar = json.loads((ws / "submissions" / "imb.json").read_text())

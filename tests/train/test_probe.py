@@ -13,7 +13,7 @@ import yaml
 
 from comp.config import load_config
 from comp.train import probe
-from tests.train.test_run import with_folds
+from tests.conftest import with_folds
 
 
 def _weights(root: Path) -> str:

@@ -14,7 +14,7 @@ from comp.hardware.precision import amp_dtype, cpu_bf16
 from comp.train.recipe import FINETUNE, SCRATCH, resolve, with_epochs
 from comp.train.run import train
 from comp.workspace.init import init_workspace
-from tests.train.test_run import with_folds
+from tests.conftest import with_folds
 
 SPRITE_SIZES = np.array([[64, 64]] * 10)
 PHOTO_SIZES = np.array([[400, 300]] * 10)
@@ -117,7 +117,7 @@ def test_init_prints_and_train_records_the_recipe(
 
     root, cfg = with_folds(workspace(epochs="auto", freeze_epochs="auto", lr2="auto", patience=1))
     said: list[str] = []
-    train(root, cfg, name="r", folds=[0], echo=said.append)  # type: ignore[arg-type]
+    train(root, cfg, name="r", folds=[0], echo=said.append)
     assert any(s.startswith("recipe: scratch") for s in said)
     saved = yaml.safe_load((root / "runs" / "r" / "config.yaml").read_text())
     assert saved["recipe"] == "scratch" and saved["freeze_epochs"] == 0

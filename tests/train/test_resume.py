@@ -8,26 +8,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from comp.train.run import train
-from tests.train.test_run import with_folds
-
-COMPARED = ["epoch", "stage", "lr", "train_loss", "train_acc", "valid_loss", "valid_macro_f1"]
-
-
-def same_run(a: Path, b: Path) -> None:
-    ma, mb = (pd.read_csv(r / "fold0" / "metrics.csv") for r in (a, b))
-    assert np.allclose(ma[COMPARED].to_numpy(), mb[COMPARED].to_numpy(), atol=1e-5)
-    oa, ob = (pd.read_csv(r / "oof.csv") for r in (a, b))
-    assert np.allclose(oa.iloc[:, 3:].to_numpy(), ob.iloc[:, 3:].to_numpy(), atol=1e-5)
-    assert not (b / "fold0" / "last.pt").exists(), "a finished fold keeps no resume state"
-
-
-class Interrupt(Exception):
-    pass
+from tests.conftest import with_folds
+from tests.train.conftest import Interrupt, same_run
 
 
 @pytest.mark.parametrize("after", [1, 3], ids=["mid-stage-1", "mid-stage-2"])
@@ -38,22 +24,22 @@ def test_an_interrupted_fold_resumes_to_the_same_end(
         workspace(epochs=4, freeze_epochs=2, aug="light", feature_views=2, checkpoint_seconds=0)
     )
     quiet = lambda s: None  # noqa: E731
-    train(root, cfg, name="whole", folds=[0], echo=quiet)  # type: ignore[arg-type]
+    train(root, cfg, name="whole", folds=[0], echo=quiet)
 
     def stop(fold: int, epoch: int, f1: float) -> None:
         if epoch == after:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(root, cfg, name="cut", folds=[0], echo=quiet, on_epoch=stop)  # type: ignore[arg-type]
+        train(root, cfg, name="cut", folds=[0], echo=quiet, on_epoch=stop)
     assert (root / "runs" / "cut" / "fold0" / "last.pt").exists()
     said: list[str] = []
-    train(root, cfg, name="cut", folds=[0], echo=said.append, resume=True)  # type: ignore[arg-type]
+    train(root, cfg, name="cut", folds=[0], echo=said.append, resume=True)
     assert f"fold 0: resuming after epoch {after}" in said
     same_run(root / "runs" / "whole", root / "runs" / "cut")
     # Resuming a finished run trains nothing.
     said.clear()
-    train(root, cfg, name="cut", folds=[0], echo=said.append, resume=True)  # type: ignore[arg-type]
+    train(root, cfg, name="cut", folds=[0], echo=said.append, resume=True)
     assert "fold 0: already trained" in said
 
 

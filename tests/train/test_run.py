@@ -11,23 +11,16 @@ from sklearn.metrics import f1_score
 from timm.utils import random_seed
 
 from comp.config import load_config
-from comp.data.competition import load_competition
 from comp.errors import ConfigError
-from comp.folds.split import folds_path, make_folds, write_folds
+from comp.folds.split import folds_path
 from comp.models.factory import create_model
 from comp.train.run import train
-
-
-def with_folds(root: Path, **overrides: object) -> tuple[Path, object]:
-    cfg = load_config(root, overrides)
-    comp = load_competition(root, cfg)
-    write_folds(folds_path(root, cfg), make_folds(comp.train, n_splits=cfg.n_splits, seed=cfg.seed))
-    return root, cfg
+from tests.conftest import with_folds
 
 
 def test_train_writes_every_artifact(workspace: Callable[..., Path]) -> None:
     root, cfg = with_folds(workspace())
-    summary = train(root, cfg, name="r", echo=lambda s: None)  # type: ignore[arg-type]
+    summary = train(root, cfg, name="r", echo=lambda s: None)
     run = root / "runs" / "r"
     assert summary["complete"] and summary["n_oof"] == 30
     assert json.loads((run / "cv.json").read_text()) == summary
@@ -52,7 +45,7 @@ def test_train_writes_every_artifact(workspace: Callable[..., Path]) -> None:
         assert metrics["stage"].tolist() == [1, 2]
         assert (run / f"fold{k}" / "best.pt").exists()
     oof = pd.read_csv(run / "oof.csv")
-    assert sorted(oof["Id"]) == sorted(pd.read_csv(folds_path(root, cfg))["Id"])  # type: ignore[arg-type]
+    assert sorted(oof["Id"]) == sorted(pd.read_csv(folds_path(root, cfg))["Id"])
     assert np.allclose(oof[["circle", "square", "triangle"]].sum(1), 1, atol=1e-4)
     # The CV score is the out-of-fold predictions' own, not any number in [0, 1].
     pred = oof[["circle", "square", "triangle"]].idxmax(axis=1)
@@ -61,11 +54,11 @@ def test_train_writes_every_artifact(workspace: Callable[..., Path]) -> None:
 
 def test_stage_one_leaves_the_backbone_untouched(workspace: Callable[..., Path]) -> None:
     root, cfg = with_folds(workspace(epochs=1, freeze_epochs=1, aug="none"))
-    train(root, cfg, name="frozen", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
+    train(root, cfg, name="frozen", folds=[0], echo=lambda s: None)
     state = torch.load(root / "runs" / "frozen" / "fold0" / "best.pt", weights_only=True)[
         "state_dict"
     ]
-    random_seed(cfg.seed + 0)  # type: ignore[attr-defined]
+    random_seed(cfg.seed + 0)
     init, _ = create_model("resnet10t", num_classes=3, pretrained="false")
     for name, value in init.state_dict().items():
         if name.startswith("fc."):
@@ -76,21 +69,21 @@ def test_stage_one_leaves_the_backbone_untouched(workspace: Callable[..., Path])
 
 def test_one_fold_at_a_time_builds_one_run(workspace: Callable[..., Path]) -> None:
     root, cfg = with_folds(workspace(epochs=1, freeze_epochs=0))
-    first = train(root, cfg, name="split", folds=[1], echo=lambda s: None)  # type: ignore[arg-type]
+    first = train(root, cfg, name="split", folds=[1], echo=lambda s: None)
     assert not first["complete"] and first["folds_trained"] == 1
-    second = train(root, cfg, name="split", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
+    second = train(root, cfg, name="split", folds=[0], echo=lambda s: None)
     assert second["complete"] and second["n_oof"] == 30
     other = load_config(root, {"epochs": 2, "freeze_epochs": 0})
     with pytest.raises(ConfigError, match="another config"):
         train(root, other, name="split", folds=[0])
     with pytest.raises(ConfigError, match="--fold 7"):
-        train(root, cfg, name="split", folds=[7])  # type: ignore[arg-type]
+        train(root, cfg, name="split", folds=[7])
 
 
 def test_training_is_reproducible(workspace: Callable[..., Path]) -> None:
     root, cfg = with_folds(workspace(epochs=2, freeze_epochs=0))
-    a = train(root, cfg, name="a", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
-    b = train(root, cfg, name="b", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
+    a = train(root, cfg, name="a", folds=[0], echo=lambda s: None)
+    b = train(root, cfg, name="b", folds=[0], echo=lambda s: None)
     oa, ob = (pd.read_csv(root / "runs" / n / "oof.csv") for n in "ab")
     assert a["cv_macro_f1"] == b["cv_macro_f1"]
     assert np.allclose(oa.iloc[:, 3:].to_numpy(), ob.iloc[:, 3:].to_numpy(), atol=1e-5)
@@ -108,7 +101,7 @@ def test_pretrained_file_is_relative_to_the_workspace(
     torch.save(donor.state_dict(), root / "weights" / "r10.pth")
     root, cfg = with_folds(root, pretrained_file="weights/r10.pth")
     monkeypatch.chdir(tmp_path)
-    train(root, cfg, name="w", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
+    train(root, cfg, name="w", folds=[0], echo=lambda s: None)
     ckpt = torch.load(root / "runs" / "w" / "fold0" / "best.pt", weights_only=True)
     assert ckpt["meta"]["pretrained"].startswith("file:")
     # Stage 1 only: the backbone is still exactly the donor's.
@@ -163,7 +156,7 @@ def test_cached_features_with_augmented_views_then_stage_two(
     workspace: Callable[..., Path],
 ) -> None:
     root, cfg = with_folds(workspace(epochs=3, freeze_epochs=2, aug="light", feature_views=2))
-    summary = train(root, cfg, name="views", folds=[0], echo=lambda s: None)  # type: ignore[arg-type]
+    summary = train(root, cfg, name="views", folds=[0], echo=lambda s: None)
     metrics = pd.read_csv(root / "runs" / "views" / "fold0" / "metrics.csv")
     assert metrics["stage"].tolist() == [1, 1, 2]
     assert summary["folds_trained"] == 1

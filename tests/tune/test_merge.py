@@ -13,7 +13,7 @@ from comp.errors import ConfigError, DataError
 from comp.kernels.pull import tune_progress
 from comp.tune import merge
 from comp.tune.study import Dimension, Space, load_study, optimize, progress_line
-from tests.tune.test_study import fake_train, scratch
+from tests.tune.conftest import fake_train, scratch
 
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 

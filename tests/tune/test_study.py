@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from comp.tune.study import (
 )
 from comp.workspace.init import init_workspace
 from tests.conftest import TINY, make_kaggle
+from tests.tune.conftest import fake_train, scratch
 
 FAST = {**TINY, "epochs": 2, "tune_batch_size": "8,16", "tune_freeze_epochs": "0..1"}
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -63,36 +63,6 @@ def auto_ws(tmp_path: Path) -> Path:
 def comp(ws: Path, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, ["-w", str(ws), *args])
     return result.exit_code, result.output
-
-
-def fake_train(
-    monkeypatch: pytest.MonkeyPatch,
-    *,
-    score: Callable[[Config, int], float] = lambda cfg, k: 0.5,
-    seconds: float = 0.0,
-) -> list[Config]:
-    """Trials that train nothing: each records its config, sleeps ``seconds`` and scores
-    every fold ``score(cfg, fold)``; the list fills with the configs as trials run."""
-    import comp.tune.study
-
-    seen: list[Config] = []
-
-    def train(root: Path, cfg: Config, *, folds: list[int], on_epoch: Any, **_: Any) -> Any:
-        seen.append(cfg)
-        time.sleep(seconds)
-        per_fold = {str(k): score(cfg, k) for k in folds}
-        for k in folds:
-            on_epoch(k, 1, per_fold[str(k)])
-        return {"cv_macro_f1": sum(per_fold.values()) / len(folds), "fold_macro_f1": per_fold}
-
-    monkeypatch.setattr(comp.tune.study, "train", train)
-    return seen
-
-
-def scratch(**values: Any) -> tuple[Config, Space]:
-    cfg = make_config({"pretrained": "false", **values})
-    resolved, recipe = resolve(cfg, weights="random", device="cpu")
-    return cfg, recipe_space(cfg, resolved, recipe, families={})
 
 
 def test_init_writes_auto_for_the_keys_the_recipe_searches(auto_ws: Path) -> None:
