@@ -172,7 +172,7 @@ def measure_here(folder: Path, n: int, *, steps: int, device: torch.device) -> d
     with tempfile.TemporaryDirectory(dir=folder, prefix="cache-") as cache_dir:
         sampler.mark("cache build")
         with timer() as build:
-            images = cached_images(paths, 64, cache_dir=Path(cache_dir), progress=False)
+            images = cached_images(paths, 64, cache_dir=Path(cache_dir))
         sampler.mark("augmented pass")
         dataset = ImageDataset(
             images, np.arange(n) % 10, create_transform("light", img_size=64), index=np.arange(n)

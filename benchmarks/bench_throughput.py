@@ -98,10 +98,6 @@ PHOTO_SIZE = 256
 N_SPLITS = 4
 
 
-def noop(_: str) -> None:
-    pass
-
-
 # --- data -----------------------------------------------------------------------
 
 
@@ -246,10 +242,10 @@ def measure_cache(root: Path, paths: list[Path], size: int) -> dict[str, Any]:
     cache_dir = root / "cache" / "images"
     (cache_dir / f"{cache_key(paths, size)}.npy").unlink(missing_ok=True)
     with timer() as cold:
-        images = cached_images(paths, size, cache_dir=cache_dir, progress=False)
+        images = cached_images(paths, size, cache_dir=cache_dir)
     del images
     with timer() as warm:
-        images = cached_images(paths, size, cache_dir=cache_dir, progress=False)
+        images = cached_images(paths, size, cache_dir=cache_dir)
         np.asarray(images[-1]).sum()  # touch it, as training will
     return {
         "size": size,
@@ -269,7 +265,7 @@ def train_run(root: Path, overrides: dict[str, Any], name: str) -> tuple[pd.Data
     cfg = load_config(root, overrides)
     shutil.rmtree(root / "runs" / name, ignore_errors=True)
     with timer() as t:
-        train(root, cfg, name=name, folds=[0], echo=noop, progress=False)
+        train(root, cfg, name=name, folds=[0])
     return pd.read_csv(root / "runs" / name / "fold0" / "metrics.csv"), t[0]
 
 

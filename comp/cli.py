@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from comp import __version__
+from comp import __version__, console
 from comp.config import (
     AUTO_KEYS,
     KEYS,
@@ -183,10 +183,10 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    # -q is taken before or after the command's name; once given, it holds for the command.
     if value:
-        from comp import files
-
-        files.QUIET = True
+        ctx.meta["comp.quiet"] = True
+        console.setup(quiet=True)
 
 
 def quiet_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -231,6 +231,7 @@ def cli(ctx: click.Context, workspace: Path | None) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["workspace"] = workspace
+    console.setup(quiet=ctx.meta.get("comp.quiet", False))
 
 
 @cli.command()
@@ -378,8 +379,6 @@ def folds(
             groups=groups,
             methods=[m.strip() for m in method.split(",") if m.strip()],
             threshold=threshold,
-            echo=click.echo,
-            warn=_warn,
         )
     except UnknownMethod as e:
         raise click.BadParameter(str(e), param_hint="--method") from None
@@ -511,9 +510,7 @@ def train(
             )
         )
     t0 = time.perf_counter()
-    summary = train_run(
-        root, cfg, name=name, folds=list(fold_ids) or None, echo=click.echo, resume=resume
-    )
+    summary = train_run(root, cfg, name=name, folds=list(fold_ids) or None, resume=resume)
     if not summary:
         return  # a distributed process other than the first: that one reports
     _print_summary(summary, time.perf_counter() - t0)
@@ -664,7 +661,6 @@ def tune(
             study_name=study_name,
             storage=storage,
             heartbeat=heartbeat,
-            echo=click.echo,
         )
         return
     run_study(
@@ -676,7 +672,6 @@ def tune(
         n_workers=n_workers,
         heartbeat=heartbeat,
         worker=worker,
-        echo=click.echo,
     )
 
 
@@ -725,7 +720,7 @@ def distill(ctx: click.Context, run: str, name: str | None, **kwargs: Any) -> No
     _check_pretrained_file(root, cfg)
     name = name or f"{cfg.model.replace('/', '_')}-distilled-{datetime.now():%Y%m%d-%H%M%S}"
     t0 = time.perf_counter()
-    summary = train_run(root, validate(cfg), name=name, echo=click.echo, full=True)
+    summary = train_run(root, validate(cfg), name=name, full=True)
     if not summary:
         return
     _print_summary(summary, time.perf_counter() - t0)
@@ -765,7 +760,7 @@ def blend(
     root, cfg = workspace_config(ctx, kwargs)
     require(cfg.tracker)
     summary = blend_runs(root, [find_run(root, r) for r in runs], name=name, weights=weights)
-    track_blend(root, cfg, summary=summary, echo=click.echo)
+    track_blend(root, cfg, summary=summary)
     for member, facts in summary["members"].items():
         cv = facts["cv_macro_f1"]
         click.echo(
@@ -843,7 +838,7 @@ def predict(
 
     root, cfg = workspace_config(ctx, kwargs)
     prediction = predict_run(root, cfg, run=run, batch_size=batch_size)
-    facts = publish(root, prediction, out=out, echo=click.echo)
+    facts = publish(root, prediction, out=out)
     cv = f" (CV macro-F1 {facts['cv_macro_f1']:.4f})" if facts["cv_macro_f1"] is not None else ""
     click.echo(f"submission: {facts['file']}{cv}")
 
@@ -852,7 +847,7 @@ def _kaggle() -> Any:
     # One place that makes the client: its retry notices go to stderr, and tests swap it.
     from comp.kaggle.client import Kaggle
 
-    return Kaggle(echo=lambda m: click.echo(m, err=True))
+    return Kaggle()
 
 
 def _owner(owner: str | None, *, dry_run: bool, what: str) -> tuple[str, Any]:
@@ -914,7 +909,7 @@ def submit(
 
     root, cfg = workspace_config(ctx, {})
     if local:
-        submit_local(root, cfg, file=file, message=message, run=run, echo=click.echo)
+        submit_local(root, cfg, file=file, message=message, run=run)
         return
     submit_kaggle(
         root,
@@ -925,7 +920,6 @@ def submit(
         competition=competition,
         run=run,
         force=force,
-        echo=click.echo,
     )
 
 
@@ -954,8 +948,8 @@ def submissions(ctx: click.Context, refresh: bool, plot: bool, competition: str 
 
     root, cfg = workspace_config(ctx, {})
     if refresh:
-        refresh_scores(root, cfg, kaggle=_kaggle(), competition=competition, echo=click.echo)
-    show_ledger(root, plot=plot, echo=click.echo)
+        refresh_scores(root, cfg, kaggle=_kaggle(), competition=competition)
+    show_ledger(root, plot=plot)
 
 
 @cli.group()
@@ -1097,7 +1091,6 @@ def kernel_push(
         internet=internet,
         private=not public,
         accelerator=accelerator,
-        echo=click.echo,
     )
     if dry_run:
         click.echo(
@@ -1105,7 +1098,7 @@ def kernel_push(
             f"COMP_KAGGLE_WORKING=<out> python <script>, then comp kernel pull {name} --from <out>"
         )
         return
-    push_bundles(kaggle or _kaggle(), bundles, echo=click.echo)
+    push_bundles(kaggle or _kaggle(), bundles)
     click.echo(f"next: comp kernel status {name} --wait && comp kernel pull {name}")
     if tuning is not None:
         click.echo(f"then: comp tune --show --study {tuning.study}")
@@ -1168,7 +1161,6 @@ def kernel_status(
         wait=wait,
         interval=interval,
         timeout=timeout,
-        echo=click.echo,
     )
 
 
@@ -1220,7 +1212,6 @@ def kernel_pull(
         interval=interval,
         timeout=timeout,
         force=force,
-        echo=click.echo,
     )
     if "study" in facts:
         storage = " --storage URL" if facts["shared"] else ""
@@ -1305,7 +1296,6 @@ def download(competition: str, directory: Path, force: bool, **kwargs: Any) -> N
         kaggle=_kaggle(),
         force=force,
         overrides=overrides,
-        echo=click.echo,
     )
     click.echo(text)
     click.echo(

@@ -81,10 +81,18 @@ def no_bars() -> Iterator[None]:
         _bars_off -= 1
 
 
+def mute() -> None:
+    """Nothing but warnings and no bars from here on: a run's processes other than the
+    first, which would repeat its every line."""
+    global _bars_off
+    logging.getLogger("comp").setLevel(logging.WARNING)
+    _bars_off += 1
+
+
 @contextlib.contextmanager
 def silenced() -> Iterator[None]:
-    """Nothing but warnings and no bars inside: the processes of a run other than the first,
-    which would repeat its every line."""
+    """Nothing but warnings and no bars inside: work whose caller says what it did (a
+    study's trials, a space resolved before it is shown)."""
     log = logging.getLogger("comp")
     level = log.level
     log.setLevel(logging.WARNING)

@@ -24,19 +24,6 @@ if TYPE_CHECKING:
     # Only for the annotation: pandas costs a third of a second, and `comp --help` must start fast.
     import pandas as pd
 
-# Where a stage prints its progress lines (click.echo, tqdm.write, or a list in tests).
-Echo = Callable[[str], None]
-
-# `--quiet`: no progress bars anywhere, and no line per epoch; what a stage ends with stays.
-QUIET = False
-
-
-def no_bar(progress: bool = True) -> bool | None:
-    """tqdm's ``disable=`` for a progress bar: off when not wanted or under --quiet, and
-    (tqdm's own None) whenever its output is not a terminal: a kernel's log, `make demo >
-    log` or CI would otherwise keep every refresh of the bar."""
-    return True if QUIET or not progress else None
-
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:

@@ -198,3 +198,34 @@ def kaggle_machines(
 ) -> Iterator[KaggleStandIn]:
     with serve(tmp_path, monkeypatch, run=True) as server:
         yield server
+
+
+# --- What comp said -----------------------------------------------------------------------
+
+
+class Said:
+    """The lines comp said through its logging channel during a test, every level included
+    (a line per epoch too): iterate, test membership, clear."""
+
+    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
+        self.caplog = caplog
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.caplog.messages)
+
+    def __contains__(self, line: object) -> bool:
+        return line in self.caplog.messages
+
+    def __repr__(self) -> str:
+        return repr(self.caplog.messages)
+
+    def clear(self) -> None:
+        self.caplog.clear()
+
+
+@pytest.fixture
+def said(caplog: pytest.LogCaptureFixture) -> Said:
+    from comp.console import PROGRESS
+
+    caplog.set_level(PROGRESS, logger="comp")
+    return Said(caplog)

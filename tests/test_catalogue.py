@@ -807,7 +807,7 @@ def test_publishing_nan_probabilities_is_refused_and_writes_nothing(world: World
             folds=["fold0"],
             tta=["none"],
         )
-        publish(world.ws, prediction, echo=lambda s: None)
+        publish(world.ws, prediction)
     assert snapshot(world.ws) == before
 
 

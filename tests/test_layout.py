@@ -65,6 +65,7 @@ def test_no_import_circle() -> None:
 # the leaderboard, then the orchestration that drives several of them, then the CLI.
 ORDER = (
     "errors",
+    "console",
     "files",
     "config",
     "hardware",
@@ -139,6 +140,7 @@ def test_every_module_sits_in_a_package_or_is_a_top_level_one() -> None:
         "__main__",
         "cli",
         "config",
+        "console",
         "errors",
         "files",
         "metrics",

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from comp import files
+from comp import console, files
 from comp.data.images import read_image
 
 # Bumped whenever decoding changes, so old caches are never read as new ones.
@@ -55,16 +55,13 @@ def decode_into(
     *,
     centre: bool = False,
     desc: str = "decode",
-    progress: bool = True,
 ) -> None:
     """Decode ``paths`` into ``out`` (an array or a memmap), chunk by chunk."""
     # PIL releases the GIL while decoding and resizing, so threads use every core.
     workers = min(8, os.cpu_count() or 1)
     with (
         ThreadPoolExecutor(workers) as pool,
-        tqdm(
-            total=len(paths), desc=desc, unit="img", leave=False, disable=files.no_bar(progress)
-        ) as bar,
+        tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=console.no_bar()) as bar,
     ):
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start : start + CHUNK]
@@ -80,7 +77,6 @@ def cached_images(
     cache_dir: Path | None,
     centre: bool = False,
     desc: str = "decode",
-    progress: bool = True,
 ) -> np.ndarray:
     """The images of ``paths`` as (N, size, size, 3) uint8, memory-mapped from the cache.
 
@@ -88,7 +84,7 @@ def cached_images(
     """
     if cache_dir is None:
         out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-        decode_into(out, paths, size, centre=centre, desc=desc, progress=progress)
+        decode_into(out, paths, size, centre=centre, desc=desc)
         return out
     path = cache_dir / f"{cache_key(paths, size, centre=centre)}.npy"
     if not path.exists():
@@ -97,7 +93,7 @@ def cached_images(
             arr = np.lib.format.open_memmap(
                 tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)
             )
-            decode_into(arr, paths, size, centre=centre, desc=desc, progress=progress)
+            decode_into(arr, paths, size, centre=centre, desc=desc)
             arr.flush()
             del arr
 

@@ -11,6 +11,7 @@ so blending, reports, predict and submit work unchanged.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import time
 from functools import partial
@@ -35,13 +36,14 @@ from torch import nn
 from comp import files
 from comp.config import HEADS, Config
 from comp.errors import ConfigError, ModelError
-from comp.files import Echo
 from comp.hardware.distributed import Dist
 from comp.hardware.precision import make_autocast
 from comp.metrics import macro_f1
 from comp.models.factory import create_model, load_checkpoint, normalisation
 from comp.models.inference import extract_features
 from comp.runs import BEST_FILE, HEAD_FILE, METRICS_FILE, OOF_FILE, fold_dir, runs_dir, write_probs
+
+log = logging.getLogger(__name__)
 
 
 def make_head(name: str, *, seed: int) -> ClassifierMixin:
@@ -89,7 +91,6 @@ def embed(
     batch_size: int,
     transform: Any = None,
     desc: str,
-    progress: bool = True,
 ) -> np.ndarray:
     """Pooled features of every image: the frozen stage's cached-feature path, one view."""
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -108,7 +109,6 @@ def embed(
         channels_last=True,
         dist_=Dist(),
         desc=desc,
-        progress=progress,
     )
     return feats[0].numpy()
 
@@ -125,8 +125,6 @@ def train_heads(
     table: pd.DataFrame,
     classes: list[str],
     device: torch.device,
-    echo: Echo,
-    progress: bool = True,
 ) -> None:
     """Fit the head on each fold's training features and write its OOF probabilities."""
     shared: np.ndarray | None = None
@@ -139,7 +137,6 @@ def train_heads(
                 device=device,
                 batch_size=cfg.batch_size * 2,
                 desc=f"fold {k} features",
-                progress=progress,
             )
             # A backbone that no fold trained embeds every fold alike: once is enough.
             shared = None if cfg.features_from else feats
@@ -172,7 +169,7 @@ def train_heads(
         files.write_with(out / HEAD_FILE, partial(_dump, head))
         files.write_csv(out / METRICS_FILE, pd.DataFrame([row]))
         write_probs(out / OOF_FILE, table.iloc[valid_idx][["Id", "label", "fold"]], pv, classes)
-        echo(
+        log.info(
             f"fold {k}: {cfg.head} head, valid macro-F1 {row['valid_macro_f1']:.4f} "
             f"(features {t1 - t0:.1f}s, fit {row['train_seconds']:.1f}s)"
         )

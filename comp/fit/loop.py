@@ -14,6 +14,7 @@ train through it.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import warnings
@@ -38,12 +39,11 @@ from torch.utils.data import DataLoader, Dataset
 # starts a second pass over the data (and draws from the loader's seeded generator).
 from tqdm import tqdm
 
-from comp import files
+from comp import console, files
 from comp.config import Config
 from comp.data.batches import BatchAugment, MemoryBatches, batch_augment
 from comp.data.transforms import ImageDataset, to_input
 from comp.errors import DataError
-from comp.files import Echo
 from comp.fit.heads import fit_linear_head
 from comp.fit.losses import Mixing, TeacherLoss, make_loss, mixing_enabled
 from comp.hardware.distributed import (
@@ -65,6 +65,8 @@ from comp.models.factory import (
 )
 from comp.models.inference import extract_features, head_probs, predict_probs
 from comp.runs import BEST_FILE, LAST_FILE, METRICS_FILE
+
+log = logging.getLogger(__name__)
 
 EpochHook = Callable[[int, int, float], None]
 
@@ -147,7 +149,6 @@ class Fold(FoldData):
     dist: Dist
     loss_fn: nn.Module
     mixing: Mixing | None
-    progress: bool
     # With a teacher or soft pseudo-labels: every row's packed soft targets (comp.train.
     # losses.TeacherLoss), and the loaders serve row numbers to look them up by.
     soft: torch.Tensor | None = None
@@ -216,7 +217,6 @@ def train_fold(
     *,
     classes: list[str],
     out_dir: Path,
-    echo: Echo = tqdm.write,
     on_epoch: EpochHook | None = None,
     resume: bool = False,
     select: bool = True,
@@ -237,7 +237,7 @@ def train_fold(
             last["best_f1"], last["best_epoch"], last["stale"], last["best_probs"], last=not select
         )
         rows, start = last["rows"], last["epoch"]
-        echo(f"fold {fold}: resuming after epoch {start}")
+        log.info(f"fold {fold}: resuming after epoch {start}")
     saved_at = time.perf_counter()
     epoch = start
     for stage in stages(cfg):
@@ -271,8 +271,7 @@ def train_fold(
                     f, run, best, rows, epoch=epoch + 1, out_dir=out_dir, classes=classes
                 )
                 saved_at = time.perf_counter()
-            if not files.QUIET:
-                echo(epoch_line(f, rows[-1], improved))
+            log.log(console.PROGRESS, epoch_line(f, rows[-1], improved))
             if on_row is not None and f.dist.main:
                 on_row(rows[-1])
             if on_epoch is not None:
@@ -280,7 +279,7 @@ def train_fold(
             if best.stale >= cfg.patience:
                 break
         if best.stale >= cfg.patience:
-            echo(f"fold {fold}: early stop, no better macro-F1 for {cfg.patience} epochs")
+            log.info(f"fold {fold}: early stop, no better macro-F1 for {cfg.patience} epochs")
             break
     if f.dist.main and best.state is not None:
         save_checkpoint(out_dir / BEST_FILE, best.state, best_meta(f, classes, best))
@@ -299,7 +298,6 @@ def setup_fold(
     device: torch.device,
     transform: A.Compose,
     dist_: Dist,
-    progress: bool,
     soft: np.ndarray | None = None,
 ) -> Fold:
     """The model, loaders, loss and precision of fold ``fold``, seeded so a rerun is identical.
@@ -334,7 +332,6 @@ def setup_fold(
         dist=dist_,
         loss_fn=_fold_loss(cfg, targets[train_idx], n_classes=n_classes, soft=soft, device=device),
         mixing=Mixing(cfg, n_classes=n_classes) if mixing_enabled(cfg) else None,
-        progress=progress,
         soft=None if soft is None else torch.as_tensor(soft, dtype=torch.float32),
     )
 
@@ -548,7 +545,6 @@ def embed_fold(f: Fold, *, views: int) -> tuple[torch.Tensor, torch.Tensor]:
         channels_last=True,
         dist_=f.dist,
         workers=f.workers,
-        progress=f.progress,
     )
     augment = f.transform if f.transform.transforms else None
     # The first view is the images as validation and test see them; the others augmented.
@@ -693,7 +689,7 @@ def image_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
         desc=f"fold {f.number} epoch {epoch + 1}/{f.cfg.epochs} stage {run.stage.number}",
         leave=False,
         unit="batch",
-        disable=files.no_bar(f.progress),
+        disable=console.no_bar(),
     )
     for i, (xb, yb) in enumerate(bar):
         x = to_input(
@@ -720,7 +716,8 @@ def image_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
         sum_loss += loss * len(y)
         sum_correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-        if f.progress and i % 20 == 0:
+        # The postfix costs a device sync: only for a bar that is drawn.
+        if not bar.disable and i % 20 == 0:
             bar.set_postfix(loss=f"{sum_loss.item() / seen:.4f}")
     # Each process saw only its slice of every batch: the epoch's loss is over them all.
     totals = gather((sum_loss.item(), int(sum_correct), seen), f.dist)

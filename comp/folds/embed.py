@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from comp import console
 from comp.data.batches import BatchAugment
 from comp.models.nets import AIRNETS, AirNet
 
@@ -45,7 +46,6 @@ def learn_embedding(
     batch_size: int = BATCH,
     net_name: str = NET,
     seed: int = 0,
-    progress: bool = True,
 ) -> np.ndarray:
     """L2-normalised embeddings (N, D) of ``images`` (N, H, W, 3 uint8), from a net trained
     on them for ``steps`` (default STEPS) contrastive steps on the CPU."""
@@ -63,7 +63,7 @@ def learn_embedding(
         )
         batch = min(batch_size, len(x))
         net.train()
-        bar = tqdm(range(steps), desc="embed: learning", disable=not progress, leave=False)
+        bar = tqdm(range(steps), desc="embed: learning", disable=console.no_bar(), leave=False)
         for _ in bar:
             rows = torch.randint(0, len(x), (batch,))
             views = torch.cat([restyle(x[rows]), restyle(x[rows])])

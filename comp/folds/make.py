@@ -8,6 +8,7 @@ always after the folds, so a report never stands beside folds that were not writ
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +21,6 @@ from comp import files
 from comp.config import Config
 from comp.data.competition import Competition, load_competition, read_csv, resolve
 from comp.errors import ConfigError, DataError
-from comp.files import Echo
 from comp.folds.report import fold_report_text
 from comp.folds.similarity import DEFAULT_METHODS, METHODS
 from comp.folds.split import (
@@ -34,6 +34,8 @@ from comp.folds.split import (
     write_folds,
 )
 from comp.plots import plot_fold_distances
+
+log = logging.getLogger(__name__)
 
 # --groups values that are not a column of the labels table.
 AUTO, NONE = "auto", "none"
@@ -54,11 +56,9 @@ def workspace_folds(
     groups: str = AUTO,
     methods: Sequence[str] = DEFAULT_METHODS,
     threshold: float | None = None,
-    echo: Echo = print,
-    warn: Echo = _warn,
 ) -> dict[str, Any]:
     """Write the workspace's folds: distance-matched (``auto``), plain (``none``, reported
-    alike), or grouped by a column of the labels table. Echoes the similarity report,
+    alike), or grouped by a column of the labels table. Says the similarity report,
     warns of what makes CV less honest. Returns the folds' ``path``, the ``folds`` table,
     ``how`` they were made and the ``counts`` of images per class and fold."""
     comp = load_competition(root, cfg)
@@ -77,8 +77,6 @@ def workspace_folds(
             methods=methods,
             threshold=threshold,
             path=path,
-            echo=echo,
-            warn=warn,
         )
         write_folds(path, table)
         write_report()
@@ -111,8 +109,6 @@ def matched_folds(
     methods: Sequence[str] = DEFAULT_METHODS,
     threshold: float | None = None,
     path: Path,
-    echo: Echo = print,
-    warn: Echo = _warn,
 ) -> tuple[pd.DataFrame, str, Callable[[], None]]:
     """Distance-matched folds (or, with ``plain``, plain ones, reported alike), how they
     were made, and a function that writes the report and picture beside ``path``."""
@@ -154,9 +150,9 @@ def matched_folds(
     }
     if used is not choice.plain:
         distances["chosen: validation -> train"] = used.d_val
-    echo(fold_report_text(report, distances, path))
+    log.info(fold_report_text(report, distances, path))
     for warning in report["warnings"]:
-        warn(warning)
+        log.warning(warning)
 
     def write_report() -> None:
         files.write_json(path.with_suffix(".json"), report)

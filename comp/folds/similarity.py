@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from comp import files
+from comp import console
 from comp.data.cache import cached_images
 from comp.data.images import read_image, to_rgb
 from comp.data.subject import alpha_channel, drop_specks, opaque_subject, subject_mask
@@ -122,18 +122,14 @@ def palette_rows(hsv: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return _unit(np.sqrt(hist.reshape(len(hsv), 108))).astype(np.float32)
 
 
-def subject_features(
-    paths: Sequence[Path], *, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def subject_features(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every image's subject, found by its alpha channel or by the border-colour mask
     (comp.data.subject): its silhouette and grey pattern at 16x16 (N, 512), the same in a mirror,
     and its colours (N, 108; palette_rows)."""
     paths = list(paths)
     out = np.zeros((2, len(paths), 512), dtype=np.float32)
     colours = np.zeros((len(paths), 108), dtype=np.float32)
-    bar = tqdm(
-        total=len(paths), desc="subjects", unit="img", leave=False, disable=files.no_bar(progress)
-    )
+    bar = tqdm(total=len(paths), desc="subjects", unit="img", leave=False, disable=console.no_bar())
     chunks = [paths[i : i + 1024] for i in range(0, len(paths), 1024)]
 
     def decode(chunk: Sequence[Path]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
@@ -172,7 +168,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
-def phashes(paths: Sequence[Path], *, progress: bool = True) -> np.ndarray:
+def phashes(paths: Sequence[Path]) -> np.ndarray:
     """64-bit perceptual hashes as an (N, 64) boolean array."""
     import imagehash
     from PIL import Image
@@ -190,16 +186,16 @@ def phashes(paths: Sequence[Path], *, progress: bool = True) -> np.ndarray:
                 desc="hash",
                 unit="img",
                 leave=False,
-                disable=files.no_bar(progress),
+                disable=console.no_bar(),
             )
         )
     return np.stack(rows) if rows else np.zeros((0, 64), dtype=bool)
 
 
-def thumbnails(paths: Sequence[Path], *, side: int = 16, progress: bool = True) -> np.ndarray:
+def thumbnails(paths: Sequence[Path], *, side: int = 16) -> np.ndarray:
     """Tiny images, centred and L2-normalised: cosine similarity ignores brightness and contrast."""
     x = (
-        cached_images(paths, side, cache_dir=None, desc="thumbnails", progress=progress)
+        cached_images(paths, side, cache_dir=None, desc="thumbnails")
         .reshape(len(paths), -1)
         .astype(np.float32)
     )
@@ -214,7 +210,6 @@ def embeddings(
     pretrained: str,
     pretrained_file: str | None,
     img_size: int,
-    progress: bool = False,
 ) -> np.ndarray:
     """L2-normalised pooled features of a timm backbone: comp.models.inference's
     extract_features on the CPU, in float32 (no autocast), 256 images a batch. With no
@@ -232,8 +227,8 @@ def embeddings(
         from comp.folds.embed import SIZE, learn_embedding
 
         # A random backbone's features say nothing about meaning: learn them here instead.
-        small = cached_images(paths, 2 * SIZE, cache_dir=None, desc="embed", progress=progress)
-        return learn_embedding(small, progress=progress)
+        small = cached_images(paths, 2 * SIZE, cache_dir=None, desc="embed")
+        return learn_embedding(small)
     net, _ = create_model(
         model, num_classes=1, pretrained=pretrained, pretrained_file=pretrained_file
     )
@@ -256,7 +251,6 @@ def embeddings(
         channels_last=True,
         dist_=Dist(),
         desc="embed",
-        progress=False,
     )
     return _unit(feats[0].numpy())
 
@@ -304,7 +298,6 @@ def features(
     *,
     methods: Sequence[str] = DEFAULT_METHODS,
     embed: dict[str, object] | None = None,
-    progress: bool = True,
     dims: int = DIMS,
     seed: int = 0,
 ) -> Features:
@@ -317,7 +310,7 @@ def features(
     spaces = []
     subject = None
     if {"subject", "colour"} & set(methods):
-        subject = subject_features(paths, progress=progress)  # one decode serves both
+        subject = subject_features(paths)  # one decode serves both
     for method in dict.fromkeys(methods):
         if method == "subject":
             assert subject is not None
@@ -326,12 +319,12 @@ def features(
             assert subject is not None
             space = Space(subject[2])
         elif method == "thumb":
-            x = thumbnails(paths, progress=progress)
+            x = thumbnails(paths)
             space = Space(x, _mirror(x, 16))
         elif method == "phash":
-            space = Space(_unit(np.where(phashes(paths, progress=progress), 1.0, -1.0)))
+            space = Space(_unit(np.where(phashes(paths), 1.0, -1.0)))
         else:
-            space = Space(embeddings(paths, progress=progress, **(embed or {})))  # type: ignore[arg-type]
+            space = Space(embeddings(paths, **(embed or {})))  # type: ignore[arg-type]
         spaces.append(_reduce(space, dims=dims, seed=seed))
     return Features(spaces)
 
@@ -380,7 +373,6 @@ def nearest(
     k: int = 1,
     query_keys: np.ndarray | None = None,
     base_keys: np.ndarray | None = None,
-    progress: bool = False,
     desc: str = "neighbours",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest images of ``base`` to each query, as distances and indices. The
@@ -413,7 +405,7 @@ def nearest(
     # About 32 MB of similarities at a time.
     block = max(1, min(4096, 64_000_000 // max(1, n_base)))
     starts = range(0, len(queries), block)
-    for start in tqdm(starts, desc=desc, unit="block", leave=False, disable=files.no_bar(progress)):
+    for start in tqdm(starts, desc=desc, unit="block", leave=False, disable=console.no_bar()):
         rows = slice(start, start + block)
         qk = torch.from_numpy(np.array(query_keys[rows])) if query_keys is not None else None
         same = None
@@ -484,7 +476,7 @@ class Graph:
         return [out[i] for i in order]
 
 
-def neighbour_graph(feats: Features, *, k: int = 10, progress: bool = False) -> Graph:
+def neighbour_graph(feats: Features, *, k: int = 10) -> Graph:
     """Every image joined to its ``k`` nearest others (mirror images included)."""
     n = len(feats)
     if n < 2:
@@ -496,7 +488,6 @@ def neighbour_graph(feats: Features, *, k: int = 10, progress: bool = False) -> 
         k=min(k, n - 1),
         query_keys=keys,
         base_keys=keys,
-        progress=progress,
         desc="neighbour graph",
     )
     a = np.repeat(keys, idx.shape[1])
@@ -506,17 +497,13 @@ def neighbour_graph(feats: Features, *, k: int = 10, progress: bool = False) -> 
     return Graph(n, a[keep][order], b[keep][order], d[keep][order].astype(np.float64))
 
 
-def near_duplicate_groups(
-    paths: Sequence[Path], *, distance: float, cap: int, progress: bool = False
-) -> np.ndarray:
+def near_duplicate_groups(paths: Sequence[Path], *, distance: float, cap: int) -> np.ndarray:
     """One group id per image: images within ``distance`` of each other on the subject
     features, or twins of each other as whole thumbnails (re-encodes, resizes; cosine
     distance 0.01), joined as comp.folds joins them (groups of at most ``cap``)."""
-    subject = neighbour_graph(
-        features(paths, methods=["subject"], progress=progress), progress=progress
-    )
+    subject = neighbour_graph(features(paths, methods=["subject"]))
     # Full thumbnails, not a PCA of them: a resized twin of a small image stays a twin.
-    thumb = neighbour_graph(features(paths, methods=["thumb"], dims=10**6, progress=progress))
+    thumb = neighbour_graph(features(paths, methods=["thumb"], dims=10**6))
     twins = thumb.distance <= 0.01
     order = np.argsort(np.r_[subject.distance, np.zeros(int(twins.sum()))], kind="stable")
     joined = Graph(

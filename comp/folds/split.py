@@ -24,7 +24,7 @@ from scipy.stats import gaussian_kde
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from tqdm.auto import tqdm
 
-from comp import files
+from comp import console, files
 from comp.config import PRETRAINED_MODEL, Config
 from comp.data.competition import read_csv
 from comp.errors import DataError
@@ -35,9 +35,7 @@ def folds_path(root: Path, cfg: Config) -> Path:
     return root / "folds" / f"folds_k{cfg.n_splits}_seed{cfg.seed}.csv"
 
 
-def similarity_features(
-    cfg: Config, paths: list[Path], *, methods: list[str], progress: bool = True
-) -> Features:
+def similarity_features(cfg: Config, paths: list[Path], *, methods: list[str]) -> Features:
     """The similarity features of ``paths`` (train then test) as `comp folds` computes them."""
     return features(
         paths,
@@ -50,7 +48,6 @@ def similarity_features(
             "img_size": cfg.img_size if cfg.img_size > 0 else 64,
         },
         seed=cfg.seed,
-        progress=progress,
     )
 
 
@@ -325,7 +322,6 @@ def choose_folds(
     threshold: float | None = None,
     tolerance: float = 0.01,
     methods: Sequence[str] | None = None,
-    progress: bool = True,
 ) -> FoldChoice:
     """Folds whose validation-to-train distances best match the test set's distances to train.
 
@@ -349,7 +345,7 @@ def choose_folds(
     d_test = np.minimum.reduce(d_tests) if d_tests else None
     # Drawn after the test sample, from the same generator: the same seed, the same folds.
     queries = np.sort(rng.choice(n, min(n, SAMPLE), replace=False))
-    graph = neighbour_graph(x_train, progress=progress)
+    graph = neighbour_graph(x_train)
     d_train = np.full(n, np.inf)
     np.minimum.at(d_train, graph.a, graph.distance)
     if threshold is not None:
@@ -369,9 +365,8 @@ def choose_folds(
         seed=seed,
         matching=matching,
         methods=methods,
-        progress=progress,
     )
-    for c in tqdm(candidates, desc="candidate folds", leave=False, disable=files.no_bar(progress)):
+    for c in tqdm(candidates, desc="candidate folds", leave=False, disable=console.no_bar()):
         _measure(c, labels, x_train, queries, d_tests, n_splits=n_splits, seed=seed)
     if matching:
         # Each grouping is one draw of folds among many candidates, and the best of many
@@ -402,7 +397,6 @@ def _all_candidates(
     seed: int,
     matching: bool,
     methods: Sequence[str] | None,
-    progress: bool,
 ) -> list[Candidate]:
     """fold_candidates on every feature (``graph``) and, when matching, at the rungs where
     those groups fill up to the cap, on the first feature with each other one left out
@@ -419,7 +413,7 @@ def _all_candidates(
             list(methods) if methods is not None else [str(i) for i in range(len(x_train.spaces))]
         )
         for subset in method_sets(len(x_train.spaces))[1:]:
-            on = neighbour_graph(Features([x_train.spaces[i] for i in subset]), progress=progress)
+            on = neighbour_graph(Features([x_train.spaces[i] for i in subset]))
             # [1:]: plain folds are in once already.
             for c in fold_candidates(on, full, n=n, n_splits=n_splits, y=y, seed=seed)[1:]:
                 c.name += " on " + "+".join(names[i] for i in subset)

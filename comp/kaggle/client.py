@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -32,6 +33,8 @@ from typing import Any, TypeVar
 
 from comp import files
 from comp.errors import KaggleError, KaggleUncertain
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -275,12 +278,10 @@ class Kaggle:
         tries: int = 5,
         backoff: float = 1.0,
         timeout: float = 60.0,
-        echo: Callable[[str], Any] = print,
     ) -> None:
         self.tries = max(1, tries)
         self.backoff = backoff
         self.timeout = timeout
-        self.echo = echo
         self._api: Any = None
         self.credentials: Credentials | None = None
         self._found: list[Credentials] = []
@@ -292,8 +293,8 @@ class Kaggle:
         if self._api is None:
             found = find_credentials()
             for path in loose_permissions():
-                self.echo(
-                    f"warning: {path} is readable by other users on this machine; run chmod 600 {path}"
+                log.warning(
+                    f"{path} is readable by other users on this machine; run chmod 600 {path}"
                 )
             out = io.StringIO()
             try:
@@ -366,7 +367,7 @@ class Kaggle:
                             0.8, 1.2
                         )
                     reason = f"HTTP {_status(e)}" if _status(e) else type(e).__name__
-                    self.echo(
+                    log.warning(
                         f"Kaggle: {what} failed ({reason}); retry {attempt}/{self.tries - 1} in {delay:.1f}s"
                     )
                     time.sleep(delay)

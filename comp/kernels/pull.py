@@ -11,6 +11,7 @@ trackers, and, for a kernel that failed, its log beside its bundle. Downloads go
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import tempfile
@@ -21,12 +22,13 @@ from typing import Any
 
 from comp.config import load_config
 from comp.errors import ConfigError, DataError, KaggleError
-from comp.files import Echo
 from comp.kaggle.client import Kaggle
 from comp.kernels.bundle import bundles_of, read_info
 from comp.kernels.output import combine_fan_out, import_output
 from comp.runs import CLASSES_FILE, read_classes
 from comp.track.scores import merge_kernel_tracker
+
+log = logging.getLogger(__name__)
 
 # Kaggle's states after which a kernel changes no more.
 FINAL = ("complete", "error", "cancel_acknowledged")
@@ -57,7 +59,6 @@ def wait_for(
     wait: bool = False,
     interval: float = 30.0,
     timeout: float = 12 * 3600.0,
-    echo: Echo = print,
 ) -> dict[Path, State]:
     """Each bundle's kernel state (and message), echoed when it changes; with ``wait``,
     polled every ``interval`` seconds until every kernel has finished."""
@@ -69,7 +70,7 @@ def wait_for(
             state = kaggle.kernel_status(ref)
             if seen.get(bundle) != state:
                 msg = f": {state[1]}" if state[1] else ""
-                echo(f"{ref}: {state[0]}{msg}")
+                log.info(f"{ref}: {state[0]}{msg}")
             seen[bundle] = state
         done = all(s[0] in FINAL for s in seen.values())
         if done or not wait:
@@ -87,23 +88,19 @@ def kernel_status(
     wait: bool = False,
     interval: float = 30.0,
     timeout: float = 12 * 3600.0,
-    echo: Echo = print,
 ) -> dict[Path, State]:
     """The states of kernel ``name``'s kernels; refuses when one of them failed."""
-    states = wait_for(
-        kaggle, bundles_of(root, name), wait=wait, interval=interval, timeout=timeout, echo=echo
-    )
+    states = wait_for(kaggle, bundles_of(root, name), wait=wait, interval=interval, timeout=timeout)
     for bundle, state in states.items():
         info = read_info(bundle)
         if info.get("tune") and state[0] not in ("queued", "new_script"):
             try:
-                log = kaggle.kernel_log(info["ref"])
+                text = kaggle.kernel_log(info["ref"])
             except KaggleError:
-                log = (
-                    None  # the state is what was asked; a log Kaggle will not give yet is no error
-                )
-            said = tune_progress(log) or "no trial finished yet"
-            echo(f"{info['ref']}: study {info['tune']['study']}, {said}")
+                # The state is what was asked; a log Kaggle will not give yet is no error.
+                text = None
+            said = tune_progress(text) or "no trial finished yet"
+            log.info(f"{info['ref']}: study {info['tune']['study']}, {said}")
     if any(s[0] == "error" for s in states.values()):
         raise KaggleError(
             f"a kernel of {name} failed; `comp kernel pull {name} --force` fetches its log"
@@ -121,7 +118,6 @@ def pull(
     interval: float = 30.0,
     timeout: float = 12 * 3600.0,
     force: bool = False,
-    echo: Echo = print,
 ) -> dict[str, Any]:
     """Download the outputs of kernel ``name`` into ``runs/<run>/`` and summarise the run.
 
@@ -154,7 +150,7 @@ def pull(
         if kaggle is None:
             raise ConfigError("pulling from Kaggle needs the client; or give --from DIR")
         client = kaggle
-        states = wait_for(client, bundles, wait=wait, interval=interval, timeout=timeout, echo=echo)
+        states = wait_for(client, bundles, wait=wait, interval=interval, timeout=timeout)
 
         def fetch(bundle: Path, dest: Path) -> Any:
             return client.kernel_output(read_info(bundle)["ref"], dest)
@@ -166,9 +162,9 @@ def pull(
         )
     (root / "runs").mkdir(exist_ok=True)
     if read_info(bundles[0]).get("tune"):
-        return _pull_study(root, bundles, fetch=fetch, states=states, echo=echo)
+        return _pull_study(root, bundles, fetch=fetch, states=states)
     for bundle in bundles:
-        _pull_one(root, bundle, fetch=fetch, complete=states[bundle][0] == "complete", echo=echo)
+        _pull_one(root, bundle, fetch=fetch, complete=states[bundle][0] == "complete")
     info = read_info(bundles[0])
     run_dir = root / "runs" / info["run"]
     if not (run_dir / CLASSES_FILE).exists():
@@ -179,7 +175,7 @@ def pull(
         if summary["complete"]
         else f"CV over {summary['folds_trained']}/{summary['n_folds']} folds"
     )
-    echo(f"run {run_dir.name}: {scope} macro-F1 {summary['cv_macro_f1']:.4f}")
+    log.info(f"run {run_dir.name}: {scope} macro-F1 {summary['cv_macro_f1']:.4f}")
     if summary["complete"] and len(bundles) > 1:
         combine_fan_out(root, load_config(root), run_dir, n_splits=summary["n_folds"])
     made = root / "submissions" / f"{run_dir.name}.csv"
@@ -187,7 +183,7 @@ def pull(
 
 
 def _pull_study(
-    root: Path, bundles: list[Path], *, fetch: Fetch, states: dict[Path, State], echo: Echo
+    root: Path, bundles: list[Path], *, fetch: Fetch, states: dict[Path, State]
 ) -> dict[str, Any]:
     """Merge each tuning kernel's study into ``tune/<study>.db``; a kernel that stopped
     early (fetched with ``--force``) brings what it finished, and its cut trial failed."""
@@ -198,7 +194,7 @@ def _pull_study(
     tune = read_info(bundles[0])["tune"]
     name = tune["study"]
     if tune.get("shared"):
-        echo(f"study {name} is on the shared storage the kernels used: nothing to merge")
+        log.info(f"study {name} is on the shared storage the kernels used: nothing to merge")
         return {"study": name, "added": 0, "shared": True}
     added = 0
     for bundle in bundles:
@@ -208,36 +204,36 @@ def _pull_study(
         try:
             fetch(bundle, pulled)
             if states[bundle][0] != "complete":
-                for log in pulled.glob("*.log"):
-                    shutil.copy2(log, bundle / log.name)
-                    echo(f"{ref}: log saved to {(bundle / log.name).relative_to(root)}")
+                for kept in pulled.glob("*.log"):
+                    shutil.copy2(kept, bundle / kept.name)
+                    log.info(f"{ref}: log saved to {(bundle / kept.name).relative_to(root)}")
             found = pulled / "tune" / f"{name}.db"
             if not found.exists():
                 logs = sorted(pulled.glob("*.log"))
                 hint = f"; its log is {(bundle / logs[0].name).relative_to(root)}" if logs else ""
                 if states[bundle][0] == "complete":
                     raise DataError(f"kernel {ref} left no study file tune/{name}.db{hint}")
-                echo(f"{ref}: no study file among its outputs{hint}")
+                log.info(f"{ref}: no study file among its outputs{hint}")
                 continue
-            facts = merge.merge_kernel_study(root, name, found, source=ref, echo=echo)
+            facts = merge.merge_kernel_study(root, name, found, source=ref)
             new = sum(facts["added"].values())
             parts = [f"{v} {k}" for k, v in sorted(facts["added"].items())]
             parts += [f"{facts['already']} already there"] if facts["already"] else []
             parts += [f"{facts['unrun']} queued but not run"] if facts["unrun"] else []
             said = f" ({', '.join(parts)})" if parts else ""
-            echo(f"{ref}: {new} trial(s) into tune/{name}.db{said}")
+            log.info(f"{ref}: {new} trial(s) into tune/{name}.db{said}")
             added += new
             if new:
                 # Only with new trials: a second pull must not log the same trials twice.
-                merge_kernel_tracker(
-                    root, pulled=pulled / "tune" / "tracker", run=info["run"], echo=echo
-                )
+                merge_kernel_tracker(root, pulled=pulled / "tune" / "tracker", run=info["run"])
         finally:
             shutil.rmtree(pulled, ignore_errors=True)
     local = merge.open_local(root, name)
     if local is None:
         raise DataError(f"no trials were pulled for study {name}")
-    echo(f"study {name}: " + ", ".join(f"{v} {k}" for k, v in sorted(tuning.counts(local).items())))
+    log.info(
+        f"study {name}: " + ", ".join(f"{v} {k}" for k, v in sorted(tuning.counts(local).items()))
+    )
     done = [
         t
         for t in local.get_trials(deepcopy=False)
@@ -245,34 +241,34 @@ def _pull_study(
     ]
     if done:
         best = max(done, key=lambda t: t.value or 0.0)
-        echo(f"best: trial {best.number}, macro-F1 {best.value:.4f}, {best.params}")
+        log.info(f"best: trial {best.number}, macro-F1 {best.value:.4f}, {best.params}")
     cut = merge.cut_trials(local)
     if cut:
-        echo(f"{len(cut)} trial(s) cut by a session's end: the next push retries them")
+        log.info(f"{len(cut)} trial(s) cut by a session's end: the next push retries them")
     return {"study": name, "added": added, "shared": False}
 
 
-def _pull_one(root: Path, bundle: Path, *, fetch: Fetch, complete: bool, echo: Echo) -> None:
+def _pull_one(root: Path, bundle: Path, *, fetch: Fetch, complete: bool) -> None:
     """One kernel's output: its folds into the run, or, for a kernel that failed, its logs."""
     ref = read_info(bundle)["ref"]
     pulled = Path(tempfile.mkdtemp(prefix=".pull-", dir=root / "runs"))
     try:
         fetch(bundle, pulled)
         if not complete:
-            for log in pulled.glob("*.log"):
-                target = bundle / log.name
-                shutil.copy2(log, target)
-                echo(f"{ref}: log saved to {target.relative_to(root)}")
+            for kept in pulled.glob("*.log"):
+                target = bundle / kept.name
+                shutil.copy2(kept, target)
+                log.info(f"{ref}: log saved to {target.relative_to(root)}")
             return
         facts = import_output(root, bundle, pulled)
-        echo(f"{ref}: {', '.join(facts['folds']) or 'no folds'} -> runs/{facts['run']}")
+        log.info(f"{ref}: {', '.join(facts['folds']) or 'no folds'} -> runs/{facts['run']}")
         if facts["measured"]:
             own = ", ".join(
                 f"{k} {theirs} (run: {mine})" for k, (mine, theirs) in facts["measured"].items()
             )
-            echo(f"{ref}: its machine measured {own}; its folds keep their own config.yaml")
+            log.info(f"{ref}: its machine measured {own}; its folds keep their own config.yaml")
         merge_kernel_tracker(
-            root, pulled=pulled / "runs" / facts["run"] / "tracker", run=facts["run"], echo=echo
+            root, pulled=pulled / "runs" / facts["run"] / "tracker", run=facts["run"]
         )
     finally:
         shutil.rmtree(pulled, ignore_errors=True)

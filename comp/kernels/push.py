@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 import pprint
 import re
@@ -42,12 +43,13 @@ from comp import files
 from comp.config import Config, to_dict
 from comp.data.competition import resolve
 from comp.errors import ConfigError, DataError
-from comp.files import Echo
 from comp.folds.split import folds_path
 from comp.kaggle.client import Kaggle
 from comp.kernels import script as kernel_script
 from comp.kernels.bundle import INFO, PATH_KEYS, read_info
 from comp.kernels.script import Kernel
+
+log = logging.getLogger(__name__)
 
 KERNEL_METADATA = "kernel-metadata.json"
 # Tables the kernel carries in its payload rather than reads from the data folder.
@@ -168,10 +170,9 @@ def build_group(
     internet: bool = True,
     private: bool = True,
     accelerator: str | None = None,
-    echo: Echo = print,
 ) -> tuple[str, list[Path]]:
     """Write the bundles of kernel group ``name``: training kernels (build_bundles) or, with
-    ``tuning``, tuning ones (build_tune_bundles). Echoes each bundle's folder and returns
+    ``tuning``, tuning ones (build_tune_bundles). Says each bundle's folder and returns
     the group's name and the folders.
 
     Without ``name``, the group is named after the model (or the study) and the time;
@@ -199,7 +200,6 @@ def build_group(
             trials=tuning.trials,
             kernels=tuning.kernels,
             storage=tuning.storage,
-            echo=echo,
             **common,
         )
     else:
@@ -208,7 +208,7 @@ def build_group(
             root, cfg, name=name, folds=folds, folds_per_kernel=folds_per_kernel, **common
         )
     for bundle in bundles:
-        echo(f"bundle: {bundle.relative_to(root)}")
+        log.info(f"bundle: {bundle.relative_to(root)}")
     return name, bundles
 
 
@@ -337,7 +337,6 @@ def build_tune_bundles(
     internet: bool = True,
     private: bool = True,
     accelerator: str | None = None,
-    echo: Echo = print,
 ) -> list[Path]:
     """Write the bundles of ``kernels`` kernels that tune study ``study``; return their folders.
 
@@ -363,7 +362,7 @@ def build_tune_bundles(
         cfg, layout, run=name, data=data_ref, competition=competition, code_dataset=code_dataset
     )
     _tune_plans(name, kernels)  # a name too long for Kaggle fails before any seed is made
-    seeds = _seed_files(root, cfg, tune, gpu=gpu, echo=echo)
+    seeds = _seed_files(root, cfg, tune, gpu=gpu)
     plans = _tune_plans(name, len(seeds))
     group_dir = root / "kernels" / name
     with _built_aside(group_dir) as building:
@@ -478,7 +477,7 @@ def _tune_plans(name: str, kernels: int) -> list[tuple[str, str, str]]:
 
 
 def _seed_files(
-    root: Path, cfg: Config, tune: dict[str, Any], *, gpu: bool, echo: Echo
+    root: Path, cfg: Config, tune: dict[str, Any], *, gpu: bool
 ) -> list[tuple[int, dict[str, bytes]]]:
     """Each kernel's target of finished trials and what its payload adds for it: its seed
     study, ``tune/<study>.db`` (nothing on a shared storage)."""
@@ -490,15 +489,15 @@ def _seed_files(
     from comp.tune import merge
 
     local = merge.open_local(root, study)
-    space, new = merge.study_space(root, cfg, local, device="cuda" if gpu else "cpu", echo=echo)
-    seeds = merge.plan_seeds(local, trials=trials, kernels=kernels, echo=echo)
+    space, new = merge.study_space(root, cfg, local, device="cuda" if gpu else "cpu")
+    seeds = merge.plan_seeds(local, trials=trials, kernels=kernels)
     where = f"tune/{study}.db" if local is not None else f"a new study (no tune/{study}.db yet)"
-    echo(f"study {study}: kernels start from {where}")
-    echo(space.recipe_line)
+    log.info(f"study {study}: kernels start from {where}")
+    log.info(space.recipe_line)
     chosen = f", chosen for the kernels' {'GPU' if gpu else 'CPU'}" if new else ""
-    echo(f"space ({space.recipe} recipe{chosen}):")
+    log.info(f"space ({space.recipe} recipe{chosen}):")
     for line in space.lines():
-        echo(line)
+        log.info(line)
     out: list[tuple[int, dict[str, bytes]]] = []
     with tempfile.TemporaryDirectory(prefix="comp-seeds-") as tmp:
         for seed in seeds:
@@ -510,7 +509,7 @@ def _seed_files(
                 f"a retry of trial {n}" for n in seed.retries
             ]
             then = f" ({', '.join(queued)} first)" if queued else ""
-            echo(f"kernel {seed.kernel}: {seed.share} trial(s){then}")
+            log.info(f"kernel {seed.kernel}: {seed.share} trial(s){then}")
             out.append((seed.trials, {f"tune/{study}.db": path.read_bytes()}))
     return out
 
@@ -697,13 +696,13 @@ def record_push(bundle: Path, pushed: dict[str, Any]) -> None:
     files.write_json(bundle / INFO, info)
 
 
-def push_bundles(kaggle: Kaggle, bundles: list[Path], *, echo: Echo = print) -> None:
+def push_bundles(kaggle: Kaggle, bundles: list[Path]) -> None:
     """Push each bundle's kernel to Kaggle, in order, and keep the version Kaggle made of it
     in the bundle's ``comp-kernel.json`` (record_push)."""
     for bundle in bundles:
         pushed = kaggle.push_kernel(bundle)
         record_push(bundle, pushed)
-        echo(
+        log.info(
             f"pushed {pushed['ref'].removeprefix('/code/')} version {pushed['version']}: {pushed['url']}"
         )
 

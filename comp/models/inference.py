@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 # starts a second pass over the data (and draws from the loader's seeded generator).
 from tqdm import tqdm
 
-from comp import files
+from comp import console
 from comp.data.transforms import ImageDataset, to_input
 from comp.hardware.distributed import Dist, gather
 
@@ -65,7 +65,11 @@ def predict_probs(
     model.eval()
     out, total_loss, seen = [], 0.0, 0
     for xb, yb in tqdm(
-        loader, desc=desc, leave=False, unit="batch", disable=files.no_bar(desc is not None)
+        loader,
+        desc=desc,
+        leave=False,
+        unit="batch",
+        disable=True if desc is None else console.no_bar(),
     ):
         x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
         with autocast():
@@ -95,7 +99,6 @@ def extract_features(
     channels_last: bool,
     dist_: Dist,
     desc: str,
-    progress: bool,
     workers: int = 0,
 ) -> torch.Tensor:
     """Pooled backbone features (views, n, D) of ``images[index]``, float32 on the CPU.
@@ -120,7 +123,7 @@ def extract_features(
             desc=f"{desc} view {view + 1}/{views}",
             leave=False,
             unit="batch",
-            disable=files.no_bar(progress),
+            disable=console.no_bar(),
         ):
             x = to_input(xb, mean=mean, std=std, device=device, channels_last=channels_last)
             with autocast():

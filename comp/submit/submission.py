@@ -11,6 +11,7 @@ TTA), the submission only after it has passed validation.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +23,9 @@ from sklearn.metrics import f1_score
 from comp import files
 from comp.data.competition import read_csv
 from comp.errors import DataError, SubmissionError
-from comp.files import Echo
 from comp.runs import FULL_DIR, TEST_PROBS_FILE, read_summary, write_probs
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     # Only its type: predicting imports torch, which checking a submission never needs.
@@ -141,9 +143,7 @@ def score_local(submission: pd.DataFrame, solution_path: Path) -> dict[str, floa
     return scores
 
 
-def publish(
-    root: Path, prediction: Prediction, *, out: Path | None = None, echo: Echo = print
-) -> dict[str, Any]:
+def publish(root: Path, prediction: Prediction, *, out: Path | None = None) -> dict[str, Any]:
     """Write a prediction's test probabilities and its validated submission; return the
     sidecar facts.
 
@@ -151,7 +151,7 @@ def publish(
     (the run's adjust.json), as they were when the adjusted CV was measured.
     """
     for member in prediction.members:
-        publish(root, member, echo=echo)
+        publish(root, member)
     run_dir, ids, probs, priors = (
         prediction.run_dir,
         prediction.ids,
@@ -188,5 +188,5 @@ def publish(
         write_probs(path, ids, fold_probs, classes)
     folds = prediction.folds
     models = "one model on every image" if folds == [FULL_DIR] else f"{len(folds)} folds"
-    echo(f"{len(ids)} test images, {models} x {len(prediction.tta)} views -> {out}")
+    log.info(f"{len(ids)} test images, {models} x {len(prediction.tta)} views -> {out}")
     return facts

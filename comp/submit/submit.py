@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,14 @@ import pandas as pd
 from comp.config import Config
 from comp.data.competition import load_competition, resolve
 from comp.errors import ConfigError, KaggleError, KaggleUncertain, SubmissionError
-from comp.files import Echo
 from comp.kaggle.client import Kaggle
 from comp.plots import plot_leaderboard
 from comp.submit.ledger import Ledger, compare, ledger_path
 from comp.submit.submission import read_submission, score_local, validate_submission
 from comp.teach.lineage import lineage_text
 from comp.track.scores import track_scores
+
+log = logging.getLogger(__name__)
 
 # The ledger's columns as `comp submissions` shows them (lineage too when a row has one).
 SHOWN = ["id", "created_at", "run", "cv", "public", "private", "target", "status", "message"]
@@ -75,7 +77,6 @@ def submit_local(
     file: Path,
     message: str = "",
     run: str | None = None,
-    echo: Echo = print,
 ) -> int:
     """Score FILE against the workspace's solution file and ledger it; return its row id."""
     df, record = checked_submission(root, cfg, file=file, run=run, message=message)
@@ -92,10 +93,10 @@ def submit_local(
         target="local",
         status="scored",
     )
-    echo(
+    log.info(
         f"submission #{row}: {_cv_text(record['cv'])} | public {scores.get('public', float('nan')):.4f} | private {scores.get('private', float('nan')):.4f}"
     )
-    track_scores(root, cfg, run=record["run"], scores=scores, echo=echo)
+    track_scores(root, cfg, run=record["run"], scores=scores)
     return row
 
 
@@ -109,7 +110,6 @@ def submit_kaggle(
     competition: str | None = None,
     run: str | None = None,
     force: bool = False,
-    echo: Echo = print,
 ) -> int:
     """Submit FILE to Kaggle and ledger it as pending; return its row id.
 
@@ -128,7 +128,7 @@ def submit_kaggle(
         )
     limits = kaggle.submission_limits(slug)
     if limits is not None:
-        echo(f"{slug}: {limits['today']} submission(s) made today, {limits['left_today']} left")
+        log.info(f"{slug}: {limits['today']} submission(s) made today, {limits['left_today']} left")
         if limits["left_today"] <= 0:
             raise KaggleError(
                 f"no submissions left for {slug} {'in total' if limits['limited_by_total'] else 'today (the quota resets at 00:00 UTC)'}; nothing was submitted"
@@ -144,7 +144,7 @@ def submit_kaggle(
     row = ledger.add(
         **record, target="kaggle", status="pending", competition=slug, kaggle_ref=str(ref)
     )
-    echo(
+    log.info(
         f"submission #{row} (Kaggle ref {ref}) to {slug}: {_cv_text(record['cv'])}; scores follow with `comp submissions --refresh`"
     )
     return row
@@ -156,7 +156,6 @@ def refresh_scores(
     *,
     kaggle: Kaggle,
     competition: str | None = None,
-    echo: Echo = print,
 ) -> dict[str, Any]:
     """Fill the ledger's Kaggle rows from Kaggle's list (status, public and private
     score) and add submissions made elsewhere; new scores go to their runs' trackers.
@@ -175,25 +174,24 @@ def refresh_scores(
                 cfg,
                 run=r["run"],
                 scores={"public": scores[0], "private": scores[1]},
-                echo=echo,
             )
-    echo(
+    log.info(
         f"{slug}: {len(remote)} submission(s) on Kaggle; {updated} updated, {added} new in the ledger"
     )
     return {"competition": slug, "remote": len(remote), "updated": updated, "added": added}
 
 
-def show_ledger(root: Path, *, plot: bool = False, echo: Echo = print) -> list[dict[str, Any]]:
-    """Echo the ledger with how CV predicted the leaderboard; with ``plot``, save
+def show_ledger(root: Path, *, plot: bool = False) -> list[dict[str, Any]]:
+    """Show the ledger with how CV predicted the leaderboard; with ``plot``, save
     ``submissions/leaderboard.png``. Returns the ledger's rows."""
     rows = Ledger(ledger_path(root)).rows()
     if not rows:
-        echo("no submissions yet; make one with `comp submit FILE` (or --local)")
+        log.info("no submissions yet; make one with `comp submit FILE` (or --local)")
         return rows
-    echo(ledger_text(rows))
+    log.info(ledger_text(rows))
     if plot:
         out = plot_leaderboard(rows, root / "submissions" / "leaderboard.png")
-        echo(
+        log.info(
             f"plot: {out.relative_to(root)}"
             if out
             else "nothing to plot: no submission has both CV and a score"

@@ -14,18 +14,19 @@ fold k would then learn from a teacher that saw fold k's labels.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from comp import console
 from comp.config import Config, validate
 from comp.data.cache import cache_dir, cached_images
 from comp.data.competition import Competition, read_csv
 from comp.data.transforms import create_transform
 from comp.errors import ConfigError
-from comp.files import Echo
 from comp.fit.loop import setup_fold, train_fold
 from comp.fit.losses import soften
 from comp.hardware.distributed import Dist, barrier
@@ -40,6 +41,8 @@ from comp.runs import (
     write_probs,
 )
 from comp.runs import read_summary as summary_of
+
+log = logging.getLogger(__name__)
 
 
 def teacher_epochs(parent: Path, cfg: Config) -> int:
@@ -99,8 +102,6 @@ def _pair_teachers(
     classes: list[str],
     device: Any,
     dist_: Dist,
-    echo: Echo,
-    progress: bool,
 ) -> tuple[np.ndarray, str]:
     pcfg = read_config(parent)
     if pcfg.head != "linear":
@@ -124,7 +125,7 @@ def _pair_teachers(
         f"{tcfg.epochs} epochs, last weights"
     )
     if todo:
-        echo(
+        log.info(
             f"distill {parent.name}: training {len(todo)} of {len(pairs)} nested teachers "
             f"({tcfg.model}, {tcfg.epochs} epochs each, without two folds), once -> "
             f"runs/{parent.name}/nested/"
@@ -135,7 +136,6 @@ def _pair_teachers(
             cache_dir=cache_dir(root, enabled=tcfg.cache_images),
             centre=tcfg.centre,
             desc="decode train",
-            progress=progress,
         )
         transform = create_transform(tcfg.aug, img_size=tcfg.img_size)
     for j, k in pairs:
@@ -153,12 +153,11 @@ def _pair_teachers(
                 device=device,
                 transform=transform,
                 dist_=dist_,
-                progress=progress,
             )
             pair_dir = parent / "nested" / f"pair{j}-{k}"
-            result = train_fold(
-                f, classes=classes, out_dir=pair_dir, echo=lambda _: None, select=False
-            )
+            # One line per teacher (below), not one per epoch of each.
+            with console.silenced():
+                result = train_fold(f, classes=classes, out_dir=pair_dir, select=False)
             probs = np.zeros((len(table), len(classes)), dtype=np.float32)
             probs[held] = result.valid_probs
             if dist_.main:
@@ -171,7 +170,7 @@ def _pair_teachers(
                 for leftover in (LAST_FILE, BEST_FILE):
                     (pair_dir / leftover).unlink(missing_ok=True)
             barrier(dist_)
-            echo(f"  teacher without folds {j} and {k}: done")
+            log.info(f"  teacher without folds {j} and {k}: done")
         out[k, fold_of == j] = probs[fold_of == j]
         out[j, fold_of == k] = probs[fold_of == k]
     return out, how
@@ -202,8 +201,6 @@ def distill_targets(
     classes: list[str],
     device: Any,
     dist_: Dist,
-    echo: Echo,
-    progress: bool,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """For ``--distill``: the nested teachers' probabilities per student fold, the parent's
     OOF for a model trained on everything (both softened), and their lineage."""
@@ -217,8 +214,6 @@ def distill_targets(
         classes=classes,
         device=device,
         dist_=dist_,
-        echo=echo,
-        progress=progress,
     )
     teacher = np.stack([soften(p, cfg.distill_temperature) for p in probs])
     # With no validation images to keep clean, the parent's own OOF teaches.
@@ -235,7 +230,7 @@ def distill_targets(
         "teachers": how,
         "built_from": summary_of(parent).get("built_from"),
     }
-    echo(
+    log.info(
         f"distillation from {parent.name}: {cfg.distill_weight:g} teacher, "
         f"{1 - cfg.distill_weight:g} labels, temperature {cfg.distill_temperature:g}"
     )

@@ -10,6 +10,7 @@ comp.teach.lineage writes ``pseudo.csv``.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,12 @@ from comp.config import Config
 from comp.data.cache import cache_dir, cached_images
 from comp.data.competition import Competition, read_csv
 from comp.errors import ConfigError
-from comp.files import Echo
 from comp.folds.similarity import nearest
 from comp.folds.split import TWIN_DISTANCE, similarity_features
 from comp.runs import OOF_FILE, TEST_PROBS_FILE, find_parent, fold_dir, read_blend, read_test_probs
 from comp.runs import read_summary as summary_of
+
+log = logging.getLogger(__name__)
 
 
 def fold_test_probs(
@@ -90,7 +92,6 @@ def barred_folds(
     fold_of: np.ndarray,
     test_ids: list[str],
     report_path: Path,
-    progress: bool = True,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """(n_test, n_folds) booleans: a test image within the folds' grouping distance of one of
     fold k's images is barred from fold k's training part, as it would have been grouped
@@ -98,7 +99,7 @@ def barred_folds(
     methods, scales, threshold, how = twin_threshold(report_path)
     n = len(fold_of)
     feats = similarity_features(
-        cfg, [*comp.train_paths(), *comp.test_paths(test_ids)], methods=methods, progress=progress
+        cfg, [*comp.train_paths(), *comp.test_paths(test_ids)], methods=methods
     )
     if scales is not None:
         feats = feats.scaled(scales)
@@ -131,8 +132,6 @@ def pseudo_rows(
     table: pd.DataFrame,
     classes: list[str],
     report_path: Path,
-    echo: Echo,
-    progress: bool,
 ) -> PseudoRows:
     """The test images as rows for ``--pseudo``: labelled per fold by the parent's fold-k model,
     kept where confident enough and not a near-twin of one of fold k's images."""
@@ -157,7 +156,6 @@ def pseudo_rows(
         fold_of=fold_of,
         test_ids=test_ids,
         report_path=report_path,
-        progress=progress,
     )
     confident = pseudo_probs.max(axis=2) >= cfg.pseudo_threshold
     keep = confident & np.c_[~barred, np.ones(len(test_ids), dtype=bool)].T
@@ -167,7 +165,6 @@ def pseudo_rows(
         cache_dir=cache_dir(root, enabled=cfg.cache_images),
         centre=cfg.centre,
         desc="decode test",
-        progress=progress,
     )
     ensemble = pseudo_probs[-1]
     pseudo = pd.DataFrame(
@@ -197,7 +194,7 @@ def pseudo_rows(
         **twins,
         "built_from": summary_of(parent).get("built_from"),
     }
-    echo(
+    log.info(
         f"pseudo-labels from {parent.name} (fold k's from its fold-k model): "
         f"{', '.join(str(int(n)) for n in per_fold)} of {len(test_ids)} test images per fold "
         f"({'probabilities' if cfg.pseudo_soft else 'top class'}, confidence >= "

@@ -29,7 +29,6 @@ import pandas as pd
 from comp.config import Config
 from comp.data.competition import Competition, read_csv
 from comp.errors import ConfigError
-from comp.files import Echo
 from comp.hardware.distributed import Dist
 from comp.runs import OOF_FILE, find_parent
 from comp.runs import read_summary as summary_of
@@ -139,8 +138,6 @@ def prepare(
     report_path: Path,
     device: Any,
     dist_: Dist,
-    echo: Echo,
-    progress: bool,
 ) -> Teaching:
     """The pseudo-labelled rows and soft targets ``cfg`` asks for, and their lineage."""
     n_train = len(table)
@@ -163,8 +160,6 @@ def prepare(
             table=table,
             classes=classes,
             report_path=report_path,
-            echo=echo,
-            progress=progress,
         )
         pseudo_probs, keep, barred, pseudo = rows.probs, rows.keep, rows.barred, rows.table
         lineage["pseudo"] = rows.lineage
@@ -180,8 +175,6 @@ def prepare(
             classes=classes,
             device=device,
             dist_=dist_,
-            echo=echo,
-            progress=progress,
         )
 
     parent_name = cfg.distill or cfg.pseudo

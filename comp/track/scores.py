@@ -8,16 +8,18 @@ names (their stores under the tracker folder, see ``comp.track.trackers``) and
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from comp.config import Config, load_config
-from comp.files import Echo
 from comp.runs import BLEND_FILE, SUMMARY_FILE
 from comp.track.trackers import experiment_name, log_scores, merge_pulled, open_run
 
+log = logging.getLogger(__name__)
 
-def track_blend(root: Path, cfg: Config, *, summary: dict[str, Any], echo: Echo = print) -> None:
+
+def track_blend(root: Path, cfg: Config, *, summary: dict[str, Any]) -> None:
     """A blend as a tracker run: its members and weights, CV, and the runs it came from."""
     run_dir = root / "runs" / summary["run"]
     trackers = open_run(
@@ -26,7 +28,6 @@ def track_blend(root: Path, cfg: Config, *, summary: dict[str, Any], echo: Echo 
         run=summary["run"],
         experiment=experiment_name(root, cfg.competition),
         run_dir=run_dir,
-        echo=echo,
     )
     if not trackers:
         return
@@ -41,9 +42,7 @@ def track_blend(root: Path, cfg: Config, *, summary: dict[str, Any], echo: Echo 
     trackers.close()
 
 
-def track_scores(
-    root: Path, cfg: Config, *, run: str | None, scores: dict[str, Any], echo: Echo = print
-) -> None:
+def track_scores(root: Path, cfg: Config, *, run: str | None, scores: dict[str, Any]) -> None:
     """Leaderboard scores, as they arrive, on the tracker run of the run that made them."""
     if run:
         log_scores(
@@ -52,11 +51,10 @@ def track_scores(
             run_dir=root / "runs" / str(run),
             experiment=experiment_name(root, cfg.competition),
             scores=scores,
-            echo=echo,
         )
 
 
-def merge_kernel_tracker(root: Path, *, pulled: Path, run: str, echo: Echo = print) -> list[str]:
+def merge_kernel_tracker(root: Path, *, pulled: Path, run: str) -> list[str]:
     """A kernel's tracker folder into the local trackers, so its run sits beside local ones.
 
     Returns the trackers merged (none when the kernel left no tracker folder).
@@ -71,8 +69,7 @@ def merge_kernel_tracker(root: Path, *, pulled: Path, run: str, echo: Echo = pri
         pulled,
         run_dir=root / "runs" / run,
         experiment=experiment_name(root, cfg.competition),
-        echo=echo,
     )
     if merged:
-        echo(f"tracker: {', '.join(merged)} of the kernel merged into the local ones")
+        log.info(f"tracker: {', '.join(merged)} of the kernel merged into the local ones")
     return merged

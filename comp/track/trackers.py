@@ -34,6 +34,8 @@ from comp.config import parse_trackers
 from comp.errors import ConfigError
 from comp.runs import CONFIG_FILE, CURVES_FILE, SUMMARY_FILE, TRACKERS_FILE
 
+log = logging.getLogger(__name__)
+
 # Keys whose values are never logged (the config holds none today; a --set might).
 SECRET = re.compile(r"(token|secret|password|api_?key|credential)", re.IGNORECASE)
 
@@ -245,8 +247,8 @@ class Trackers:
     """Every tracker of one run, fed alike. A tracker that fails is said once and dropped:
     a lost chart must not end an hour of training."""
 
-    def __init__(self, items: dict[str, Any], *, echo: files.Echo):
-        self.items, self.echo = items, echo
+    def __init__(self, items: dict[str, Any]):
+        self.items = items
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -256,7 +258,7 @@ class Trackers:
             try:
                 getattr(self.items[name], method)(*args, **kwargs)
             except Exception as e:  # any library error ends only that tracker
-                self.echo(f"warning: tracker {name} stopped ({type(e).__name__}: {e})")
+                log.warning(f"tracker {name} stopped ({type(e).__name__}: {e})")
                 del self.items[name]
 
     def params(self, values: dict[str, Any]) -> None:
@@ -291,13 +293,12 @@ def open_run(
     experiment: str,
     run_dir: Path | None = None,
     parent: str | None = None,
-    echo: files.Echo = print,
 ) -> Trackers:
     """The trackers ``spec`` names, on run ``run``: the same tracker run as before when
     ``run_dir`` has its ids (resumed, scored later), else a new one."""
     names = parse_trackers(spec)
     if not names:
-        return Trackers({}, echo=echo)
+        return Trackers({})
     known = _ids(run_dir)
     items = {
         name: BACKENDS[name](
@@ -307,7 +308,7 @@ def open_run(
     }
     if run_dir is not None:
         files.write_json(run_dir / TRACKERS_FILE, known | {n: t.id for n, t in items.items()})
-    return Trackers(items, echo=echo)
+    return Trackers(items)
 
 
 def _ids(run_dir: Path | None) -> dict[str, str]:
@@ -327,14 +328,11 @@ def log_scores(
     run_dir: Path,
     experiment: str,
     scores: dict[str, Any],
-    echo: files.Echo,
 ) -> None:
     """Public and private scores as they arrive, on the tracker runs of the run that made them."""
     if not parse_trackers(spec) or not run_dir.is_dir():
         return
-    trackers = open_run(
-        root, spec, run=run_dir.name, experiment=experiment, run_dir=run_dir, echo=echo
-    )
+    trackers = open_run(root, spec, run=run_dir.name, experiment=experiment, run_dir=run_dir)
     trackers.metrics({f"{k}_macro_f1": v for k, v in scores.items() if v is not None})
     trackers.close()
 
@@ -394,7 +392,7 @@ class TuneTracking:
 
 
 def merge_pulled(
-    root: Path, spec: str | None, pulled: Path, *, run_dir: Path, experiment: str, echo: files.Echo
+    root: Path, spec: str | None, pulled: Path, *, run_dir: Path, experiment: str
 ) -> list[str]:
     """Bring the tracker folder a Kaggle kernel wrote (``runs/<run>/tracker/``) into the
     local trackers: MLflow runs copied through the client into the local store, event
@@ -445,7 +443,7 @@ def merge_pulled(
         for folder in offline:
             shutil.copytree(folder, tracker_dir(root) / "wandb" / folder.name, dirs_exist_ok=True)
         if offline:
-            echo(
+            log.info(
                 f"wandb: {len(offline)} offline run(s) from the kernel; upload with `wandb sync {tracker_dir(root) / 'wandb'}/offline-run-*`"
             )
         merged.append("wandb")

@@ -9,6 +9,7 @@ break is the budget; no fold is cut mid-schedule.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any
 
@@ -22,13 +23,14 @@ from comp.config import AUTO_KEYS, Config, parse_duration
 from comp.data.batches import MemoryBatches, batch_augment
 from comp.data.transforms import ImageDataset, create_transform, to_input
 from comp.errors import ConfigError
-from comp.files import Echo
 from comp.hardware import precision
 from comp.hardware.distributed import Dist
 from comp.hardware.precision import make_autocast
 from comp.models.factory import create_model, normalisation
 from comp.models.inference import predict_probs
 from comp.train.recipe import Recipe, with_epochs
+
+log = logging.getLogger(__name__)
 
 PRECISION_STEPS = 4
 AUTO_EPOCHS_FACTOR = 2
@@ -103,7 +105,6 @@ def fit_time_limit(
     spent: float,
     device: torch.device,
     dist_: Dist,
-    echo: Echo,
 ) -> Config:
     """``cfg`` with as many epochs as let every fold in ``folds`` end within ``cfg.time_limit``.
 
@@ -138,7 +139,7 @@ def fit_time_limit(
             "raise the limit, train fewer folds (--fold) or use a smaller img_size or model"
         )
     sized = with_epochs(cfg, epochs, auto=set(recipe.filled) & set(AUTO_KEYS))
-    echo(
+    log.info(
         f"time limit {cfg.time_limit}: an epoch takes about {epoch_s:.1f}s, so {sized.epochs} epochs per fold "
         f"({sized.freeze_epochs} frozen, warmup {sized.warmup_epochs}) fit {len(folds)} folds"
     )

@@ -14,6 +14,7 @@ and seconds, and the choice) and ``probe/<recipe>/``, the losing fold as a run o
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import time
@@ -21,16 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm import tqdm
 
-from comp import files
+from comp import console, files
 from comp.config import PRETRAINED_MODEL, Config
 from comp.data.competition import load_competition
 from comp.errors import ConfigError
-from comp.files import Echo
 from comp.folds.split import folds_path, read_folds
 from comp.runs import CONFIG_FILE, PROBE_FILE, runs_dir
 from comp.train import run
+
+log = logging.getLogger(__name__)
 
 RECIPES = ("finetune", "scratch")
 
@@ -69,8 +70,6 @@ def train(
     *,
     name: str | None = None,
     folds: list[int] | None = None,
-    echo: Echo = tqdm.write,
-    progress: bool = True,
     resume: bool = False,
     full: bool = False,
 ) -> dict[str, Any]:
@@ -80,15 +79,15 @@ def train(
     comp = load_competition(root, cfg) if may_probe(cfg, resume=resume, full=full) else None
     weights = "random"
     if comp is not None:
-        cfg, weights = run.find_weights(root, cfg, n_classes=len(comp.classes), echo=lambda _: None)
+        # Said once, by the run that follows.
+        with console.silenced():
+            cfg, weights = run.find_weights(root, cfg, n_classes=len(comp.classes))
     if comp is None or weights == "random":
         return run.train(
             root,
             cfg,
             name=name,
             folds=folds,
-            echo=echo,
-            progress=progress,
             resume=resume,
             full=full,
         )
@@ -101,12 +100,10 @@ def train(
         chosen = yaml.safe_load((run_dir / CONFIG_FILE).read_text()).get("recipe")
         if chosen not in RECIPES:
             raise ConfigError(f"{run_dir}: no recipe in its config.yaml; pick a new --name")
-        return run.train(
-            root, arm(cfg, chosen), name=name, folds=folds, echo=echo, progress=progress
-        )
+        return run.train(root, arm(cfg, chosen), name=name, folds=folds)
     table = read_folds(folds_path(root, cfg), labels=comp.train)
     first = run.checked_folds(folds, sorted(int(k) for k in table["fold"].unique()))[0]
-    echo(
+    log.info(
         f"recipe: auto found pretrained weights ({weights.split(':')[0]}); fold {first} is "
         "trained both ways, fine-tuned and from scratch, and the better recipe trains the rest"
     )
@@ -118,8 +115,6 @@ def train(
             arm(cfg, recipe),
             name=f"{name}/probe/{recipe}",
             folds=[first],
-            echo=echo,
-            progress=progress,
         )
         scores[recipe] = {
             "macro_f1": float(summary["cv_macro_f1"]),
@@ -135,11 +130,9 @@ def train(
     files.write_json(
         run_dir / PROBE_FILE, {"fold": first, "weights": weights, "chosen": chosen, **scores}
     )
-    echo(
+    log.info(
         f"recipe probe on fold {first}: {chosen} {scores[chosen]['macro_f1']:.4f} against "
         f"{other} {scores[other]['macro_f1']:.4f} (validation macro-F1): {chosen} trains the "
         f"other folds; the {other} fold is kept in {(run_dir / 'probe' / other).relative_to(root)}"
     )
-    return run.train(
-        root, arm(cfg, chosen), name=name, folds=folds, echo=echo, progress=progress, resume=True
-    )
+    return run.train(root, arm(cfg, chosen), name=name, folds=folds, resume=True)

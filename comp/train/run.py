@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,16 +46,13 @@ from timm.optim import list_optimizers
 
 # Not tqdm.auto: its asyncio variant calls iter() on a loader when the bar is made, which
 # starts a second pass over the data (and draws from the loader's seeded generator).
-from tqdm import tqdm
-
-from comp import files
+from comp import console, files
 from comp.config import PRETRAINED_MODEL, SIZED_KEYS, Config, is_auto, suggest, to_dict
 from comp.data.cache import cache_dir, cached_images
 from comp.data.competition import Competition, load_competition, read_csv, resolve
 from comp.data.images import image_stats
 from comp.data.transforms import create_transform
 from comp.errors import ConfigError, DataError
-from comp.files import Echo
 from comp.fit.heads import train_heads
 from comp.fit.loop import EpochHook, Fold, FoldResult, setup_fold, train_fold
 from comp.folds.split import folds_path, read_folds
@@ -85,6 +83,8 @@ from comp.train.budget import choose_precision, fit_time_limit
 from comp.train.recipe import Recipe
 from comp.train.recipe import resolve as resolve_recipe
 
+log = logging.getLogger(__name__)
+
 
 def run_name(cfg: Config) -> str:
     return f"{cfg.model.replace('/', '_')}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -99,9 +99,7 @@ def train(
     *,
     name: str | None = None,
     folds: list[int] | None = None,
-    echo: Echo = tqdm.write,
     on_epoch: EpochHook | None = None,
-    progress: bool = True,
     resume: bool = False,
     full: bool = False,
 ) -> dict[str, Any]:
@@ -116,7 +114,7 @@ def train(
     ``on_epoch(fold, epoch, valid_macro_f1)`` is called after every epoch; tuning
     reports to Optuna through it, and may stop the run by raising.
     """
-    plan = plan_run(root, cfg, name=name, folds=folds, echo=echo, progress=progress, resume=resume)
+    plan = plan_run(root, cfg, name=name, folds=folds, resume=resume)
     write_plan(plan)
     trackers = start_tracking(plan)
     if plan.cfg.head == "linear":
@@ -157,8 +155,6 @@ class RunPlan:
     transform: A.Compose
     device: torch.device
     dist: Dist
-    echo: Echo  # silent on every process but the first
-    progress: bool
     resume: bool
 
     @property
@@ -181,8 +177,6 @@ def plan_run(
     *,
     name: str | None,
     folds: list[int] | None,
-    echo: Echo,
-    progress: bool,
     resume: bool,
 ) -> RunPlan:
     """Resolve a run, writing nothing: its folds, recipe, images, teaching and epochs.
@@ -199,14 +193,14 @@ def plan_run(
     dist_, device = init_distributed(cfg.device)
     if not dist_.main:
         # One process writes the run and speaks; the others only compute.
-        echo, progress = (lambda _: None), False
+        console.mute()
     check_optimizer(cfg.optimizer)
     if resume and not (name and (runs_dir(root) / name / CONFIG_FILE).exists()):
         raise ConfigError(
             f"--resume: {runs_dir(root) / (name or '?')} is not a run to resume (no config.yaml)"
         )
     # The recipe is resolved once, here, so every fold (and every process) trains alike.
-    recipe_cfg, recipe = resolve_run_config(root, cfg, comp=comp, device=device, echo=echo)
+    recipe_cfg, recipe = resolve_run_config(root, cfg, comp=comp, device=device)
     # Every process must write to (and the first one name) the same run.
     run_dir = runs_dir(root) / gather(name or run_name(recipe_cfg), dist_)[0]
     saved = run_dir / CONFIG_FILE
@@ -214,11 +208,11 @@ def plan_run(
     # Measured on the first process and shared, so every process trains at one precision.
     recipe_cfg, chosen = choose_precision(recipe_cfg, n_classes=len(comp.classes), device=device)
     recipe_cfg = dataclasses.replace(recipe_cfg, amp=gather(recipe_cfg.amp, dist_)[0])
-    echo(
+    log.info(
         f"run {run_dir.name}: {recipe_cfg.model}, {len(comp.classes)} classes, {len(table)} images, "
         f"folds {asked}, device {device}{processes}, {chosen}"
     )
-    images = decode_train(root, recipe_cfg, comp=comp, table=table, dist_=dist_, progress=progress)
+    images = decode_train(root, recipe_cfg, comp=comp, table=table, dist_=dist_)
     todo = [k for k in asked if not (resume and (fold_dir(run_dir, k) / OOF_FILE).exists())]
     teaching, teaching_s = learn_from(
         root,
@@ -228,8 +222,6 @@ def plan_run(
         images=images,
         device=device,
         dist_=dist_,
-        echo=echo,
-        progress=progress,
     )
     before = yaml.safe_load(saved.read_text()) if saved.exists() else None
     run_cfg = sized_run(
@@ -242,7 +234,6 @@ def plan_run(
         spent=time.perf_counter() - t_start - teaching_s,
         device=device,
         dist_=dist_,
-        echo=echo,
     )
     if before is not None and before != to_dict(run_cfg):
         raise ConfigError(f"{run_dir}: this run was trained with another config; pick a new --name")
@@ -259,8 +250,6 @@ def plan_run(
         transform=create_transform(run_cfg.aug, img_size=run_cfg.img_size),
         device=device,
         dist=dist_,
-        echo=echo,
-        progress=progress,
         resume=resume,
     )
 
@@ -280,10 +269,10 @@ def check_optimizer(name: str) -> None:
 
 
 def resolve_run_config(
-    root: Path, cfg: Config, *, comp: Competition, device: torch.device, echo: Echo
+    root: Path, cfg: Config, *, comp: Competition, device: torch.device
 ) -> tuple[Config, Recipe]:
     """The config with its recipe resolved: where the weights come from, then every auto key."""
-    cfg, weights = find_weights(root, cfg, n_classes=len(comp.classes), echo=echo)
+    cfg, weights = find_weights(root, cfg, n_classes=len(comp.classes))
     sizes = None
     if is_auto(cfg.img_size):
         sizes = image_stats(comp.train_paths(list(comp.train["Id"])), sample=200)["sizes"]
@@ -294,11 +283,11 @@ def resolve_run_config(
     if weights == "random":
         # Every fold then starts from random init without asking the hub again.
         cfg = dataclasses.replace(cfg, pretrained="false")
-    echo(recipe.describe())
+    log.info(recipe.describe())
     return cfg, recipe
 
 
-def find_weights(root: Path, cfg: Config, *, n_classes: int, echo: Echo) -> tuple[Config, str]:
+def find_weights(root: Path, cfg: Config, *, n_classes: int) -> tuple[Config, str]:
     """``cfg`` with its pretrained file's path resolved, and where the weights come from
     ("random" for none)."""
     if cfg.pretrained_file is not None:
@@ -310,7 +299,7 @@ def find_weights(root: Path, cfg: Config, *, n_classes: int, echo: Echo) -> tupl
     # Find out once, not once per fold, whether pretrained weights can be had.
     probe = PRETRAINED_MODEL if cfg.model == "auto" else cfg.model
     _, weights = create_model(probe, num_classes=n_classes, pretrained=cfg.pretrained)
-    echo(f"weights: {weights}")
+    log.info(f"weights: {weights}")
     return cfg, weights
 
 
@@ -321,7 +310,6 @@ def decode_train(
     comp: Competition,
     table: pd.DataFrame,
     dist_: Dist,
-    progress: bool,
 ) -> np.ndarray:
     """Every train image, decoded once (and, with the cache, once across runs): each fold
     and epoch reads the same memory-mapped array."""
@@ -334,7 +322,6 @@ def decode_train(
         cache_dir=cache_dir(root, enabled=cfg.cache_images),
         centre=cfg.centre,
         desc="decode train",
-        progress=progress,
     )
     if dist_.main:
         barrier(dist_)
@@ -350,8 +337,6 @@ def learn_from(
     images: np.ndarray,
     device: torch.device,
     dist_: Dist,
-    echo: Echo,
-    progress: bool,
 ) -> tuple[Teaching, float]:
     """What the run learns from: its labels, and with ``pseudo`` or ``distill`` the rows and
     soft targets comp.teach adds; and the seconds that preparing those took."""
@@ -374,8 +359,6 @@ def learn_from(
         report_path=folds_path(root, cfg).with_suffix(".json"),
         device=device,
         dist_=dist_,
-        echo=echo,
-        progress=progress,
     )
     return teaching, time.perf_counter() - t_teach
 
@@ -432,18 +415,15 @@ def train_folds(plan: RunPlan, *, trackers: Any, on_epoch: EpochHook | None) -> 
     """Every fold asked for, one after another, into ``fold{k}/``."""
     for k in plan.folds:
         if k not in plan.todo:
-            plan.echo(f"fold {k}: already trained")
+            log.info(f"fold {k}: already trained")
             continue
         if not plan.resume and (fold_dir(plan.run_dir, k) / LAST_FILE).exists():
-            plan.echo(
-                f"fold {k}: was interrupted; training it again (--resume would go on from it)"
-            )
+            log.info(f"fold {k}: was interrupted; training it again (--resume would go on from it)")
         f = setup_run_fold(plan, k)
         result = train_fold(
             f,
             classes=plan.classes,
             out_dir=fold_dir(plan.run_dir, k),
-            echo=plan.echo,
             on_epoch=on_epoch,
             resume=plan.resume,
             on_row=functools.partial(log_row, trackers, k),
@@ -466,7 +446,6 @@ def setup_run_fold(plan: RunPlan, k: int | None, cfg: Config | None = None) -> F
         device=plan.device,
         transform=plan.transform,
         dist_=plan.dist,
-        progress=plan.progress,
         soft=teaching.soft(k),
     )
 
@@ -479,7 +458,7 @@ def finish_fold(plan: RunPlan, f: Fold, result: FoldResult) -> None:
         write_probs(out_dir / OOF_FILE, front, result.valid_probs, plan.classes)
         # A finished fold is never resumed; its optimizer state would only take space.
         (out_dir / LAST_FILE).unlink(missing_ok=True)
-    plan.echo(
+    log.info(
         f"fold {f.number}: best macro-F1 {result.best_f1:.4f} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs run)"
     )
@@ -501,8 +480,6 @@ def fit_heads(plan: RunPlan) -> None:
         table=plan.table,
         classes=plan.classes,
         device=plan.device,
-        echo=plan.echo,
-        progress=plan.progress,
     )
 
 
@@ -510,12 +487,12 @@ def train_full(plan: RunPlan) -> None:
     """One model on every row, as long as the run's folds did best: ``full/best.pt``."""
     fcfg = fixed_config(plan.run_dir, plan.cfg)
     out_dir = plan.run_dir / FULL_DIR
-    plan.echo(
+    log.info(
         f"full model: every image{' and pseudo-label' if plan.teaching.keep is not None else ''}, "
         f"{fcfg.epochs} epochs (the folds' median best), last weights -> {out_dir}"
     )
     f = setup_run_fold(plan, None, cfg=fcfg)
-    train_fold(f, classes=plan.classes, out_dir=out_dir, echo=plan.echo, select=False)
+    train_fold(f, classes=plan.classes, out_dir=out_dir, select=False)
     if plan.dist.main:
         (out_dir / LAST_FILE).unlink(missing_ok=True)
         # Last: `comp predict` takes the model only once it has trained to the end.
@@ -529,7 +506,7 @@ def train_full(plan: RunPlan) -> None:
 def start_tracking(plan: RunPlan) -> Any:
     """The run's trackers (the first process only), given its config and lineage."""
     if not plan.dist.main:
-        return Trackers({}, echo=plan.echo)
+        return Trackers({})
     root, cfg = plan.root, plan.cfg
     trackers = open_run(
         root,
@@ -537,12 +514,11 @@ def start_tracking(plan: RunPlan) -> Any:
         run=plan.run_dir.name,
         experiment=experiment_name(root, cfg.competition),
         run_dir=plan.run_dir,
-        echo=plan.echo,
     )
     if trackers:
         trackers.params(to_dict(cfg))
         trackers.tags(lineage_tags(root, cfg, plan.teaching))
-        plan.echo(f"tracking: {cfg.tracker}")
+        log.info(f"tracking: {cfg.tracker}")
     return trackers
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -31,10 +32,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from comp import console
 from comp.config import Config
 from comp.errors import ConfigError, DataError
-from comp.files import Echo
 from comp.tune import study as tuning
+
+log = logging.getLogger(__name__)
 
 # A study attribute of every seed: its push, its kernel, how many trials it was seeded
 # with and how many finished ones the kernel aims at.
@@ -84,7 +87,7 @@ class Seed:
     retries: tuple[int, ...]  # local trials whose parameters it tries again
 
 
-def plan_seeds(local: optuna.Study | None, *, trials: int, kernels: int, echo: Echo) -> list[Seed]:
+def plan_seeds(local: optuna.Study | None, *, trials: int, kernels: int) -> list[Seed]:
     """Split what the study lacks of ``trials`` finished ones among at most ``kernels``
     kernels; trial 0 and the retries go first, one kernel each."""
     done = tuning.finished(local) if local is not None else 0
@@ -96,7 +99,7 @@ def plan_seeds(local: optuna.Study | None, *, trials: int, kernels: int, echo: E
         )
     n = min(kernels, left)
     if n < kernels:
-        echo(f"{left} trials left to run: {n} kernel(s), not {kernels}")
+        log.info(f"{left} trials left to run: {n} kernel(s), not {kernels}")
     shares = [left // n + (1 if i < left % n else 0) for i in range(n)]
     history = local.get_trials(deepcopy=False) if local is not None else []
     queue: list[int | None] = [] if any(t.user_attrs.get("baseline") for t in history) else [None]
@@ -177,7 +180,7 @@ def write_seed(
 
 
 def study_space(
-    root: Path, cfg: Config, local: optuna.Study | None, *, device: str, echo: Echo
+    root: Path, cfg: Config, local: optuna.Study | None, *, device: str
 ) -> tuple[tuning.Space, bool]:
     """The space the kernels search: the local study's, or one the recipe chooses now for
     ``device`` (the kernel's). Returns it and whether it is new."""
@@ -186,12 +189,13 @@ def study_space(
         if stored is not None:
             changed = [d.key for d in tuning.search_space(cfg) if d not in stored.dimensions]
             if changed:
-                echo(
+                log.info(
                     f"study {local.study_name} searches the space it began with, not your "
                     f"tune_{', tune_'.join(changed)}; use a new --study to search another"
                 )
             return stored, False
-    return tuning.resolve_space(root, cfg, echo=lambda _: None, device=device), True
+    with console.silenced():
+        return tuning.resolve_space(root, cfg, device=device), True
 
 
 # --- home again ----------------------------------------------------------------------------
@@ -217,9 +221,7 @@ def _remap(system: dict[str, Any], numbers: dict[int, int]) -> dict[str, Any]:
     return out
 
 
-def merge_kernel_study(
-    root: Path, study_name: str, path: Path, *, source: str, echo: Echo = print
-) -> dict[str, Any]:
+def merge_kernel_study(root: Path, study_name: str, path: Path, *, source: str) -> dict[str, Any]:
     """Add the trials kernel ``source`` ran (its study file at ``path``) to the local study
     ``tune/<study>.db``, creating it with the kernel's space if there is none. A trial
     still running when the kernel stopped comes home failed, to be retried by the next

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import shutil
-import sys
 import time
 import warnings
 from collections import Counter
@@ -38,14 +38,15 @@ from typing import Any
 
 import optuna
 
-from comp import files
+from comp import console, files
 from comp.config import TUNE_AUTO, Config, coerce, parse_duration, to_dict
 from comp.errors import ConfigError
-from comp.files import Echo
 from comp.teach.lineage import gain_over_parent
 from comp.track.trackers import TuneTracking, experiment_name
 from comp.train.recipe import Recipe
 from comp.train.run import train
+
+log = logging.getLogger(__name__)
 
 LOG_SCALE = ("lr1", "lr2", "weight_decay")
 SPACE_KEYS = (
@@ -335,7 +336,7 @@ def recipe_space(
     )
 
 
-def resolve_space(root: Path, cfg: Config, *, echo: Echo, device: str | None = None) -> Space:
+def resolve_space(root: Path, cfg: Config, *, device: str | None = None) -> Space:
     """Resolve the recipe once, as ``comp train`` does, and choose the space from it;
     ``device`` (a device type such as ``cuda``): resolve it for that device rather than
     this machine's, as for a Kaggle kernel's GPU."""
@@ -350,7 +351,6 @@ def resolve_space(root: Path, cfg: Config, *, echo: Echo, device: str | None = N
         cfg,
         comp=load_competition(root, cfg),
         device=torch.device(device) if device else pick_device(cfg.device),
-        echo=echo,
     )
     return recipe_space(cfg, resolved, recipe)
 
@@ -360,7 +360,6 @@ def prepare(
     root: Path,
     cfg: Config,
     *,
-    echo: Echo,
     device: str | None = None,
     baseline: bool = True,
 ) -> Space:
@@ -372,13 +371,14 @@ def prepare(
     if stored is not None:
         changed = [d.key for d in search_space(cfg) if d not in stored.dimensions]
         if changed:
-            echo(
+            log.info(
                 f"study {study.study_name} searches the space it began with, not your "
                 f"tune_{', tune_'.join(changed)}; use a new --study to search another"
             )
         return stored
     # Only the space is printed (by the caller), from the recipe line it records.
-    space = resolve_space(root, cfg, echo=lambda _: None, device=device)
+    with console.silenced():
+        space = resolve_space(root, cfg, device=device)
     for key, value in space.to_attrs().items():
         study.set_user_attr(key, value)
     if baseline and not study.get_trials(deepcopy=False):
@@ -493,7 +493,7 @@ def trial_config(
 
 
 def make_objective(
-    root: Path, cfg: Config, *, study: str, space: Space, echo: Echo
+    root: Path, cfg: Config, *, study: str, space: Space
 ) -> Callable[[optuna.Trial], float]:
     folds = objective_folds(cfg)
 
@@ -513,16 +513,9 @@ def make_objective(
                 raise optuna.TrialPruned(f"macro-F1 {f1:.4f} at fold {fold} epoch {epoch}")
 
         try:
-            # One progress bar for the study; the trials' own bars would bury it.
-            summary = train(
-                root,
-                trial_cfg,
-                name=run,
-                folds=folds,
-                echo=lambda _: None,
-                on_epoch=report,
-                progress=False,
-            )
+            # One progress bar for the study; the trials' own bars and lines would bury it.
+            with console.silenced():
+                summary = train(root, trial_cfg, name=run, folds=folds, on_epoch=report)
         except optuna.TrialPruned:
             raise
         except ConfigError as e:
@@ -550,7 +543,7 @@ def make_objective(
         trial.set_user_attr("fold_macro_f1", summary["fold_macro_f1"])
         what = " (the recipe's values)" if trial.user_attrs.get("baseline") else ""
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in params.items())
-        echo(f"trial {trial.number}: macro-F1 {value:.4f} with {shown}{what}")
+        log.info(f"trial {trial.number}: macro-F1 {value:.4f} with {shown}{what}")
         return value
 
     return objective
@@ -576,7 +569,6 @@ class Deadline:
     at: float  # time.time() of the deadline
     limit: str  # as given, e.g. 2h
     trial_limit: float | None  # seconds of a trial's own time limit
-    echo: Echo
     trials: int = 0  # the finished trials the study aims at: once there, nothing to say
 
     def left(self) -> float:
@@ -589,7 +581,7 @@ class Deadline:
         expected, left = self.expected(study), self.left()
         if left > 0 and expected <= left:
             return True
-        self.echo(
+        log.info(
             f"time limit {self.limit}: {max(left, 0):.0f}s left, a trial takes about "
             f"{expected:.0f}s; no more trials start"
         )
@@ -600,7 +592,7 @@ class Deadline:
             study.stop()
 
 
-def study_deadline(cfg: Config, *, start: float, echo: Echo, trials: int = 0) -> Deadline | None:
+def study_deadline(cfg: Config, *, start: float, trials: int = 0) -> Deadline | None:
     """The deadline of ``cfg.tune_time_limit`` counted from ``start`` (a ``time.time()``)."""
     if cfg.tune_time_limit is None:
         return None
@@ -609,7 +601,6 @@ def study_deadline(cfg: Config, *, start: float, echo: Echo, trials: int = 0) ->
         at=start + parse_duration(cfg.tune_time_limit),
         limit=cfg.tune_time_limit,
         trial_limit=trial_limit,
-        echo=echo,
         trials=trials,
     )
 
@@ -644,17 +635,13 @@ def optimize(
     storage: str,
     trials: int,
     heartbeat: int = 60,
-    echo: Echo = print,
-    progress: bool = True,
     stream: int = 0,
     start: float | None = None,
 ) -> optuna.Study:
     """Run trials until the study holds ``trials`` finished ones (complete or pruned), or
     until ``cfg.tune_time_limit`` (counted from ``start``, a ``time.time()``; default now)
     leaves too little time for another."""
-    deadline = study_deadline(
-        cfg, start=time.time() if start is None else start, echo=echo, trials=trials
-    )
+    deadline = study_deadline(cfg, start=time.time() if start is None else start, trials=trials)
     study = load_study(
         storage,
         study_name,
@@ -663,26 +650,27 @@ def optimize(
         heartbeat=heartbeat,
         stream=stream,
     )
-    space = prepare(study, root, cfg, echo=lambda _: None)
+    with console.silenced():
+        space = prepare(study, root, cfg)
     # A trial whose worker died stays RUNNING until someone looks; look now.
     optuna.storages.fail_stale_trials(study)
     left = trials - finished(study)
     if left <= 0:
-        echo(f"study {study_name} already has {finished(study)} finished trials")
+        log.info(f"study {study_name} already has {finished(study)} finished trials")
         return study
     if deadline is not None and not deadline.fits(study):
         return study
     tracking = TuneTracking(
         root, cfg.tracker, study=study_name, experiment=experiment_name(root, cfg.competition)
     )
-    bar = progress and not files.QUIET and sys.stderr.isatty()
+    bar = console.bars_on()
     # Without a bar (a log file, a Kaggle kernel), a line per trial tells how far it got.
     lines: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (
-        [] if bar else [lambda s, _: echo(progress_line(s, trials=trials))]
+        [] if bar else [lambda s, _: log.info(progress_line(s, trials=trials))]
     )
     try:
         study.optimize(
-            make_objective(root, cfg, study=study_name, space=space, echo=echo),
+            make_objective(root, cfg, study=study_name, space=space),
             n_trials=left,
             timeout=None if deadline is None else max(deadline.left(), 0.0),
             callbacks=[

@@ -9,7 +9,9 @@ when they end; with ``show_study``, ``tune/<study>-best.yaml`` and the plots und
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import subprocess
 import sys
 import tempfile
@@ -20,10 +22,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from comp import console
 from comp.config import Config, to_dict
 from comp.errors import CompError
-from comp.files import Echo
 from comp.tune import study as tuning
+
+log = logging.getLogger(__name__)
 
 
 def shown_url(url: str) -> str:
@@ -73,7 +77,6 @@ def run_study(
     n_workers: int = 1,
     heartbeat: int = 60,
     worker: int = 0,
-    echo: Echo = print,
 ) -> dict[str, int] | None:
     """Run trials until the study holds ``trials`` finished ones, here or in ``n_workers``
     processes. ``worker`` is set in those processes: it picks the seed stream, and such a
@@ -92,16 +95,17 @@ def run_study(
         url, study_name, pruner=cfg.tune_pruner, seed=cfg.seed, heartbeat=heartbeat
     )
     before = tuning.finished(study)
-    echo(f"study {study_name} ({shown_url(url)}): {before} of {trials} trials finished")
+    log.info(f"study {study_name} ({shown_url(url)}): {before} of {trials} trials finished")
     # Before any worker starts: they all read the space this records.
-    space = tuning.prepare(study, root, cfg, echo=(lambda _: None) if worker else echo)
+    with console.silenced() if worker else contextlib.nullcontext():
+        space = tuning.prepare(study, root, cfg)
     if not worker:
-        echo(space.recipe_line)
-        echo(f"space ({space.recipe} recipe):")
+        log.info(space.recipe_line)
+        log.info(f"space ({space.recipe} recipe):")
         for line in space.lines():
-            echo(line)
+            log.info(line)
     if n_workers > 1 and not worker:
-        deadline = tuning.study_deadline(cfg, start=start, echo=echo)
+        deadline = tuning.study_deadline(cfg, start=start)
         spawn_workers(
             root,
             cfg,
@@ -113,36 +117,38 @@ def run_study(
             left=None if deadline is None else deadline.left(),
         )
     else:
-        tuning.optimize(
-            root,
-            cfg,
-            study_name=study_name,
-            storage=url,
-            trials=trials,
-            heartbeat=heartbeat,
-            echo=echo,
-            progress=not worker,
-            stream=worker,
-            start=start,
-        )
+        # A worker's bar would fight the others' on one terminal.
+        with console.no_bars() if worker else contextlib.nullcontext():
+            tuning.optimize(
+                root,
+                cfg,
+                study_name=study_name,
+                storage=url,
+                trials=trials,
+                heartbeat=heartbeat,
+                stream=worker,
+                start=start,
+            )
     if worker:
         return None
     study = tuning.load_study(
         url, study_name, pruner=cfg.tune_pruner, seed=cfg.seed, heartbeat=heartbeat
     )
     c = tuning.counts(study)
-    echo(
+    log.info(
         f"\nstudy {study_name}: "
         + ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
         + f" ({time.perf_counter() - t0:.0f}s)"
     )
     if c.get("complete"):
         best = study.best_trial
-        echo(f"best: trial {best.number}, macro-F1 {best.value:.4f}, {best.params}")
+        log.info(f"best: trial {best.number}, macro-F1 {best.value:.4f}, {best.params}")
         baseline = tuning.baseline_trial(study)
         if baseline is not None and baseline.number != best.number:
-            echo(f"trial {baseline.number} (the recipe's values): macro-F1 {baseline.value:.4f}")
-        echo("next: comp tune --show, then comp train --config tune/<study>-best.yaml")
+            log.info(
+                f"trial {baseline.number} (the recipe's values): macro-F1 {baseline.value:.4f}"
+            )
+        log.info("next: comp tune --show, then comp train --config tune/<study>-best.yaml")
     return c
 
 
@@ -153,7 +159,6 @@ def show_study(
     study_name: str = "comp",
     storage: str | None = None,
     heartbeat: int = 60,
-    echo: Echo = print,
 ) -> dict[str, Any]:
     """Print the study's recipe and space, the best trials, and the best against trial 0
     (the recipe's values) fold by fold; write the best config and the plots. Returns what
@@ -165,16 +170,16 @@ def show_study(
         url, study_name, pruner=cfg.tune_pruner, seed=cfg.seed, heartbeat=heartbeat
     )
     facts = tuning.show(root, cfg, study)
-    echo(
+    log.info(
         f"study {study_name} ({shown_url(url)}): "
         + ", ".join(f"{v} {k}" for k, v in sorted(facts["counts"].items()))
     )
     space: tuning.Space | None = facts["space"]
     if space is not None:
-        echo(space.recipe_line)
-        echo(f"space ({space.recipe} recipe):")
+        log.info(space.recipe_line)
+        log.info(f"space ({space.recipe} recipe):")
         for line in space.lines():
-            echo(line)
+            log.info(line)
     rows = [
         {
             "trial": t.number,
@@ -183,30 +188,30 @@ def show_study(
         }
         for t in facts["top"]
     ]
-    echo(pd.DataFrame(rows).to_string(index=False))
-    echo_against_baseline(facts, echo=echo)
+    log.info(pd.DataFrame(rows).to_string(index=False))
+    say_against_baseline(facts)
     best = _relative(facts["best"], root)
-    echo(f"best config: {best}  (comp train --config {best})")
+    log.info(f"best config: {best}  (comp train --config {best})")
     for plot in facts["plots"]:
-        echo(f"plot: {_relative(plot, root)}")
+        log.info(f"plot: {_relative(plot, root)}")
     return dict(facts)
 
 
-def echo_against_baseline(facts: dict[str, Any], *, echo: Echo) -> None:
+def say_against_baseline(facts: dict[str, Any]) -> None:
     """Trial 0 and the best trial, fold by fold, and whether the gain is more than noise."""
     baseline, best, gain = facts["baseline"], facts["best_trial"], facts["gain"]
     if baseline is None:
-        echo("trial 0 (the recipe's values): not completed, nothing to compare the best with")
+        log.info("trial 0 (the recipe's values): not completed, nothing to compare the best with")
         return
     for label, t in (("default", baseline), ("best", best)):
         per_fold = t.user_attrs.get("fold_macro_f1") or {}
         folds = ", ".join(f"{k}: {v:.4f}" for k, v in per_fold.items())
-        echo(f"{label}: trial {t.number}, macro-F1 {t.value:.4f} (per fold {folds})")
+        log.info(f"{label}: trial {t.number}, macro-F1 {t.value:.4f} (per fold {folds})")
     if best.number == baseline.number:
-        echo("the recipe's values are the best trial")
+        log.info("the recipe's values are the best trial")
     elif gain is not None:
         spread = f" ± {gain['spread']:.4f}" if gain["spread"] is not None else ""
-        echo(
+        log.info(
             f"best against trial {baseline.number}: mean gain per fold "
             f"{gain['mean_gain']:+.4f}{spread}, {gain['verdict']} (the best of "
             f"{facts['counts'].get('complete', 0)} trials on the folds it was chosen on "

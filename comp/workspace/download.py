@@ -8,15 +8,17 @@ so a failed download or unpack leaves no half-filled ``DIR/data``.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from comp.config import CONFIG_FILE
-from comp.files import Echo
 from comp.kaggle.client import Kaggle
 from comp.workspace.init import init_workspace, unpack
+
+log = logging.getLogger(__name__)
 
 
 def download_workspace(
@@ -26,7 +28,6 @@ def download_workspace(
     kaggle: Kaggle,
     force: bool = False,
     overrides: dict[str, Any] | None = None,
-    echo: Echo = print,
 ) -> str:
     """Download ``competition`` into ``directory/data`` and set up the workspace around it.
 
@@ -49,7 +50,7 @@ def download_workspace(
         unpacked.rename(data)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    echo(f"{competition} -> {data}")
+    log.info(f"{competition} -> {data}")
     values = {**(overrides or {}), "competition": competition}
     seed = int(values.pop("seed", 42))
     _, text = init_workspace(directory, data, seed=seed, force=force, overrides=values)

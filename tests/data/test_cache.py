@@ -35,12 +35,12 @@ def test_images_are_decoded_once_then_memory_mapped(
 ) -> None:
     paths = images(tmp_path / "img")
     seen = count_decodes(monkeypatch)
-    first = cached_images(paths, 16, cache_dir=tmp_path / "cache", progress=False)
-    again = cached_images(paths, 16, cache_dir=tmp_path / "cache", progress=False)
+    first = cached_images(paths, 16, cache_dir=tmp_path / "cache")
+    again = cached_images(paths, 16, cache_dir=tmp_path / "cache")
     assert len(seen) == len(paths)
     assert isinstance(again, np.memmap) and again.shape == (5, 16, 16, 3)
     assert np.array_equal(first, again)
-    in_memory = cached_images(paths, 16, cache_dir=None, progress=False)
+    in_memory = cached_images(paths, 16, cache_dir=None)
     assert np.array_equal(in_memory, again) and not isinstance(in_memory, np.memmap)
 
 
@@ -48,14 +48,14 @@ def test_a_changed_file_or_size_builds_a_new_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     paths = images(tmp_path / "img")
-    cached_images(paths, 16, cache_dir=tmp_path / "cache", progress=False)
+    cached_images(paths, 16, cache_dir=tmp_path / "cache")
     seen = count_decodes(monkeypatch)
     draw("circle", size=24, rng=np.random.default_rng(99)).save(paths[0])
-    changed = cached_images(paths, 16, cache_dir=tmp_path / "cache", progress=False)
+    changed = cached_images(paths, 16, cache_dir=tmp_path / "cache")
     assert len(seen) == 5
     assert np.array_equal(changed[0], cache.read_image(paths[0], 16))
-    cached_images(paths, 12, cache_dir=tmp_path / "cache", progress=False)
-    cached_images(paths[:3], 12, cache_dir=tmp_path / "cache", progress=False)
+    cached_images(paths, 12, cache_dir=tmp_path / "cache")
+    cached_images(paths[:3], 12, cache_dir=tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 4
 
 
@@ -63,5 +63,5 @@ def test_a_failed_build_leaves_no_cache(tmp_path: Path, monkeypatch: pytest.Monk
     paths = images(tmp_path / "img")
     (tmp_path / "img" / "2.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"2\.png"):
-        cached_images(paths, 16, cache_dir=tmp_path / "cache", progress=False)
+        cached_images(paths, 16, cache_dir=tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []

@@ -104,9 +104,7 @@ def test_read_image_centres_before_resizing(tmp_path: Path) -> None:
     # Transparent pixels were black: the alpha channel, not the colour, found the subject.
     assert_centred(b, side=30, margin=0.1, bg=WHITE)
     assert (b[0, 0] == 255).all()
-    both = cached_images(
-        [tmp_path / "a.png", tmp_path / "b.png"], 24, cache_dir=None, centre=True, progress=False
-    )
+    both = cached_images([tmp_path / "a.png", tmp_path / "b.png"], 24, cache_dir=None, centre=True)
     assert np.array_equal(both[0], a)
     plain = read_image(tmp_path / "a.png", 24)
     assert not np.array_equal(plain, a)

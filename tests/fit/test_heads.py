@@ -14,9 +14,7 @@ from comp.fit.heads import make_head
 from comp.predict.predict import predict
 from comp.submit.submission import publish
 from comp.train.run import train
-from tests.conftest import with_folds
-
-quiet = lambda s: None  # noqa: E731
+from tests.conftest import Said, with_folds
 
 
 @pytest.mark.parametrize("head", ["logreg", "extratrees", "rf", "hgb"])
@@ -28,12 +26,11 @@ def test_every_head_fits(head: str) -> None:
     assert (model.predict(x) == y).mean() > 0.9
 
 
-def test_a_head_run_works_like_a_neural_run(workspace: Callable[..., Path]) -> None:
+def test_a_head_run_works_like_a_neural_run(workspace: Callable[..., Path], said: Said) -> None:
     root, cfg = with_folds(workspace(epochs=1, freeze_epochs=1))
-    train(root, cfg, name="net", echo=quiet)
+    train(root, cfg, name="net")
     heads = load_config(root, {"head": "extratrees", "features_from": "net"})
-    said: list[str] = []
-    summary = train(root, heads, name="trees", echo=said.append)
+    summary = train(root, heads, name="trees")
     assert summary["complete"] and summary["n_oof"] == 30
     assert any("extratrees head" in s for s in said)
     run = root / "runs" / "trees"
@@ -42,21 +39,22 @@ def test_a_head_run_works_like_a_neural_run(workspace: Callable[..., Path]) -> N
     assert np.allclose(oof.iloc[:, 3:].sum(1), 1, atol=1e-5)
     assert (run / "fold0" / "head.pkl").exists() and not (run / "fold0" / "best.pt").exists()
 
-    facts = publish(root, predict(root, heads, run="trees", tta="hflip"), echo=quiet)
+    facts = publish(root, predict(root, heads, run="trees", tta="hflip"))
     assert facts["folds"] == ["fold0", "fold1"] and len(facts["tta"]) == 2
     sub = pd.read_csv(facts["file"], dtype=str)
     assert len(sub) == 9 and set(sub.iloc[:, 1]) <= {"circle", "square", "triangle"}
 
 
-def test_classical_features_make_a_run_of_their_own(workspace: Callable[..., Path]) -> None:
+def test_classical_features_make_a_run_of_their_own(
+    workspace: Callable[..., Path], said: Said
+) -> None:
     root, cfg = with_folds(workspace())
     cfg = load_config(root, {"model": "classical", "head": "logreg", "amp": "auto"})
-    said: list[str] = []
-    summary = train(root, cfg, name="classical", echo=said.append)
+    summary = train(root, cfg, name="classical")
     assert summary["complete"] and summary["cv_macro_f1"] > 0.5  # shapes by silhouette
     # Hand-made features run in fp32 whatever autocast says: nothing is timed.
     assert any("fp32 (hand-made features, not timed)" in line for line in said), said
-    facts = publish(root, predict(root, cfg, run="classical", tta="hflip"), echo=quiet)
+    facts = publish(root, predict(root, cfg, run="classical", tta="hflip"))
     assert len(pd.read_csv(facts["file"])) == 9
 
 
@@ -64,7 +62,7 @@ def test_features_from_needs_the_run(workspace: Callable[..., Path]) -> None:
     root, _ = with_folds(workspace(epochs=1, freeze_epochs=1))
     cfg = load_config(root, {"head": "logreg", "features_from": "nope"})
     with pytest.raises(ModelError, match="features_from run nope"):
-        train(root, cfg, name="x", echo=quiet)
+        train(root, cfg, name="x")
     with pytest.raises(ConfigError, match="did you mean 'extratrees'"):
         load_config(root, {"head": "extratree"})
 
@@ -76,7 +74,7 @@ def test_fold_k_embeds_with_fold_ks_own_checkpoint(
     import comp.fit.heads as heads
 
     root, cfg = with_folds(workspace(epochs=1, freeze_epochs=0))
-    train(root, cfg, name="net", echo=quiet)
+    train(root, cfg, name="net")
     net = root / "runs" / "net"
     ckpts = {
         k: torch.load(net / f"fold{k}" / "best.pt", weights_only=True)["state_dict"] for k in (0, 1)
@@ -119,11 +117,11 @@ def test_fold_k_embeds_with_fold_ks_own_checkpoint(
     monkeypatch.setattr(ExtraTreesClassifier, "predict_proba", spy_proba)
 
     trees = load_config(root, {"head": "extratrees", "features_from": "net"})
-    train(root, trees, name="trees", echo=quiet)
+    train(root, trees, name="trees")
     fitted = [(what, k) for what, k, _ in used]
     assert sorted(set(fitted)) == [("fit", 0), ("fit", 1), ("predict", 0), ("predict", 1)]
     n_train = len(used)
-    publish(root, predict(root, trees, run="trees", tta="hflip"), echo=quiet)
+    publish(root, predict(root, trees, run="trees", tta="hflip"))
     # Test time: each fold's head on both views of the test images.
     assert sorted(k for what, k, _ in used[n_train:] if what == "predict") == [0, 0, 1, 1]
     assert {k for k, _ in embedded} == {0, 1}

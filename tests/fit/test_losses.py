@@ -11,7 +11,7 @@ import yaml
 from comp.config import make_config
 from comp.fit.losses import Mixing
 from comp.train.run import train
-from tests.conftest import with_folds
+from tests.conftest import Said, with_folds
 from tests.train.conftest import Interrupt, same_run
 
 
@@ -60,7 +60,6 @@ def test_regularisers_train_and_the_ema_weights_are_kept(
         cfg,
         name="reg",
         folds=[0],
-        echo=lambda s: None,
         on_epoch=lambda fold, epoch, f1: per_epoch.append(len(mixed)),
     )
     # Mixup and cutmix mix every batch of the first two epochs and none after.
@@ -83,9 +82,7 @@ def test_layer_decay_and_drop_path_reach_the_model(workspace: Callable[..., Path
     root, cfg = with_folds(
         workspace(epochs=2, freeze_epochs=1, drop_path_rate=0.1, layer_decay=0.7)
     )
-    plan = plan_run(
-        root, cfg, name="ld", folds=[0], echo=lambda s: None, progress=False, resume=False
-    )
+    plan = plan_run(root, cfg, name="ld", folds=[0], resume=False)
     f = setup_run_fold(plan, 0)
     assert any(isinstance(m, DropPath) and m.drop_prob > 0 for m in f.model.modules())
     frozen, whole = stages(plan.cfg)
@@ -104,26 +101,24 @@ def test_an_interrupted_fold_with_ema_and_mixup_resumes_to_the_same_end(
             epochs=3, freeze_epochs=0, mixup=0.2, ema=True, ema_decay=0.9, checkpoint_seconds=0
         )
     )
-    quiet = lambda s: None  # noqa: E731
-    train(root, cfg, name="whole", folds=[0], echo=quiet)
+    train(root, cfg, name="whole", folds=[0])
 
     def stop(fold: int, epoch: int, f1: float) -> None:
         if epoch == 2:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(root, cfg, name="cut", folds=[0], echo=quiet, on_epoch=stop)
-    train(root, cfg, name="cut", folds=[0], echo=quiet, resume=True)
+        train(root, cfg, name="cut", folds=[0], on_epoch=stop)
+    train(root, cfg, name="cut", folds=[0], resume=True)
     same_run(root / "runs" / "whole", root / "runs" / "cut")
 
 
-def test_a_time_limit_sizes_the_epochs(workspace: Callable[..., Path]) -> None:
+def test_a_time_limit_sizes_the_epochs(workspace: Callable[..., Path], said: Said) -> None:
     # No early stop (patience beyond any epoch count), so every fold runs its whole schedule.
     root, cfg = with_folds(
         workspace(epochs="auto", freeze_epochs="auto", time_limit="20s", patience=10_000)
     )
-    said: list[str] = []
-    train(root, cfg, name="timed", echo=said.append)
+    train(root, cfg, name="timed")
     (line,) = [s for s in said if s.startswith("time limit 20s")]
     run = root / "runs" / "timed"
     sized = yaml.safe_load((run / "config.yaml").read_text())
@@ -141,7 +136,7 @@ def test_a_time_limit_sizes_the_epochs(workspace: Callable[..., Path]) -> None:
     # A fold trained again later under the same name keeps the run's sizing: no new
     # measurement, the same epochs in config.yaml and in the fold's metrics.
     said.clear()
-    train(root, cfg, name="timed", folds=[1], echo=said.append)
+    train(root, cfg, name="timed", folds=[1])
     assert not [s for s in said if s.startswith("time limit")], said
     assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == epochs
     every_epoch_ran(1)
@@ -152,5 +147,5 @@ def test_a_time_limit_too_short_is_refused(workspace: Callable[..., Path]) -> No
 
     root, cfg = with_folds(workspace(epochs="auto", time_limit="0.01s"))
     with pytest.raises(ConfigError, match="an epoch takes about"):
-        train(root, cfg, name="rushed", echo=lambda s: None)
+        train(root, cfg, name="rushed")
     assert not (root / "runs" / "rushed" / "config.yaml").exists()

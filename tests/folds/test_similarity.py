@@ -89,7 +89,7 @@ def comp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_groups_are_the_planted_copies(comp_dir: Path) -> None:
     labels = pd.read_csv(comp_dir / "train_labels.csv", dtype=str)
-    feats = features([comp_dir / "train" / f"{i}.png" for i in labels["Id"]], progress=False)
+    feats = features([comp_dir / "train" / f"{i}.png" for i in labels["Id"]])
     groups = neighbour_graph(feats).groups([NEAR_DUPLICATE], cap=100)[0]
     # Copies of one subject are consecutive rows of the labels table.
     assert len(set(groups)) == 90
@@ -111,7 +111,7 @@ def test_grouped_folds_predict_the_held_out_score_and_plain_folds_do_not(comp_di
         )
     )
     plain = make_folds(labels, n_splits=5, seed=0)
-    feats = features([comp_dir / "train" / f"{i}.png" for i in labels["Id"]], progress=False)
+    feats = features([comp_dir / "train" / f"{i}.png" for i in labels["Id"]])
     groups = neighbour_graph(feats).groups([NEAR_DUPLICATE], cap=100)[0]
     grouped = make_folds(labels, n_splits=5, seed=0, groups=groups)
     assert grouped.groupby("group")["fold"].nunique().max() == 1
@@ -182,7 +182,6 @@ def test_embedding_method_runs_on_a_timm_backbone(comp_dir: Path, tmp_path: Path
             "pretrained_file": str(weights),
             "img_size": 32,
         },
-        progress=False,
     )
     dist, idx = nearest(feats.take([12]), feats.take(slice(0, 12)))
     assert idx[0, 0] == 0 and dist[0, 0] < 1e-4
@@ -202,10 +201,10 @@ def test_with_no_weights_the_embedding_is_learned_from_the_images(
     twin = comp_dir.parent / "twin.png"
     shutil.copy(train[0], twin)
     settings = {"model": "airnet_xs", "pretrained": "auto", "pretrained_file": None, "img_size": 32}
-    feats = features([*train, twin], methods=["embed"], embed=settings, progress=False)
+    feats = features([*train, twin], methods=["embed"], embed=settings)
     dist, idx = nearest(feats.take([12]), feats.take(slice(0, 12)))
     assert idx[0, 0] == 0 and dist[0, 0] < 1e-4
-    again = features([*train, twin], methods=["embed"], embed=settings, progress=False)
+    again = features([*train, twin], methods=["embed"], embed=settings)
     np.testing.assert_allclose(again.x, feats.x, atol=1e-5)
 
 
@@ -247,17 +246,17 @@ def test_subject_features_ignore_the_background_and_mirrors(tmp_path: Path) -> N
     for name, img in images.items():
         paths.append(tmp_path / f"{name}.png")
         img.save(paths[-1])
-    feats = features(paths, methods=["subject"], progress=False)
+    feats = features(paths, methods=["subject"])
     dist, _ = nearest(feats.take(slice(1, None)), feats.take([0]))
     near = dict(zip(list(images)[1:], dist[:, 0], strict=True))
     assert near["alpha"] < 0.01 and near["mirrored"] < 0.02, near
     assert near["navy"] < near["other"] / 5, near
     # The thumbnail of the whole image sees the backdrop: twins on other backdrops drift apart.
-    thumbs = features(paths, methods=["thumb"], progress=False)
+    thumbs = features(paths, methods=["thumb"])
     assert nearest(thumbs.take([1]), thumbs.take([0]))[0][0, 0] > 3 * near["navy"]
     # The subject's colours: the rectangle of the same red is near in that space alone,
     # and near in the default (subject, colour), where images are as near as in either.
-    both = features(paths, progress=False)
+    both = features(paths)
     assert nearest(both.take([4]), both.take([0]))[0][0, 0] < near["other"] / 2
 
 

@@ -244,7 +244,6 @@ def test_groups_are_also_tried_without_a_feature_that_calls_strangers_twins() ->
         n_splits=4,
         seed=0,
         methods=["subject", "colour"],
-        progress=False,
     )
     assert method_sets(3) == [(0, 1, 2), (0, 2), (0, 1)] and method_sets(1) == [(0,)]
     assert choice.chosen.name.endswith(" on subject"), choice.chosen.name

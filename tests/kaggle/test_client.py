@@ -15,7 +15,7 @@ from comp.errors import KaggleError
 from comp.kaggle.client import Kaggle, find_credentials
 from comp.submit.ledger import Ledger, ledger_path
 from comp.workspace.init import init_workspace, unpack
-from tests.conftest import TINY, make_kaggle
+from tests.conftest import TINY, Said, make_kaggle
 from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn
 
 SLUG = "shapes"
@@ -110,9 +110,10 @@ def test_listing_pages_through_every_submission(standin: KaggleStandIn, ws: Path
     assert standin.calls.count("ListSubmissions") == 3
 
 
-def test_rate_limit_and_server_errors_are_retried(standin: KaggleStandIn, ws: Path) -> None:
-    messages: list[str] = []
-    k = Kaggle(backoff=0, echo=messages.append)
+def test_rate_limit_and_server_errors_are_retried(
+    standin: KaggleStandIn, ws: Path, said: Said
+) -> None:
+    k = Kaggle(backoff=0)
     standin.fail("ListSubmissions", 429, times=2)
     standin.fail("GetSubmissionLimits", 503, retry_after=None)
     assert k.submissions(SLUG) == []
@@ -123,7 +124,7 @@ def test_rate_limit_and_server_errors_are_retried(standin: KaggleStandIn, ws: Pa
         "limited_by_total": False,
     }
     assert standin.calls.count("ListSubmissions") == 3
-    assert any("HTTP 429" in m and "retry 1/4" in m for m in messages)
+    assert any("HTTP 429" in m and "retry 1/4" in m for m in said)
 
     standin.fail("ListSubmissions", 429, times=5)
     with pytest.raises(KaggleError, match=r"rate-limiting .* after 5 tries"):

@@ -233,7 +233,7 @@ def test_simple_cnn_trains_end_to_end(workspace: Callable[..., Path]) -> None:
     cfg = load_config(root)
     comp = load_competition(root, cfg)
     write_folds(folds_path(root, cfg), make_folds(comp.train, n_splits=cfg.n_splits, seed=cfg.seed))
-    summary = train(root, cfg, name="cnn", folds=[0], echo=lambda s: None, progress=False)
+    summary = train(root, cfg, name="cnn", folds=[0])
     assert summary["folds_trained"] == 1
     model, meta = load_checkpoint(
         root / "runs" / "cnn" / "fold0" / "best.pt", model_name="simple_cnn"

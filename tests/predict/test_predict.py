@@ -14,19 +14,17 @@ from comp.submit.submission import publish
 from comp.train.run import train
 from tests.conftest import with_folds
 
-QUIET = {"echo": lambda s: None}
-
 
 @pytest.fixture
 def trained(workspace: Callable[..., Path]) -> Path:
     root, cfg = with_folds(workspace(epochs=1, freeze_epochs=0))
-    train(root, cfg, name="r", **QUIET)  # type: ignore[arg-type]
+    train(root, cfg, name="r")
     return root
 
 
 def test_predict_writes_the_sample_shape(trained: Path) -> None:
     root = trained
-    facts = publish(root, predict(root, load_config(root)), **QUIET)  # type: ignore[arg-type]
+    facts = publish(root, predict(root, load_config(root)))
     sample = pd.read_csv(root / load_config(root).sample_submission, dtype=str)  # type: ignore[operator]
     sub = pd.read_csv(root / "submissions" / "r.csv", dtype=str)
     assert list(sub.columns) == list(sample.columns) and list(sub["Id"]) == list(sample["Id"])
@@ -43,13 +41,12 @@ def test_predict_writes_the_sample_shape(trained: Path) -> None:
 
 def test_tta_averages_views(trained: Path) -> None:
     root = trained
-    publish(root, predict(root, load_config(root)), **QUIET)  # type: ignore[arg-type]
+    publish(root, predict(root, load_config(root)))
     plain = pd.read_csv(root / "runs" / "r" / "test_probs.csv").iloc[:, 1:].to_numpy()
     facts = publish(
         root,
         predict(root, load_config(root), tta="hflip,vflip"),
         out=root / "submissions" / "tta.csv",
-        **QUIET,  # type: ignore[arg-type]
     )
     tta = pd.read_csv(root / "runs" / "r" / "test_probs.csv").iloc[:, 1:].to_numpy()
     assert facts["tta"] == ["none", "HorizontalFlip", "VerticalFlip"]

@@ -106,7 +106,7 @@ def test_pseudo_rows_train_only_and_twins_barred(
     fake_parent(root, "parent")
     spy = Spy(monkeypatch)
     cfg = load_config(root, {"pseudo": "parent", "pseudo_threshold": 0.9})
-    summary = comp.train.run.train(root, cfg, name="p", echo=lambda s: None, progress=False)
+    summary = comp.train.run.train(root, cfg, name="p")
 
     n_train = len(comp_.train)
     folds = pd.read_csv(folds_path(root, cfg))
@@ -142,7 +142,7 @@ def test_pseudo_refuses_a_parent_of_another_split(workspace: Callable[..., Path]
     oof = pd.read_csv(parent / "oof.csv")
     oof.assign(fold=1 - oof["fold"]).to_csv(parent / "oof.csv", index=False)
     with pytest.raises(ConfigError, match="other folds"):
-        comp.train.run.train(root, load_config(root, {"pseudo": "parent"}), name="s", echo=print)
+        comp.train.run.train(root, load_config(root, {"pseudo": "parent"}), name="s")
     assert not (root / "runs" / "s").exists()
 
 
@@ -151,12 +151,10 @@ def test_distillation_targets_come_from_teachers_blind_to_the_fold(
 ) -> None:
     root = workspace(epochs=1, freeze_epochs=0, n_splits=3)
     cfg = with_folds(root)
-    comp.train.run.train(root, cfg, name="teacher", echo=lambda s: None, progress=False)
+    comp.train.run.train(root, cfg, name="teacher")
     spy = Spy(monkeypatch)
     student = load_config(root, {"distill": "teacher", "distill_weight": 0.5})
-    summary = comp.train.run.train(
-        root, student, name="student", echo=lambda s: None, progress=False
-    )
+    summary = comp.train.run.train(root, student, name="student")
 
     fold_of = pd.read_csv(folds_path(root, cfg))["fold"].to_numpy()
     teachers = {c["fold"]: c for c in spy.calls if c["fold"] >= 1000}
@@ -191,26 +189,20 @@ def test_distillation_targets_come_from_teachers_blind_to_the_fold(
 def test_distill_needs_three_folds(workspace: Callable[..., Path]) -> None:
     root = workspace(epochs=1, freeze_epochs=0)
     cfg = with_folds(root)
-    comp.train.run.train(root, cfg, name="t", folds=[0, 1], echo=lambda s: None, progress=False)
+    comp.train.run.train(root, cfg, name="t", folds=[0, 1])
     with pytest.raises(ConfigError, match="3 or more"):
-        comp.train.run.train(
-            root, load_config(root, {"distill": "t"}), name="s", echo=lambda s: None
-        )
+        comp.train.run.train(root, load_config(root, {"distill": "t"}), name="s")
     assert not (root / "runs" / "s").exists()
 
 
 def test_pseudo_needs_the_parents_test_predictions(workspace: Callable[..., Path]) -> None:
     root = workspace(epochs=1, freeze_epochs=0)
     cfg = with_folds(root)
-    comp.train.run.train(root, cfg, name="t", echo=lambda s: None, progress=False)
+    comp.train.run.train(root, cfg, name="t")
     with pytest.raises(ConfigError, match="comp predict t"):  # no per-fold test predictions
-        comp.train.run.train(
-            root, load_config(root, {"pseudo": "t"}), name="s", echo=lambda s: None
-        )
+        comp.train.run.train(root, load_config(root, {"pseudo": "t"}), name="s")
     with pytest.raises(ConfigError, match="no run 'nope'"):
-        comp.train.run.train(
-            root, load_config(root, {"pseudo": "nope"}), name="s", echo=lambda s: None
-        )
+        comp.train.run.train(root, load_config(root, {"pseudo": "nope"}), name="s")
 
 
 def test_config_refuses_soft_targets_with_focal_and_heads() -> None:

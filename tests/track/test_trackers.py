@@ -163,9 +163,7 @@ def test_pull_merges_a_kernels_tracker_folder(
     run_dir = trained / "runs" / "k"
     run_dir.mkdir()
     (run_dir / "cv.json").write_text("{}")
-    merged = merge_pulled(
-        trained, "mlflow,tensorboard", kernel, run_dir=run_dir, experiment="ws", echo=print
-    )
+    merged = merge_pulled(trained, "mlflow,tensorboard", kernel, run_dir=run_dir, experiment="ws")
     assert merged == ["mlflow", "tensorboard"]
     local = mlflow_runs(trained)["k"]
     client = MlflowClient(tracking_uri=mlflow_uri(trained))

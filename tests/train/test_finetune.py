@@ -38,7 +38,7 @@ def test_stage_two_starts_where_stage_one_ended_on_real_weights(tmp_path: Path) 
                 ),
             },
         )
-        train(root, cfg, name=bn, folds=[0], echo=lambda s: None, progress=False)
+        train(root, cfg, name=bn, folds=[0])
         f1 = pd.read_csv(root / "runs" / bn / "fold0" / "metrics.csv")["valid_macro_f1"]
         if bn == "frozen":
             # Stage 1, a regression on ImageNet features, already reads digits well; the

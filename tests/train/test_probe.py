@@ -13,7 +13,7 @@ import yaml
 
 from comp.config import load_config
 from comp.train import probe
-from tests.conftest import with_folds
+from tests.conftest import Said, with_folds
 
 
 def _weights(root: Path) -> str:
@@ -23,12 +23,11 @@ def _weights(root: Path) -> str:
 
 
 def test_weights_found_train_the_first_fold_both_ways_and_keep_the_better(
-    workspace: Callable[..., Path],
+    workspace: Callable[..., Path], said: Said
 ) -> None:
     root = workspace(pretrained="auto", epochs=2, freeze_epochs=0)
     root, cfg = with_folds(root, pretrained_file=_weights(root))
-    said: list[str] = []
-    summary = probe.train(root, cfg, name="p", echo=said.append, progress=False)
+    summary = probe.train(root, cfg, name="p")
     run = root / "runs" / "p"
     facts = json.loads((run / probe.PROBE_FILE).read_text())
     chosen, other = facts["chosen"], "scratch" if facts["chosen"] == "finetune" else "finetune"
@@ -42,7 +41,7 @@ def test_weights_found_train_the_first_fold_both_ways_and_keep_the_better(
     assert summary["complete"] and (run / "fold1" / "best.pt").exists()
     # Another fold of the same run later (folds trained apart): under the recipe it chose.
     (run / "fold1" / "oof.csv").unlink()
-    probe.train(root, cfg, name="p", folds=[1], echo=said.append, progress=False)
+    probe.train(root, cfg, name="p", folds=[1])
     assert (run / "fold1" / "oof.csv").exists() and not (run / "probe" / chosen).exists()
     assert any(f"recipe probe on fold 0: {chosen}" in line for line in said)
     # The scratch arm is comp's own net for small images, not the weights' model from random init.
@@ -56,7 +55,7 @@ def test_a_recipe_you_set_is_not_probed(workspace: Callable[..., Path]) -> None:
     root = workspace(pretrained="auto", epochs=1, freeze_epochs=0)
     root, _ = with_folds(root)
     cfg = load_config(root, {"recipe": "finetune", "pretrained_file": _weights(root)})
-    probe.train(root, cfg, name="f", folds=[0], echo=lambda s: None, progress=False)
+    probe.train(root, cfg, name="f", folds=[0])
     assert not (root / "runs" / "f" / probe.PROBE_FILE).exists()
     saved = yaml.safe_load((root / "runs" / "f" / "config.yaml").read_text())
     assert saved["recipe"] == "finetune" and saved["pretrained_file"].endswith("r10.pth")

@@ -14,7 +14,7 @@ from comp.hardware.precision import amp_dtype, cpu_bf16
 from comp.train.recipe import FINETUNE, SCRATCH, resolve, with_epochs
 from comp.train.run import train
 from comp.workspace.init import init_workspace
-from tests.conftest import with_folds
+from tests.conftest import Said, with_folds
 
 SPRITE_SIZES = np.array([[64, 64]] * 10)
 PHOTO_SIZES = np.array([[400, 300]] * 10)
@@ -105,7 +105,7 @@ def test_cpu_bf16_only_where_the_cores_have_it_and_images_are_large() -> None:
 
 
 def test_init_prints_and_train_records_the_recipe(
-    workspace: Callable[..., Path], tmp_path: Path
+    workspace: Callable[..., Path], tmp_path: Path, said: Said
 ) -> None:
     from tests.conftest import make_kaggle
 
@@ -116,8 +116,7 @@ def test_init_prints_and_train_records_the_recipe(
     assert yaml.safe_load((tmp_path / "fresh" / "comp.yaml").read_text())["epochs"] == "auto"
 
     root, cfg = with_folds(workspace(epochs="auto", freeze_epochs="auto", lr2="auto", patience=1))
-    said: list[str] = []
-    train(root, cfg, name="r", folds=[0], echo=said.append)
+    train(root, cfg, name="r", folds=[0])
     assert any(s.startswith("recipe: scratch") for s in said)
     saved = yaml.safe_load((root / "runs" / "r" / "config.yaml").read_text())
     assert saved["recipe"] == "scratch" and saved["freeze_epochs"] == 0

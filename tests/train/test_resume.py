@@ -12,34 +12,32 @@ import pandas as pd
 import pytest
 
 from comp.train.run import train
-from tests.conftest import with_folds
+from tests.conftest import Said, with_folds
 from tests.train.conftest import Interrupt, same_run
 
 
 @pytest.mark.parametrize("after", [1, 3], ids=["mid-stage-1", "mid-stage-2"])
 def test_an_interrupted_fold_resumes_to_the_same_end(
-    workspace: Callable[..., Path], after: int
+    workspace: Callable[..., Path], after: int, said: Said
 ) -> None:
     root, cfg = with_folds(
         workspace(epochs=4, freeze_epochs=2, aug="light", feature_views=2, checkpoint_seconds=0)
     )
-    quiet = lambda s: None  # noqa: E731
-    train(root, cfg, name="whole", folds=[0], echo=quiet)
+    train(root, cfg, name="whole", folds=[0])
 
     def stop(fold: int, epoch: int, f1: float) -> None:
         if epoch == after:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(root, cfg, name="cut", folds=[0], echo=quiet, on_epoch=stop)
+        train(root, cfg, name="cut", folds=[0], on_epoch=stop)
     assert (root / "runs" / "cut" / "fold0" / "last.pt").exists()
-    said: list[str] = []
-    train(root, cfg, name="cut", folds=[0], echo=said.append, resume=True)
+    train(root, cfg, name="cut", folds=[0], resume=True)
     assert f"fold 0: resuming after epoch {after}" in said
     same_run(root / "runs" / "whole", root / "runs" / "cut")
     # Resuming a finished run trains nothing.
     said.clear()
-    train(root, cfg, name="cut", folds=[0], echo=said.append, resume=True)
+    train(root, cfg, name="cut", folds=[0], resume=True)
     assert "fold 0: already trained" in said
 
 

@@ -20,7 +20,7 @@ from tests.conftest import with_folds
 
 def test_train_writes_every_artifact(workspace: Callable[..., Path]) -> None:
     root, cfg = with_folds(workspace())
-    summary = train(root, cfg, name="r", echo=lambda s: None)
+    summary = train(root, cfg, name="r")
     run = root / "runs" / "r"
     assert summary["complete"] and summary["n_oof"] == 30
     assert json.loads((run / "cv.json").read_text()) == summary
@@ -54,7 +54,7 @@ def test_train_writes_every_artifact(workspace: Callable[..., Path]) -> None:
 
 def test_stage_one_leaves_the_backbone_untouched(workspace: Callable[..., Path]) -> None:
     root, cfg = with_folds(workspace(epochs=1, freeze_epochs=1, aug="none"))
-    train(root, cfg, name="frozen", folds=[0], echo=lambda s: None)
+    train(root, cfg, name="frozen", folds=[0])
     state = torch.load(root / "runs" / "frozen" / "fold0" / "best.pt", weights_only=True)[
         "state_dict"
     ]
@@ -69,9 +69,9 @@ def test_stage_one_leaves_the_backbone_untouched(workspace: Callable[..., Path])
 
 def test_one_fold_at_a_time_builds_one_run(workspace: Callable[..., Path]) -> None:
     root, cfg = with_folds(workspace(epochs=1, freeze_epochs=0))
-    first = train(root, cfg, name="split", folds=[1], echo=lambda s: None)
+    first = train(root, cfg, name="split", folds=[1])
     assert not first["complete"] and first["folds_trained"] == 1
-    second = train(root, cfg, name="split", folds=[0], echo=lambda s: None)
+    second = train(root, cfg, name="split", folds=[0])
     assert second["complete"] and second["n_oof"] == 30
     other = load_config(root, {"epochs": 2, "freeze_epochs": 0})
     with pytest.raises(ConfigError, match="another config"):
@@ -82,8 +82,8 @@ def test_one_fold_at_a_time_builds_one_run(workspace: Callable[..., Path]) -> No
 
 def test_training_is_reproducible(workspace: Callable[..., Path]) -> None:
     root, cfg = with_folds(workspace(epochs=2, freeze_epochs=0))
-    a = train(root, cfg, name="a", folds=[0], echo=lambda s: None)
-    b = train(root, cfg, name="b", folds=[0], echo=lambda s: None)
+    a = train(root, cfg, name="a", folds=[0])
+    b = train(root, cfg, name="b", folds=[0])
     oa, ob = (pd.read_csv(root / "runs" / n / "oof.csv") for n in "ab")
     assert a["cv_macro_f1"] == b["cv_macro_f1"]
     assert np.allclose(oa.iloc[:, 3:].to_numpy(), ob.iloc[:, 3:].to_numpy(), atol=1e-5)
@@ -101,7 +101,7 @@ def test_pretrained_file_is_relative_to_the_workspace(
     torch.save(donor.state_dict(), root / "weights" / "r10.pth")
     root, cfg = with_folds(root, pretrained_file="weights/r10.pth")
     monkeypatch.chdir(tmp_path)
-    train(root, cfg, name="w", folds=[0], echo=lambda s: None)
+    train(root, cfg, name="w", folds=[0])
     ckpt = torch.load(root / "runs" / "w" / "fold0" / "best.pt", weights_only=True)
     assert ckpt["meta"]["pretrained"].startswith("file:")
     # Stage 1 only: the backbone is still exactly the donor's.
@@ -136,7 +136,7 @@ def test_cached_features_train_the_head_as_the_frozen_backbone_does(
     )
     for cached in (True, False):
         run_cfg = load_config(root, {"cache_features": cached})
-        train(root, run_cfg, name=f"cached-{cached}", folds=[0], echo=lambda s: None)
+        train(root, run_cfg, name=f"cached-{cached}", folds=[0])
     a, b = (
         pd.read_csv(root / "runs" / f"cached-{c}" / "fold0" / "metrics.csv") for c in (True, False)
     )
@@ -156,7 +156,7 @@ def test_cached_features_with_augmented_views_then_stage_two(
     workspace: Callable[..., Path],
 ) -> None:
     root, cfg = with_folds(workspace(epochs=3, freeze_epochs=2, aug="light", feature_views=2))
-    summary = train(root, cfg, name="views", folds=[0], echo=lambda s: None)
+    summary = train(root, cfg, name="views", folds=[0])
     metrics = pd.read_csv(root / "runs" / "views" / "fold0" / "metrics.csv")
     assert metrics["stage"].tolist() == [1, 1, 2]
     assert summary["folds_trained"] == 1

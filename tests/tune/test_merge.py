@@ -13,6 +13,7 @@ from comp.errors import ConfigError, DataError
 from comp.kernels.pull import tune_progress
 from comp.tune import merge
 from comp.tune.study import Dimension, Space, load_study, optimize, progress_line
+from tests.conftest import Said
 from tests.tune.conftest import fake_train, scratch
 
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
@@ -23,7 +24,7 @@ def run_kernel(root: Path, seed_file: Path, *, trials: int, cut: Space | None = 
     the session then ends in the middle of one more trial, which stays running in the file."""
     cfg = make_config({"pretrained": "false", "tune_pruner": "none", "n_splits": 2})
     url = f"sqlite:///{seed_file}"
-    optimize(root, cfg, study_name="s", storage=url, trials=trials, progress=False, echo=print)
+    optimize(root, cfg, study_name="s", storage=url, trials=trials)
     if cut is not None:
         trial = optuna.load_study(study_name="s", storage=url).ask()
         for d in cut.dimensions:
@@ -31,12 +32,11 @@ def run_kernel(root: Path, seed_file: Path, *, trials: int, cut: Space | None = 
         trial.report(0.25, 1)
 
 
-def test_seeds_split_the_trials_and_queue_trial_0_once(tmp_path: Path) -> None:
-    seeds = merge.plan_seeds(None, trials=5, kernels=2, echo=print)
+def test_seeds_split_the_trials_and_queue_trial_0_once(tmp_path: Path, said: Said) -> None:
+    seeds = merge.plan_seeds(None, trials=5, kernels=2)
     assert [(s.share, s.trials, s.baseline) for s in seeds] == [(3, 3, True), (2, 2, False)]
-    said: list[str] = []
-    assert len(merge.plan_seeds(None, trials=1, kernels=3, echo=said.append)) == 1
-    assert said == ["1 trials left to run: 1 kernel(s), not 3"]
+    assert len(merge.plan_seeds(None, trials=1, kernels=3)) == 1
+    assert list(said) == ["1 trials left to run: 1 kernel(s), not 3"]
     _, space = scratch()
     path = tmp_path / "seed.db"
     merge.write_seed(path, study_name="s", local=None, space=space, seed=seeds[0], push="p")
@@ -54,7 +54,7 @@ def test_seeds_split_the_trials_and_queue_trial_0_once(tmp_path: Path) -> None:
         local = optuna.create_study(direction="maximize", study_name="s")
         for v in (0.1, 0.2, 0.3):
             local.add_trial(optuna.trial.create_trial(value=v))
-        merge.plan_seeds(local, trials=3, kernels=2, echo=print)
+        merge.plan_seeds(local, trials=3, kernels=2)
 
 
 def test_a_cut_trial_comes_home_failed_and_the_next_push_retries_it(
@@ -64,7 +64,7 @@ def test_a_cut_trial_comes_home_failed_and_the_next_push_retries_it(
     root = tmp_path / "ws"
     (root / "tune").mkdir(parents=True)
     _, space = scratch()
-    (seed,) = merge.plan_seeds(None, trials=3, kernels=1, echo=print)
+    (seed,) = merge.plan_seeds(None, trials=3, kernels=1)
     first = tmp_path / "k0.db"
     merge.write_seed(first, study_name="s", local=None, space=space, seed=seed, push="p1")
     run_kernel(root, first, trials=2, cut=space)
@@ -84,7 +84,7 @@ def test_a_cut_trial_comes_home_failed_and_the_next_push_retries_it(
     assert len(merge.open_local(root, "s").trials) == 3  # type: ignore[union-attr]
 
     # The next push: one trial left, the cut one, with its parameters.
-    (seed,) = merge.plan_seeds(local, trials=3, kernels=2, echo=print)
+    (seed,) = merge.plan_seeds(local, trials=3, kernels=2)
     assert seed.retries == (cut.number,) and not seed.baseline and seed.trials == 3
     second = tmp_path / "k1.db"
     merge.write_seed(second, study_name="s", local=local, space=space, seed=seed, push="p2")
@@ -114,7 +114,7 @@ def test_a_kernel_that_searched_another_space_is_refused(
     root = tmp_path / "ws"
     (root / "tune").mkdir(parents=True)
     _, space = scratch()
-    (seed,) = merge.plan_seeds(None, trials=1, kernels=1, echo=print)
+    (seed,) = merge.plan_seeds(None, trials=1, kernels=1)
     for name, dims in (
         ("a.db", space.dimensions),
         ("b.db", (Dimension("lr2", low=1e-4, high=1e-2, log=True),)),

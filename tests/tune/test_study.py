@@ -163,7 +163,7 @@ def test_the_first_trial_is_the_recipe(auto_ws: Path, monkeypatch: pytest.Monkey
 
     def resolved(c: Config) -> dict[str, Any]:
         comp_ = load_competition(auto_ws, c)
-        out = resolve_run_config(auto_ws, c, comp=comp_, device=torch.device("cpu"), echo=print)
+        out = resolve_run_config(auto_ws, c, comp=comp_, device=torch.device("cpu"))
         return to_dict(out[0])
 
     assert resolved(seen[0]) == resolved(cfg)
@@ -337,9 +337,7 @@ def test_out_of_memory_trials_are_pruned_with_their_reason(
 
     monkeypatch.setattr(comp.tune.study, "train", small_gpu)
     cfg = load_config(ws, {"tune_batch_size": "8,16"})
-    study = optimize(
-        ws, cfg, study_name="oom", storage=f"sqlite:///{ws / 'oom.db'}", trials=6, progress=False
-    )
+    study = optimize(ws, cfg, study_name="oom", storage=f"sqlite:///{ws / 'oom.db'}", trials=6)
     trials = study.get_trials()
     assert len([t for t in trials if t.state in DONE]) == 6
     oom = [t for t in trials if t.params["batch_size"] == 16]
