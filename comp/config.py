@@ -586,9 +586,8 @@ def parse_duration(text: str, *, key: str = "time_limit") -> float:
         raise not_a_duration from None
     if math.isnan(seconds):  # pandas reads "", "nan" and "nat" as NaT, no duration at all
         raise not_a_duration
-    if seconds < 1:
-        # Below a second is a misread unit (10ms, 5us) or a zero, never a time to train in.
-        raise ConfigError(f"{key} '{text}' must be at least a second, e.g. 20m")
+    if seconds <= 0:
+        raise ConfigError(f"{key} '{text}' must be longer than zero")
     return seconds
 
 
