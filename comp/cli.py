@@ -29,6 +29,7 @@ from comp import __version__, console
 from comp.config import (
     AUTO_KEYS,
     KEYS,
+    PRUNERS,
     Config,
     find_workspace,
     load_config,
@@ -597,7 +598,7 @@ def _print_summary(summary: dict[str, Any], seconds: float) -> None:
 @click.option(
     "--pruner",
     "tune_pruner",
-    type=click.Choice(["median", "hyperband", "none"]),
+    type=click.Choice(PRUNERS),
     help="Pruner [config: tune_pruner].",
 )
 @click.option(

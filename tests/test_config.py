@@ -1,4 +1,6 @@
+import typing
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import yaml
@@ -10,12 +12,20 @@ from comp.config import (
     find_workspace,
     load_config,
     make_config,
+    parse_duration,
     parse_sets,
     render,
     to_dict,
     write_workspace_config,
 )
 from comp.errors import ConfigError
+
+# Found from the types, not listed: a key that gains a Literal is tested without a line here.
+CHOICES = {
+    key: typing.get_args(typ)
+    for key, typ in typing.get_type_hints(Config).items()
+    if typing.get_origin(typ) is Literal
+}
 
 
 def test_the_defaults_are_valid_and_survive_comp_yaml(tmp_path: Path) -> None:
@@ -100,3 +110,44 @@ def test_every_key_has_help_and_section() -> None:
 
     for f in dataclasses.fields(Config):
         assert f.metadata["help"] and f.metadata["section"]
+
+
+def test_the_choice_keys_are_typed() -> None:
+    assert {"recipe", "head", "aug", "pipeline", "stage1", "bn", "amp", "loss"} <= set(CHOICES)
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_a_choice_key_takes_its_choices_and_refuses_others(key: str) -> None:
+    allowed = CHOICES[key]
+    for value in allowed:
+        assert getattr(make_config({key: value}), key) == value
+    with pytest.raises(ConfigError) as refused:
+        make_config({key: "bogus"})
+    message = str(refused.value)
+    assert message.startswith(f"{key} 'bogus' ") and ", ".join(allowed) in message
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("20m", 1200),
+        ("1h30m", 5400),
+        ("90s", 90),
+        ("1.5h", 5400),
+        ("15", 900),  # a bare number is minutes, as comp has always read it
+        (" 1H30M ", 5400),
+        ("1h 30m", 5400),
+        ("1 hour", 3600),
+        ("00:20:00", 1200),
+    ],
+)
+def test_durations_in_several_formats(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "20x", "m20", "", "nan", "1d", "0m", "0s", "-5m", "1y"])
+def test_what_is_no_duration_is_refused_by_the_key_it_came_from(text: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^time_limit '{text}' "):
+        parse_duration(text)
+    with pytest.raises(ConfigError, match=rf"^tune_time_limit '{text}' "):
+        make_config({"tune_time_limit": text})

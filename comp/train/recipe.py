@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from comp.config import AUTO_KEYS, PRETRAINED_MODEL, Config, is_auto, validate
+from comp.config import AUTO_KEYS, PRETRAINED_MODEL, Config, RecipeName, is_auto, validate
 
 # Each recipe's values for the keys left at auto (img_size and mixup_off_epoch are
 # worked out from the data and the epochs). Measured in benchmarks/README.md, "Recipes".
@@ -87,7 +87,7 @@ def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def recipe_name(cfg: Config, *, weights: str) -> tuple[str, str]:
+def recipe_name(cfg: Config, *, weights: str) -> tuple[RecipeName, str]:
     """``scratch`` or ``finetune``, and why, from ``weights`` ("random" or where they came from)."""
     if cfg.recipe != "auto":
         return cfg.recipe, "recipe set in the config"
