@@ -21,6 +21,7 @@ from scipy.optimize import minimize
 from sklearn.metrics import accuracy_score, log_loss
 
 from comp import files
+from comp.data.competition import encode_labels
 from comp.errors import DataError
 from comp.metrics import macro_f1, write_priors
 from comp.runs import (
@@ -74,7 +75,7 @@ def blend(root: Path, runs: list[Path], *, name: str, weights: str = "fit") -> d
             raise DataError(
                 f"{run.name}: other out-of-fold Ids or folds than {runs[0].name}; blend runs of one split"
             )
-    y = first["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    y = encode_labels(first["label"], classes)
     probs = [oof[classes].to_numpy() for oof, _ in members]
     if weights == "fit":
         w = fit_weights(probs, y)
