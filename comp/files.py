@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import click
 import yaml
 
 if TYPE_CHECKING:
@@ -29,6 +30,17 @@ Echo = Callable[[str], None]
 
 # `--quiet`: no progress bars anywhere, and no line per epoch; what a stage ends with stays.
 QUIET = False
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, in red on a terminal, so it stands out among progress lines."""
+    click.secho(f"WARNING: {message}", fg="red", bold=True, err=True)
+
+
+def relative(path: Path, root: Path) -> str:
+    """How messages and the ledger name a file: relative to the workspace when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(root) if path.is_relative_to(root) else path)
 
 
 def no_bar(progress: bool = True) -> bool | None:

@@ -8,7 +8,6 @@ always after the folds, so a report never stands beside folds that were not writ
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,10 +43,6 @@ class UnknownMethod(ConfigError):
     """A similarity method that does not exist (the CLI names its --method option)."""
 
 
-def _warn(message: str) -> None:
-    print(f"WARNING: {message}", file=sys.stderr)
-
-
 def workspace_folds(
     root: Path,
     cfg: Config,
@@ -56,7 +51,7 @@ def workspace_folds(
     methods: Sequence[str] = DEFAULT_METHODS,
     threshold: float | None = None,
     echo: Echo = print,
-    warn: Echo = _warn,
+    warn: Echo = files.warn,
 ) -> dict[str, Any]:
     """Write the workspace's folds: distance-matched (``auto``), plain (``none``, reported
     alike), or grouped by a column of the labels table. Echoes the similarity report,
@@ -113,7 +108,7 @@ def matched_folds(
     threshold: float | None = None,
     path: Path,
     echo: Echo = print,
-    warn: Echo = _warn,
+    warn: Echo = files.warn,
 ) -> tuple[pd.DataFrame, str, Callable[[], None]]:
     """Distance-matched folds (or, with ``plain``, plain ones, reported alike), how they
     were made, and a function that writes the report and picture beside ``path``."""

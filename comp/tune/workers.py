@@ -22,7 +22,7 @@ import yaml
 
 from comp.config import Config, to_dict
 from comp.errors import CompError
-from comp.files import Echo
+from comp.files import Echo, relative
 from comp.tune import study as tuning
 
 
@@ -185,10 +185,10 @@ def show_study(
     ]
     echo(pd.DataFrame(rows).to_string(index=False))
     echo_against_baseline(facts, echo=echo)
-    best = _relative(facts["best"], root)
+    best = relative(facts["best"], root)
     echo(f"best config: {best}  (comp train --config {best})")
     for plot in facts["plots"]:
-        echo(f"plot: {_relative(plot, root)}")
+        echo(f"plot: {relative(plot, root)}")
     return dict(facts)
 
 
@@ -223,8 +223,3 @@ def _param(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.2e}" if abs(v) < 0.01 else f"{v:.4f}"
     return "-" if v is None else str(v)
-
-
-def _relative(path: Path, root: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(root) if path.is_relative_to(root) else path)
