@@ -389,10 +389,6 @@ def folds(
     )
 
 
-def _warn(message: str) -> None:
-    click.secho(f"WARNING: {message}", fg="red", bold=True, err=True)
-
-
 @cli.command()
 @quiet_option
 @config_flags(
@@ -789,6 +785,7 @@ def report(ctx: click.Context, run: str | None) -> None:
         comp report effb0 && open runs/effb0/report/README.md
     """
     from comp.data.competition import load_competition
+    from comp.files import relative
     from comp.report.report import write_report
     from comp.runs import find_run
 
@@ -800,7 +797,7 @@ def report(ctx: click.Context, run: str | None) -> None:
         "weakest classes: "
         + ", ".join(f"{r['class']} (F1 {r['f1']:.3f})" for _, r in weakest.iterrows())
     )
-    click.echo(f"report: {_relative(facts['folder'] / 'README.md', root)}")
+    click.echo(f"report: {relative(facts['folder'] / 'README.md', root)}")
 
 
 @cli.command()
@@ -867,11 +864,6 @@ def _owner(owner: str | None, *, dry_run: bool, what: str) -> tuple[str, Any]:
         raise click.ClickException(f"whose {what}? pass --owner YOUR_KAGGLE_USERNAME")
     kaggle = _kaggle()
     return kaggle.username, kaggle
-
-
-def _relative(path: Path, root: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(root) if path.is_relative_to(root) else path)
 
 
 @cli.command()

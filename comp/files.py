@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+def relative(path: Path, root: Path) -> str:
+    """How messages and the ledger name a file: relative to the workspace when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(root) if path.is_relative_to(root) else path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""

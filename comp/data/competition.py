@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,20 @@ def natural_key(text: str) -> list[int | str]:
 
 def sorted_classes(labels: Sequence[str]) -> list[str]:
     return sorted(set(labels), key=natural_key)
+
+
+def encode_labels(labels: Iterable[str], classes: Sequence[str]) -> np.ndarray:
+    """Each label's index in ``classes``, as int64; a label outside them is a DataError,
+    since a NaN or a wrapped-around integer would only fail later, in a metric or an index."""
+    values = pd.Index(list(labels), dtype=object)
+    codes = pd.Index(list(classes), dtype=object).get_indexer(values)
+    if (codes < 0).any():
+        unknown = values[codes < 0]
+        raise DataError(
+            f"label {unknown[0]!r} ({len(unknown)} rows) is not one of the {len(classes)} classes "
+            f"({', '.join(map(str, classes[:10]))}{', ...' if len(classes) > 10 else ''})"
+        )
+    return codes.astype(np.int64)
 
 
 def resolve(root: Path, path: str | None) -> Path | None:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score
+from sklearn.utils.class_weight import compute_sample_weight
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
@@ -316,7 +317,6 @@ def setup_fold(
         by_row=soft is not None,
         train_idx=train_idx,
         valid_idx=valid_idx,
-        n_classes=n_classes,
         transform=transform,
         device=device,
         dist_=dist_,
@@ -357,12 +357,12 @@ def _fold_model(
     return model, source
 
 
-def _sampling_weights(cfg: Config, y_train: np.ndarray, *, n_classes: int) -> np.ndarray | None:
+def _sampling_weights(cfg: Config, y_train: np.ndarray) -> np.ndarray | None:
     """Per-image sampling weights of the balanced sampler (None: every image alike)."""
     if cfg.sampler != "balanced":
         return None
-    counts = np.bincount(y_train, minlength=n_classes)
-    return 1.0 / counts[y_train]
+    # In proportion to 1 / the image's class count, all the WeightedRandomSampler needs.
+    return np.asarray(compute_sample_weight("balanced", y_train))
 
 
 def _fold_data(
@@ -374,7 +374,6 @@ def _fold_data(
     by_row: bool,
     train_idx: np.ndarray,
     valid_idx: np.ndarray,
-    n_classes: int,
     transform: A.Compose,
     device: torch.device,
     dist_: Dist,
@@ -387,7 +386,7 @@ def _fold_data(
     training loader serves row numbers, to look each row's soft targets up by."""
     workers = auto_workers(cfg.num_workers, device)
     generator = torch.Generator().manual_seed(seed)
-    weights = _sampling_weights(cfg, targets[train_idx], n_classes=n_classes)
+    weights = _sampling_weights(cfg, targets[train_idx])
     batches = make_batches(
         len(train_idx), batch_size=cfg.batch_size, generator=generator, weights=weights, dist_=dist_
     )

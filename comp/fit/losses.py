@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from sklearn.utils.class_weight import compute_class_weight
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
@@ -130,7 +131,4 @@ def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
     """A teacher's probabilities at another temperature: softmax(log p / T)."""
     if temperature == 1.0:
         return probs
-    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    out = np.exp(logits)
-    return np.asarray(out / out.sum(axis=1, keepdims=True))
+    return np.asarray(softmax(np.log(np.clip(probs, 1e-12, 1.0)) / temperature, axis=1))

@@ -9,7 +9,6 @@ always after the folds, so a report never stands beside folds that were not writ
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,10 +42,6 @@ AUTO, NONE = "auto", "none"
 
 class UnknownMethod(ConfigError):
     """A similarity method that does not exist (the CLI names its --method option)."""
-
-
-def _warn(message: str) -> None:
-    print(f"WARNING: {message}", file=sys.stderr)
 
 
 def workspace_folds(

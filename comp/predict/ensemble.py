@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
+from scipy.special import softmax
 from sklearn.metrics import accuracy_score, log_loss
 
 from comp import files
+from comp.data.competition import encode_labels
 from comp.errors import DataError
 from comp.metrics import macro_f1, write_priors
 from comp.runs import (
@@ -48,8 +50,7 @@ def fit_weights(probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
     """Non-negative weights summing to one that minimise the blend's OOF log-loss."""
 
     def loss(z: np.ndarray) -> float:
-        w = np.exp(z - z.max())
-        w /= w.sum()
+        w = softmax(z)
         blended = np.clip(sum(wi * p for wi, p in zip(w, probs, strict=True)), 1e-7, 1)
         blended = blended / blended.sum(axis=1, keepdims=True)
         return float(log_loss(y, blended, labels=range(probs[0].shape[1])))
@@ -57,8 +58,7 @@ def fit_weights(probs: list[np.ndarray], y: np.ndarray) -> np.ndarray:
     result = minimize(
         loss, np.zeros(len(probs)), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6}
     )
-    w = np.exp(result.x - result.x.max())
-    return np.asarray(w / w.sum())
+    return np.asarray(softmax(result.x))
 
 
 def blend(root: Path, runs: list[Path], *, name: str, weights: str = "fit") -> dict[str, Any]:
@@ -74,7 +74,7 @@ def blend(root: Path, runs: list[Path], *, name: str, weights: str = "fit") -> d
             raise DataError(
                 f"{run.name}: other out-of-fold Ids or folds than {runs[0].name}; blend runs of one split"
             )
-    y = first["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    y = encode_labels(first["label"], classes)
     probs = [oof[classes].to_numpy() for oof, _ in members]
     if weights == "fit":
         w = fit_weights(probs, y)

@@ -26,7 +26,7 @@ from sklearn.metrics import (
 )
 
 from comp import files
-from comp.data.competition import Competition
+from comp.data.competition import Competition, encode_labels
 from comp.data.images import read_image
 from comp.data.transforms import to_input
 from comp.errors import ModelError
@@ -235,7 +235,6 @@ def plot_gradcam(
     folds = sorted({int(k) for k in picked["fold"]})
     if not any((fold_dir(run_dir, k) / BEST_FILE).exists() for k in folds):
         return None, "the run has no fold checkpoints (fold*/best.pt), e.g. a blend"
-    index = {c: i for i, c in enumerate(classes)}
     tiles: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # Id -> (image, CAM)
     for k in folds:
         ckpt = fold_dir(run_dir, k) / BEST_FILE
@@ -252,7 +251,7 @@ def plot_gradcam(
         )
         mean, std = normalisation(model)
         x = to_input(torch.from_numpy(images), mean=mean, std=std, device=torch.device("cpu"))
-        target = torch.as_tensor([index[c] for c in rows["predicted"]], dtype=torch.long)
+        target = torch.as_tensor(encode_labels(rows["predicted"], classes), dtype=torch.long)
         cams = grad_cam(model, x, target)
         if cams is None:
             return None, (
@@ -291,8 +290,7 @@ def write_report(run_dir: Path, comp: Competition) -> dict[str, Any]:
     oof, classes = load_oof(run_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    index = {c: i for i, c in enumerate(classes)}
-    y = oof["label"].map(index).to_numpy()
+    y = encode_labels(oof["label"], classes)
     pred = oof[classes].to_numpy().argmax(1)
     table = per_class(y, pred, classes)
     files.write_csv(out / "per_class.csv", table)

@@ -21,6 +21,7 @@ import pandas as pd
 from comp.config import Config
 from comp.data.competition import load_competition, resolve
 from comp.errors import ConfigError, KaggleError, KaggleUncertain, SubmissionError
+from comp.files import relative
 from comp.kaggle.client import Kaggle
 from comp.plots import plot_leaderboard
 from comp.submit.ledger import Ledger, compare, ledger_path
@@ -58,7 +59,7 @@ def checked_submission(
     sidecar = file.with_suffix(".json")
     facts = json.loads(sidecar.read_text()) if sidecar.exists() else {}
     record = {
-        "file": _relative(file, root),
+        "file": relative(file, root),
         "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
         "run": run or facts.get("run"),
         "cv": facts.get("cv_macro_f1"),
@@ -239,9 +240,3 @@ def _cell(v: Any) -> str:
 
 def _cv_text(cv: float | None) -> str:
     return f"CV macro-F1 {cv:.4f}" if cv is not None else "CV unknown"
-
-
-def _relative(path: Path, root: Path) -> str:
-    """How the ledger names a file: relative to the workspace when inside it."""
-    path = path.resolve()
-    return str(path.relative_to(root) if path.is_relative_to(root) else path)

@@ -24,7 +24,7 @@ import pandas as pd
 from comp import console
 from comp.config import Config, validate
 from comp.data.cache import cache_dir, cached_images
-from comp.data.competition import Competition, read_csv
+from comp.data.competition import Competition, encode_labels, read_csv
 from comp.data.transforms import create_transform
 from comp.errors import ConfigError
 from comp.fit.loop import setup_fold, train_fold
@@ -116,7 +116,7 @@ def _pair_teachers(
             f"distill: a nested teacher trains without two folds, and {n_folds} folds leave it "
             "nothing; use --n-splits 3 or more"
         )
-    targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    targets = encode_labels(table["label"], classes)
     out = np.zeros((n_folds, len(table), len(classes)), dtype=np.float32)
     pairs = [(j, k) for j in range(n_folds) for k in range(j + 1, n_folds)]
     todo = [p for p in pairs if _load_pair(parent, p, table, classes) is None]

@@ -49,7 +49,7 @@ from timm.optim import list_optimizers
 from comp import console, files
 from comp.config import PRETRAINED_MODEL, SIZED_KEYS, Config, is_auto, suggest, to_dict
 from comp.data.cache import cache_dir, cached_images
-from comp.data.competition import Competition, load_competition, read_csv, resolve
+from comp.data.competition import Competition, encode_labels, load_competition, read_csv, resolve
 from comp.data.images import image_stats
 from comp.data.transforms import create_transform
 from comp.errors import ConfigError, DataError
@@ -341,7 +341,7 @@ def learn_from(
     """What the run learns from: its labels, and with ``pseudo`` or ``distill`` the rows and
     soft targets comp.teach adds; and the seconds that preparing those took."""
     classes = comp.classes
-    targets = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    targets = encode_labels(table["label"], classes)
     fold_of = table["fold"].to_numpy()
     if not (cfg.pseudo or cfg.distill):
         return Teaching.plain(images, targets, fold_of, n_classes=len(classes)), 0.0
@@ -574,7 +574,7 @@ def summarise(run_dir: Path, *, classes: list[str], n_folds: int) -> dict[str, A
         raise DataError(f"{run_dir}: no trained folds")
     oof = pd.concat(parts, ignore_index=True)
     probs = oof[classes].to_numpy(np.float64)
-    y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    y = encode_labels(oof["label"], classes)
     pred = probs.argmax(1)
     per_fold = {}
     folds = oof["fold"].to_numpy()

@@ -25,6 +25,7 @@ import yaml
 from comp import console
 from comp.config import Config, to_dict
 from comp.errors import CompError
+from comp.files import relative
 from comp.tune import study as tuning
 
 log = logging.getLogger(__name__)
@@ -190,10 +191,10 @@ def show_study(
     ]
     log.info(pd.DataFrame(rows).to_string(index=False))
     say_against_baseline(facts)
-    best = _relative(facts["best"], root)
+    best = relative(facts["best"], root)
     log.info(f"best config: {best}  (comp train --config {best})")
     for plot in facts["plots"]:
-        log.info(f"plot: {_relative(plot, root)}")
+        log.info(f"plot: {relative(plot, root)}")
     return dict(facts)
 
 
@@ -228,8 +229,3 @@ def _param(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.2e}" if abs(v) < 0.01 else f"{v:.4f}"
     return "-" if v is None else str(v)
-
-
-def _relative(path: Path, root: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(root) if path.is_relative_to(root) else path)

@@ -1,11 +1,18 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from comp.data.cache import cached_images
-from comp.data.competition import image_paths, index_images, read_labels, sorted_classes
+from comp.data.competition import (
+    encode_labels,
+    image_paths,
+    index_images,
+    read_labels,
+    sorted_classes,
+)
 from comp.data.images import read_image, to_rgb
 from comp.errors import DataError
 
@@ -41,6 +48,13 @@ def test_read_labels_refuses_bad_tables(tmp_path: Path, text: str, match: str) -
 
 def test_natural_class_order() -> None:
     assert sorted_classes(["10", "2", "1", "2"]) == ["1", "2", "10"]
+
+
+def test_encode_labels_indexes_classes_and_names_a_stranger() -> None:
+    y = encode_labels(pd.Series(["10", "03", "10"]), ["03", "10"])
+    assert y.dtype == np.int64 and list(y) == [1, 0, 1]
+    with pytest.raises(DataError, match=r"label '3' \(2 rows\) is not one of the 2 classes"):
+        encode_labels(["03", "3", "3"], ["03", "10"])
 
 
 def test_index_finds_ids_with_and_without_extension(tmp_path: Path) -> None:
