@@ -6,8 +6,7 @@ for a line per epoch or per trial, ``log.warning`` for what the user should act 
 function's signature says what it computes, never how it talks.
 
 ``setup`` (called once per command by the CLI) sends the lines to the terminal: information
-to stdout, warnings in red to stderr, all through ``tqdm.write`` so a bar in flight is not
-broken. Progress bars ask ``no_bar()`` for tqdm's ``disable=``: off under ``--quiet`` or inside
+to stdout, warnings in red to stderr, a bar in flight set aside while a line is written. Progress bars ask ``no_bar()`` for tqdm's ``disable=``: off under ``--quiet`` or inside
 ``no_bars()``, and off whenever their output is not a terminal. Used as a library (tests,
 notebooks, benchmarks), comp prints nothing but warnings until the caller attaches a handler
 (or pytest's ``caplog``). Reads and writes nothing.
@@ -28,7 +27,8 @@ _bars_off = 0
 
 
 class _Terminal(logging.Handler):
-    """Each record as its own line: information on stdout, warnings in red on stderr."""
+    """Each record as its own line: information on stdout, warnings in red on stderr (plain
+    where the stream is not a terminal, as click does), any bar in flight set aside."""
 
     def emit(self, record: logging.LogRecord) -> None:
         import click
@@ -36,13 +36,12 @@ class _Terminal(logging.Handler):
 
         try:
             message = record.getMessage()
-            if record.levelno >= logging.WARNING:
-                tqdm.write(
-                    click.style(f"WARNING: {message}", fg="red", bold=True),
-                    file=sys.stderr,
-                )
-            else:
-                tqdm.write(message, file=sys.stdout)
+            warning = record.levelno >= logging.WARNING
+            with tqdm.external_write_mode(file=sys.stderr if warning else sys.stdout):
+                if warning:
+                    click.secho(f"WARNING: {message}", fg="red", bold=True, err=True)
+                else:
+                    click.echo(message)
         except Exception:
             self.handleError(record)
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import pandas as pd
 import pytest
@@ -711,7 +710,7 @@ def kaggle_for(world: World) -> Iterator[Callable[[], None]]:
         world.monkeypatch.setattr(
             cli_module,
             "_kaggle",
-            lambda: Kaggle(tries=2, backoff=0, timeout=1.0, echo=lambda m: click.echo(m, err=True)),
+            lambda: Kaggle(tries=2, backoff=0, timeout=1.0),
         )
 
     yield start
@@ -743,7 +742,7 @@ def visible_lines(stream: str) -> list[str]:
     return [line for line in lines if line]
 
 
-NOTICES = ("Kaggle: ", "warning: ")
+NOTICES = ("WARNING: ",)
 
 
 def error_message(result: Result, *, stdout_ok: bool) -> str:

@@ -153,13 +153,13 @@ def test_loose_credentials_are_reported(
     for mode in (0o644, 0o640, 0o604):
         config.chmod(mode)
         err = refresh()
-        assert f"warning: {config} is readable by other users on this machine" in err
+        assert f"WARNING: {config} is readable by other users on this machine" in err
         assert f"chmod 600 {config}" in err
     token_file = isolated / ".kaggle" / "access_token"
     token_file.write_text(TOKEN)
     token_file.chmod(0o644)
     config.chmod(0o600)
-    assert f"warning: {token_file} is readable by other users" in refresh()
+    assert f"WARNING: {token_file} is readable by other users" in refresh()
 
 
 def test_credentials_never_reach_the_environment_of_the_kernel_script(
