@@ -18,7 +18,7 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -677,6 +677,21 @@ def image_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
     sum_loss = torch.zeros((), dtype=torch.float64, device=f.device)
     sum_correct = torch.zeros((), dtype=torch.int64, device=f.device)
     seen = 0
+    for loss, logits, y in image_steps(f, run, epoch):
+        sum_loss += loss * len(y)
+        sum_correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    # Each process saw only its slice of every batch: the epoch's loss is over them all.
+    totals = gather((sum_loss.item(), int(sum_correct), seen), f.dist)
+    total_loss, correct, seen = (sum(v) for v in zip(*totals, strict=True))
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def image_steps(
+    f: Fold, run: StageRun, epoch: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Each optimizer step of an epoch over the fold's training images, as it is taken: its
+    loss, logits and labels. The epoch above sums them; comp.train.budget times the first few."""
     first_update = (epoch - run.stage.start) * len(f.batches)
     mixing = (
         f.mixing
@@ -690,38 +705,38 @@ def image_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
         unit="batch",
         disable=console.no_bar(),
     )
-    for i, (xb, yb) in enumerate(bar):
-        x = to_input(
-            xb, mean=f.mean, std=f.std, device=f.device, channels_last=True, augment=f.augment
-        )
-        if f.soft is None:
-            y = yb.to(f.device, non_blocking=True)
-            target: torch.Tensor = y
-        else:
-            # Row numbers, not labels: a row's soft targets are looked up by its number.
-            assert f.labels is not None
-            y, target = f.labels[yb].to(f.device), f.soft[yb].to(f.device)
-        loss_fn = f.loss_fn
-        if mixing is not None:
-            x, target = mixing(x, target)
-            # Hard labels become soft ones in mixing; packed soft targets stay packed.
-            loss_fn = mixing.loss if f.soft is None else f.loss_fn
-        # DDP averages gradients over processes; weighting each slice by its share of
-        # the global batch makes that the global batch's mean.
-        share = len(y) * f.dist.world / f.batches.global_size(i, len(f.train_idx))
-        loss, logits = step(
-            f, run, run.net, x, target, loss_fn, update=first_update + i + 1, share=share
-        )
-        sum_loss += loss * len(y)
-        sum_correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
-        # The postfix costs a device sync: only for a bar that is drawn.
-        if not bar.disable and i % 20 == 0:
-            bar.set_postfix(loss=f"{sum_loss.item() / seen:.4f}")
-    # Each process saw only its slice of every batch: the epoch's loss is over them all.
-    totals = gather((sum_loss.item(), int(sum_correct), seen), f.dist)
-    total_loss, correct, seen = (sum(v) for v in zip(*totals, strict=True))
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+    shown, seen = torch.zeros((), dtype=torch.float64, device=f.device), 0
+    try:
+        for i, (xb, yb) in enumerate(bar):
+            x = to_input(
+                xb, mean=f.mean, std=f.std, device=f.device, channels_last=True, augment=f.augment
+            )
+            if f.soft is None:
+                y = yb.to(f.device, non_blocking=True)
+                target: torch.Tensor = y
+            else:
+                # Row numbers, not labels: a row's soft targets are looked up by its number.
+                assert f.labels is not None
+                y, target = f.labels[yb].to(f.device), f.soft[yb].to(f.device)
+            loss_fn = f.loss_fn
+            if mixing is not None:
+                x, target = mixing(x, target)
+                # Hard labels become soft ones in mixing; packed soft targets stay packed.
+                loss_fn = mixing.loss if f.soft is None else f.loss_fn
+            # DDP averages gradients over processes; weighting each slice by its share of
+            # the global batch makes that the global batch's mean.
+            share = len(y) * f.dist.world / f.batches.global_size(i, len(f.train_idx))
+            loss, logits = step(
+                f, run, run.net, x, target, loss_fn, update=first_update + i + 1, share=share
+            )
+            # The postfix costs a device sync: only for a bar that is drawn.
+            if not bar.disable:
+                shown, seen = shown + loss * len(y), seen + len(y)
+                if i % 20 == 0:
+                    bar.set_postfix(loss=f"{shown.item() / seen:.4f}")
+            yield loss, logits, y
+    finally:
+        bar.close()
 
 
 def step(

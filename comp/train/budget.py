@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,13 +19,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from comp.config import AUTO_KEYS, Config, parse_duration
-from comp.data.batches import MemoryBatches, batch_augment
-from comp.data.transforms import ImageDataset, create_transform, to_input
+from comp.data.transforms import ImageDataset, create_transform
 from comp.errors import ConfigError
+from comp.fit.loop import Stage, begin_stage, image_steps, setup_fold
 from comp.hardware import precision
 from comp.hardware.distributed import Dist
-from comp.hardware.precision import make_autocast
-from comp.models.factory import create_model, normalisation
+from comp.models.factory import create_model
 from comp.models.inference import predict_probs
 from comp.train.recipe import Recipe, with_epochs
 
@@ -157,63 +155,55 @@ def measure_epoch(
     dist_: Dist,
     steps: int = 24,
 ) -> tuple[float, float]:
-    """Seconds of one all-layers epoch (train + validate), and of a fold's frozen-stage set-up."""
-    # Global random state is drawn from here; each fold re-seeds it before it trains.
-    model, _ = create_model(
-        cfg.model,
-        num_classes=int(targets.max()) + 1,
-        pretrained="false",
-        drop_path_rate=cfg.drop_path_rate,
-        small_input=cfg.small_input,
+    """Seconds of one all-layers epoch (train + validate), and of a fold's frozen-stage set-up.
+
+    The steps timed are the fold loop's own (comp.fit.loop.image_steps) on a fold set up as
+    the run's will be: the same loaders, augmentation, loss, mixing, EMA and precision."""
+    # A step takes as long whatever the weights hold: no file or hub is read for them. Each
+    # fold re-seeds the global random state before it trains.
+    timing = dataclasses.replace(cfg, pretrained="false", pretrained_file=None)
+    f = setup_fold(
+        timing,
+        fold=0,
+        images=images,
+        targets=targets,
+        train_idx=train_idx,
+        valid_idx=valid_idx,
+        n_classes=int(targets.max()) + 1,
+        device=device,
+        transform=create_transform(cfg.aug, img_size=cfg.img_size),
+        dist_=dist_,
     )
-    model = model.to(device).to(memory_format=torch.channels_last)
-    mean, std = (t.to(device) for t in normalisation(model))
-    autocast = make_autocast(device, cfg.amp, img_size=cfg.img_size)
-    optimizer = create_optimizer_v2(
-        model, opt=cfg.optimizer, lr=1e-4, weight_decay=cfg.weight_decay
-    )
-    n_batches = -(-len(train_idx) // cfg.batch_size)
-    # Through the pipeline the folds will use: whole batches, or albumentations per image.
-    augment = batch_augment(preset=cfg.aug, pipeline=cfg.pipeline, img_size=cfg.img_size)
-    loader: DataLoader[Any] | MemoryBatches
-    if augment is not None:
-        order = torch.randperm(len(train_idx)).tolist()
-        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        loader = MemoryBatches(images, targets, index=train_idx, batches=batches)
-    else:
-        loader = DataLoader(
-            ImageDataset(
-                images, targets, create_transform(cfg.aug, img_size=cfg.img_size), index=train_idx
-            ),
-            batch_size=cfg.batch_size,
-            shuffle=True,
-        )
+    stage = Stage(2, 0, 1, cfg.lr2)
+    run = begin_stage(f, stage)
+    n_batches = len(f.batches)
     timed, seconds = 0, 0.0
-    model.train()
     t0 = time.perf_counter()
-    for i, (xb, yb) in enumerate(loader):
-        if i >= min(steps, n_batches) + 2:
-            break
-        # Timed from the previous step's end, so loading and augmenting count too.
-        x = to_input(xb, mean=mean, std=std, device=device, channels_last=True, augment=augment)
-        with autocast():
-            loss = nn.functional.cross_entropy(model(x), yb.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    for i, _ in enumerate(image_steps(f, run, stage.start)):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= 2:  # the first steps pay for allocation and kernel choice
+        # Timed from the previous step's end, so loading and augmenting count too; the
+        # first steps pay for allocation and kernel choice.
+        if i >= 2:
             timed, seconds = timed + 1, seconds + time.perf_counter() - t0
+        if i + 1 >= min(steps, n_batches) + 2:
+            break
         t0 = time.perf_counter()
-    step_s = seconds / max(timed, 1) / dist_.world
+    # Each process steps through its slice of every batch at once: a step is a global batch.
+    step_s = seconds / max(timed, 1)
     probe = DataLoader(
         ImageDataset(images, targets, index=valid_idx[: cfg.batch_size * 4]),
         batch_size=cfg.batch_size * 2,
     )
     t0 = time.perf_counter()
     predict_probs(
-        model, probe, mean=mean, std=std, device=device, autocast=autocast, channels_last=True
+        f.model,
+        probe,
+        mean=f.mean,
+        std=f.std,
+        device=device,
+        autocast=f.autocast,
+        channels_last=True,
     )
     per_image = (time.perf_counter() - t0) / max(1, min(len(valid_idx), cfg.batch_size * 4))
     epoch_s = n_batches * step_s + len(valid_idx) * per_image / dist_.world + EPOCH_OVERHEAD_S
