@@ -6,7 +6,8 @@ for a line per epoch or per trial, ``log.warning`` for what the user should act 
 function's signature says what it computes, never how it talks.
 
 ``setup`` (called once per command by the CLI) sends the lines to the terminal: information
-to stdout, warnings in red to stderr, a bar in flight set aside while a line is written. Progress bars ask ``no_bar()`` for tqdm's ``disable=``: off under ``--quiet`` or inside
+to stdout, warnings in red to stderr, a bar in flight set aside while a line is written.
+Progress bars ask ``no_bar()`` for tqdm's ``disable=``: off under ``--quiet`` or inside
 ``no_bars()``, and off whenever their output is not a terminal. Used as a library (tests,
 notebooks, benchmarks), comp prints nothing but warnings until the caller attaches a handler
 (or pytest's ``caplog``). Reads and writes nothing.
