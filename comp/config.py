@@ -66,7 +66,7 @@ AugPreset: TypeAlias = Literal["none", "shift", "light", "crop", "medium", "heav
 AUG_PRESETS: tuple[str, ...] = typing.get_args(AugPreset)
 Pipeline: TypeAlias = Literal["auto", "batch", "image"]
 PIPELINES: tuple[str, ...] = typing.get_args(Pipeline)
-# linear first: the rest are the scikit-learn heads (comp.train.heads).
+# linear first: the rest are the scikit-learn heads (comp.fit.heads).
 Head: TypeAlias = Literal["linear", "logreg", "extratrees", "rf", "hgb", "xgb"]
 HEADS: tuple[str, ...] = typing.get_args(Head)
 Pruner: TypeAlias = Literal["median", "hyperband", "none"]
