@@ -205,7 +205,7 @@ class KaggleStandIn:
         handler = getattr(self, f"_{method}", None)
         if handler is None:
             raise RpcError(404, f"stand-in has no RPC {method}")
-        return handler(body, user)  # type: ignore[no-any-return]
+        return handler(body, user)
 
     def _user(self, auth: str | None) -> str:
         if auth and auth.startswith("Bearer ") and auth[7:] in self.tokens:

@@ -140,7 +140,8 @@ def _write(
     test set, answered in solution.csv (a third public, the rest private)."""
     (root / "train").mkdir(parents=True)
     (root / "test").mkdir()
-    rows, test_rows = [], []
+    rows: list[tuple[str, str, int, str]] = []
+    test_rows: list[tuple[str, str, int, str]] = []
     for (img, label, k, view), test in zip(images, is_test, strict=True):
         ident = str(uuid.UUID(bytes=rng.bytes(16), version=4))
         img.save(root / ("test" if test else "train") / f"{ident}.png")
@@ -268,7 +269,7 @@ def _draw_style(
             grey = int(60 + 50 * c)
             d.ellipse(box, fill=(grey, grey, grey), outline=(40, 30, 20))
     if style == "blocky":
-        img = img.resize((size, size), Image.NEAREST)
+        img = img.resize((size, size), Image.Resampling.NEAREST)
     return img
 
 

@@ -321,7 +321,9 @@ def _(w: World) -> list[str]:
 @case("sample submission: duplicate Ids", r"sample_submission\.csv: duplicate Id '.*' at row 4")
 def _(w: World) -> list[str]:
     sample = w.sample()
-    sample.loc[2, "Id"] = sample.loc[1, "Id"]
+    dup = sample.loc[1, "Id"]
+    assert isinstance(dup, str)
+    sample.loc[2, "Id"] = dup
     sample.to_csv(w.data / "sample_submission.csv", index=False)
     return ["folds"]
 
@@ -452,7 +454,9 @@ def _(w: World) -> list[str]:
 @case("submission: duplicate Ids", SUB + r"duplicate Id '.*' at row 5")
 def _(w: World) -> list[str]:
     df = w.good_submission()
-    df.loc[3, "Id"] = df.loc[0, "Id"]
+    dup = df.loc[0, "Id"]
+    assert isinstance(dup, str)
+    df.loc[3, "Id"] = dup
     return ["submit", w.submission(df), "--local"]
 
 

@@ -147,7 +147,9 @@ def test_every_single_corruption_is_rejected_with_a_submission_error(
     elif corruption == "duplicate Id":
         assume(len(df) >= 2)
         other = data.draw(st.integers(0, len(df) - 1).filter(lambda k: k != row), label="other")
-        df.iloc[row, 0] = df.iloc[other, 0]
+        dup = df.iloc[other, 0]
+        assert isinstance(dup, str)
+        df.iloc[row, 0] = dup
     elif corruption == "unknown Id":
         df.iloc[row, 0] = data.draw(word.filter(lambda s: s not in ids), label="Id")
     with pytest.raises(SubmissionError):
@@ -161,7 +163,7 @@ def test_every_single_corruption_is_rejected_with_a_submission_error(
     st.data(),
 )
 def test_a_probability_submission_with_one_bad_value_is_rejected(
-    comp: tuple[list[str], list[str], pd.DataFrame], bad: object, data: st.DataObject
+    comp: tuple[list[str], list[str], pd.DataFrame], bad: float | str, data: st.DataObject
 ) -> None:
     classes, ids, _ = comp
     assume(len(classes) >= 2)

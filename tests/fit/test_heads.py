@@ -36,7 +36,7 @@ def test_a_head_run_works_like_a_neural_run(workspace: Callable[..., Path], said
     run = root / "runs" / "trees"
     oof = pd.read_csv(run / "oof.csv")
     assert list(oof.columns) == ["Id", "label", "fold", "circle", "square", "triangle"]
-    assert np.allclose(oof.iloc[:, 3:].sum(1), 1, atol=1e-5)
+    assert np.allclose(oof.iloc[:, 3:].sum(axis=1), 1, atol=1e-5)
     assert (run / "fold0" / "head.pkl").exists() and not (run / "fold0" / "best.pt").exists()
 
     facts = publish(root, predict(root, heads, run="trees", tta="hflip"))
@@ -110,7 +110,7 @@ def test_fold_k_embeds_with_fold_ks_own_checkpoint(
 
     def spy_proba(self: ExtraTreesClassifier, x: np.ndarray) -> np.ndarray:
         used.append(("predict", self.random_state - cfg.seed, np.array(x)))
-        return real_proba(self, x)  # type: ignore[no-any-return]
+        return real_proba(self, x)
 
     monkeypatch.setattr(heads, "embed", spy_embed)
     monkeypatch.setattr(ExtraTreesClassifier, "fit", spy_fit)

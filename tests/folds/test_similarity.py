@@ -26,7 +26,9 @@ CLASSES = ("a", "b", "c")
 def texture(rng: np.random.Generator) -> np.ndarray:
     """A smooth random colour texture: one 'subject'."""
     small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(small).resize((32, 32), Image.BICUBIC), dtype=np.float64)
+    return np.asarray(
+        Image.fromarray(small).resize((32, 32), Image.Resampling.BICUBIC), dtype=np.float64
+    )
 
 
 def copy_of(subject: np.ndarray, rng: np.random.Generator) -> Image.Image:
@@ -34,9 +36,9 @@ def copy_of(subject: np.ndarray, rng: np.random.Generator) -> Image.Image:
     img = subject * rng.uniform(0.9, 1.1) + rng.normal(0, 3, subject.shape)
     side = int(rng.integers(28, 40))
     small = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize(
-        (side, side), Image.BILINEAR
+        (side, side), Image.Resampling.BILINEAR
     )
-    return small.resize((32, 32), Image.BILINEAR)
+    return small.resize((32, 32), Image.Resampling.BILINEAR)
 
 
 def planted(
@@ -200,7 +202,12 @@ def test_with_no_weights_the_embedding_is_learned_from_the_images(
     train = sorted((comp_dir / "train").glob("*.png"))[:12]
     twin = comp_dir.parent / "twin.png"
     shutil.copy(train[0], twin)
-    settings = {"model": "airnet_xs", "pretrained": "auto", "pretrained_file": None, "img_size": 32}
+    settings: dict[str, object] = {
+        "model": "airnet_xs",
+        "pretrained": "auto",
+        "pretrained_file": None,
+        "img_size": 32,
+    }
     feats = features([*train, twin], methods=["embed"], embed=settings)
     dist, idx = nearest(feats.take([12]), feats.take(slice(0, 12)))
     assert idx[0, 0] == 0 and dist[0, 0] < 1e-4

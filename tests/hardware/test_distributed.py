@@ -69,7 +69,7 @@ def test_two_processes_make_the_run_one_process_makes(workspace: Callable[..., P
 
     oa, ob = (pd.read_csv(r / "oof.csv") for r in (a, b))
     assert oa["Id"].tolist() == ob["Id"].tolist()
-    assert np.allclose(ob.iloc[:, 3:].sum(1), 1, atol=1e-4)
+    assert np.allclose(ob.iloc[:, 3:].sum(axis=1), 1, atol=1e-4)
 
 
 def test_without_batchnorm_stage_two_is_the_one_process_run_too(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -38,15 +39,16 @@ def comp(ws: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def constants(script: Path) -> dict[str, object]:
-    namespace: dict[str, object] = {}
+def constants(script: Path) -> dict[str, Any]:
+    """The constants the kernel script sets before its code: whatever values it wrote."""
+    namespace: dict[str, Any] = {}
     exec(script.read_text().split("# Kaggle's folders")[0], namespace)
     return namespace
 
 
 def payload(script: Path) -> zipfile.ZipFile:
     lines = constants(script)["PAYLOAD"]
-    return zipfile.ZipFile(io.BytesIO(base64.b64decode("".join(lines))))  # type: ignore[arg-type]
+    return zipfile.ZipFile(io.BytesIO(base64.b64decode("".join(lines))))
 
 
 def test_a_dry_run_writes_one_bundle_per_kernel_and_no_study(ws: Path) -> None:
@@ -66,11 +68,11 @@ def test_a_dry_run_writes_one_bundle_per_kernel_and_no_study(ws: Path) -> None:
         pushes.add(info["tune"]["push"])
         script = bundle / f"comp-t-tune-{k}.py"
         values = constants(script)
-        assert values["TUNE"]["trials"] == 3 - k and values["TUNE"]["storage"] is None  # type: ignore[index]
+        assert values["TUNE"]["trials"] == 3 - k and values["TUNE"]["storage"] is None
         # The session's budget is the study's; the trials' own time limit is unset.
         assert (
             values["CONFIG"]["tune_time_limit"] == "2h" and values["CONFIG"]["time_limit"] is None
-        )  # type: ignore[index]
+        )
         seed = payload(script).read("tune/comp.db")
         assert seed.startswith(b"SQLite format 3")
     assert len(pushes) == 1
@@ -102,8 +104,8 @@ def test_a_shared_storage_password_stays_out_of_the_bundle(ws: Path, tmp_path: P
     for path in (ws / "kernels" / "pg").rglob("*"):
         assert path.is_dir() or b"pl4nted-pw" not in path.read_bytes(), path
     tune = constants(scripts[0])["TUNE"]
-    assert tune["storage"] == "postgresql://tuner@db.example.org:5432/studies"  # type: ignore[index]
-    assert tune["secret"] == "COMP_STORAGE_PASSWORD" and tune["trials"] == 20  # type: ignore[index]
+    assert tune["storage"] == "postgresql://tuner@db.example.org:5432/studies"
+    assert tune["secret"] == "COMP_STORAGE_PASSWORD" and tune["trials"] == 20
     assert "tune/comp.db" not in payload(scripts[0]).namelist()
     # Run without the secret: the kernel stops with one line, before any trial.
     (tmp_path / "input").mkdir()

@@ -1,5 +1,6 @@
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -14,10 +15,13 @@ from comp.models.factory import (
     set_backbone_frozen,
     set_train_mode,
 )
+from comp.models.nets import AirNet
+from tests.timm_net import TimmNet
 
 
 def test_random_init_and_unknown_name() -> None:
     model, source = create_model("resnet10t", num_classes=4, pretrained="false")
+    assert isinstance(model, TimmNet)
     assert source == "random" and model.get_classifier().out_features == 4
     with pytest.raises(ModelError, match="unknown timm model 'resnet10x'"):
         create_model("resnet10x", num_classes=4)
@@ -31,8 +35,8 @@ def test_weights_from_a_local_file_like_a_kaggle_dataset(tmp_path: Path) -> None
     model, source = create_model(
         "resnet10t", num_classes=3, pretrained="true", pretrained_file=tmp_path / "resnet10t.pth"
     )
-    assert source.startswith("file:")
-    assert torch.equal(model.conv1[0].weight, donor.conv1[0].weight)
+    assert source.startswith("file:") and isinstance(model, TimmNet)
+    assert torch.equal(model.get_parameter("conv1.0.weight"), donor.get_parameter("conv1.0.weight"))
     assert model.get_classifier().out_features == 3  # a fresh head for the competition's classes
 
 
@@ -60,7 +64,7 @@ def stub_timm(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     real = timm.create_model
     asked: list[bool] = []
 
-    def create(name: str, *, pretrained: bool = False, **kwargs: object) -> torch.nn.Module:
+    def create(name: str, *, pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
         asked.append(pretrained)
         if pretrained:
             raise OSError("no network")
@@ -100,7 +104,7 @@ def test_auto_takes_hub_weights_only_when_the_hub_answers(
     real = timm.create_model
     asked: list[bool] = []
 
-    def create(name: str, *, pretrained: bool = False, **kwargs: object) -> torch.nn.Module:
+    def create(name: str, *, pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
         asked.append(pretrained)
         return real(name, pretrained=False, **kwargs)  # the hub's weights, stood in for
 
@@ -112,6 +116,7 @@ def test_auto_takes_hub_weights_only_when_the_hub_answers(
         with pytest.warns(UserWarning, match="cannot be reached.*training from random init"):
             model, source = create_model("resnet10t", num_classes=3, pretrained="auto")
         assert source == "random" and asked == [False]
+    assert isinstance(model, TimmNet)
     assert model.get_classifier().out_features == 3
 
 
@@ -121,7 +126,8 @@ def test_stage_one_freezes_all_but_the_head() -> None:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"fc.weight", "fc.bias"}
     set_train_mode(model, frozen=True)
-    assert not model.bn1.training if hasattr(model, "bn1") else not model.conv1[1].training
+    bn = model.get_submodule("bn1" if hasattr(model, "bn1") else "conv1.1")
+    assert not bn.training
     set_backbone_frozen(model, False)
     assert all(p.requires_grad for p in model.parameters())
 
@@ -155,7 +161,9 @@ def test_offline_auto_uses_cached_hub_weights(
         _, source = create_model("resnet10t", num_classes=3, pretrained="auto")
     assert source == "random"
     # The file name timm's pretrained_cfg url points at, as a previous online run would have cached it.
-    url = timm.models.get_pretrained_cfg("resnet10t").url  # type: ignore[union-attr]
+    cfg = timm.models.get_pretrained_cfg("resnet10t")
+    assert cfg is not None and isinstance(cfg.url, str)
+    url = cfg.url
     (empty_caches / "checkpoints").mkdir(parents=True)
     donor = timm.create_model("resnet10t")
     cached = empty_caches / "checkpoints" / url.rsplit("/", 1)[1]
@@ -163,7 +171,7 @@ def test_offline_auto_uses_cached_hub_weights(
     assert weights_source("resnet10t", pretrained="auto", pretrained_file=None) == f"cache:{cached}"
     model, source = create_model("resnet10t", num_classes=3, pretrained="auto")
     assert source.startswith("cache:")
-    assert torch.equal(model.conv1[0].weight, donor.conv1[0].weight)
+    assert torch.equal(model.get_parameter("conv1.0.weight"), donor.get_parameter("conv1.0.weight"))
 
 
 # --- the baseline nets: mlp and simple_cnn, built by name beside timm's ---------------
@@ -173,7 +181,7 @@ def test_offline_auto_uses_cached_hub_weights(
 def test_baseline_nets_follow_timms_interface(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model, source = create_model(name, num_classes=3, pretrained="auto")
-    assert source == "random"
+    assert source == "random" and isinstance(model, TimmNet)
     model.eval()
     for side in (32, 64):
         x = torch.randn(2, 3, side, side)
@@ -205,7 +213,8 @@ def test_baseline_nets_follow_timms_interface(name: str, tmp_path: Path) -> None
 
     # A comp checkpoint of the same net starts a new run, with a fresh head for other classes.
     warm, source = create_model(name, num_classes=5, pretrained_file=tmp_path / "best.pt")
-    assert source.startswith("file:") and warm.get_classifier().out_features == 5
+    assert source.startswith("file:") and isinstance(warm, TimmNet)
+    assert warm.get_classifier().out_features == 5
     body = [k for k in model.state_dict() if not k.startswith("head.")]
     assert all(torch.equal(model.state_dict()[k], warm.state_dict()[k]) for k in body)
     model.reset_classifier(7)
@@ -238,12 +247,14 @@ def test_simple_cnn_trains_end_to_end(workspace: Callable[..., Path]) -> None:
     model, meta = load_checkpoint(
         root / "runs" / "cnn" / "fold0" / "best.pt", model_name="simple_cnn"
     )
-    assert meta["pretrained"] == "random" and model.get_classifier().out_features == 3
+    assert meta["pretrained"] == "random" and isinstance(model, TimmNet)
+    assert model.get_classifier().out_features == 3
 
 
 def test_airnet_whitens_the_patches_of_the_images_it_is_shown() -> None:
     torch.manual_seed(0)
     model, _ = create_model("airnet_xs", num_classes=3, pretrained="false")
+    assert isinstance(model, AirNet)
     # Correlated channels, as in real images: the whitened patches must not be.
     base = torch.randn(64, 1, 16, 16)
     x = torch.cat([base, base * 0.9 + 0.1 * torch.randn_like(base), torch.randn_like(base)], 1)
@@ -288,6 +299,7 @@ def test_a_small_stem_keeps_the_resolution_and_the_weights(tmp_path: Path) -> No
         "resnet10t", num_classes=3, pretrained_file=tmp_path / "w.pth", small_input=True
     )
     assert source.startswith("file:")
+    assert isinstance(plain, TimmNet) and isinstance(small, TimmNet)
     body = {k: v for k, v in plain.state_dict().items() if not k.startswith("fc.")}
     assert all(torch.equal(v, small.state_dict()[k]) for k, v in body.items())
     x = torch.randn(2, 3, 32, 32)

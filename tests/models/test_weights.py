@@ -14,6 +14,7 @@ from comp.cli import cli
 from comp.errors import ModelError
 from comp.models.factory import create_model
 from comp.models.weights import loaded_from
+from tests.timm_net import TimmNet
 
 # ImageNet classes a photo of a Chinese temple may fairly be: bell cote, boathouse, church,
 # monastery, mosque, palace, stupa, thatch, tile roof.
@@ -70,6 +71,7 @@ def test_foreign_names_are_mapped_by_order(tmp_path: Path) -> None:
         if k not in head and not k.endswith("num_batches_tracked")
     }
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in body.items())
+    assert isinstance(model, TimmNet)
     assert model.get_classifier().out_features == 3
     assert loaded_from(model) == (
         f"weights: {len(body)} tensors from {tmp_path / 'other.pth'}, mapped by order from "

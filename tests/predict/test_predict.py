@@ -30,7 +30,7 @@ def test_predict_writes_the_sample_shape(trained: Path) -> None:
     assert list(sub.columns) == list(sample.columns) and list(sub["Id"]) == list(sample["Id"])
     assert set(sub["label"]) <= {"circle", "square", "triangle"}
     probs = pd.read_csv(root / "runs" / "r" / "test_probs.csv")
-    assert np.allclose(probs.iloc[:, 1:].sum(1), 1, atol=1e-4)
+    assert np.allclose(probs.iloc[:, 1:].sum(axis=1), 1, atol=1e-4)
     side = json.loads((root / "submissions" / "r.json").read_text())
     assert (
         side["run"] == "r"

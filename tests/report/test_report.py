@@ -18,6 +18,7 @@ from comp.config import load_config
 from comp.data.competition import load_competition
 from comp.models.factory import create_model, save_checkpoint
 from comp.report.report import grad_cam, plot_gradcam
+from tests.timm_net import TimmNet
 
 
 def test_report_of_a_run(workspace: Callable[..., Path]) -> None:
@@ -119,6 +120,7 @@ def test_grad_cam_of_a_small_image_uses_a_map_with_room() -> None:
 
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", num_classes=3)
+    assert isinstance(model, TimmNet)
     x = torch.randn(2, 3, 32, 32)
     assert model.forward_features(x).shape[-1] == 1
     cam = grad_cam(model, x, torch.tensor([0, 1]))

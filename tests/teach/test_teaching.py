@@ -43,7 +43,8 @@ def fake_parent(root: Path, name: str, *, confidence: float = 0.95) -> Path:
     """A finished 2-fold run of this split. Fold 0's model predicts the test answers with
     ``confidence``, fold 1's the class after each answer; the ensemble averages them."""
     run = root / "runs" / name
-    shutil.copy(root / "comp.yaml", (run / "fold0").mkdir(parents=True) or run / "config.yaml")
+    (run / "fold0").mkdir(parents=True)
+    shutil.copy(root / "comp.yaml", run / "config.yaml")
     (run / "fold1").mkdir()
     (run / "classes.json").write_text(json.dumps(CLASSES))
     (run / "cv.json").write_text(

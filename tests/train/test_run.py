@@ -46,7 +46,7 @@ def test_train_writes_every_artifact(workspace: Callable[..., Path]) -> None:
         assert (run / f"fold{k}" / "best.pt").exists()
     oof = pd.read_csv(run / "oof.csv")
     assert sorted(oof["Id"]) == sorted(pd.read_csv(folds_path(root, cfg))["Id"])
-    assert np.allclose(oof[["circle", "square", "triangle"]].sum(1), 1, atol=1e-4)
+    assert np.allclose(oof[["circle", "square", "triangle"]].sum(axis=1), 1, atol=1e-4)
     # The CV score is the out-of-fold predictions' own, not any number in [0, 1].
     pred = oof[["circle", "square", "triangle"]].idxmax(axis=1)
     assert summary["cv_macro_f1"] == round(f1_score(oof["label"], pred, average="macro"), 6)
