@@ -6,7 +6,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,9 @@ from PIL import Image, ImageDraw
 from tests.kaggle_standin import GOOD_TOKEN, KaggleStandIn, script_runner
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from comp.config import Config
 
 # Keep the 2 CI cores for the one process under test.
@@ -229,3 +232,24 @@ def said(caplog: pytest.LogCaptureFixture) -> Said:
 
     caplog.set_level(PROGRESS, logger="comp")
     return Said(caplog)
+
+
+# --- timm's classifier interface, as a type -----------------------------------------------
+
+
+@runtime_checkable
+class TimmNet(Protocol):
+    """What torch's ``nn.Module`` typing leaves out: timm's models and comp's own nets share
+    these members, but ``create_model`` and ``load_checkpoint`` return a plain ``nn.Module``,
+    whose other attributes type as ``Tensor | Module``. ``assert isinstance(model, TimmNet)``
+    narrows a model, checking at run time that the members are there."""
+
+    num_features: int
+
+    def get_classifier(self) -> nn.Module: ...
+
+    def reset_classifier(self, num_classes: int) -> None: ...
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...

@@ -16,7 +16,7 @@ from comp.models.factory import (
     set_train_mode,
 )
 from comp.models.nets import AirNet
-from tests.timm_net import TimmNet
+from tests.conftest import TimmNet
 
 
 def test_random_init_and_unknown_name() -> None:

@@ -14,7 +14,7 @@ from comp.cli import cli
 from comp.errors import ModelError
 from comp.models.factory import create_model
 from comp.models.weights import loaded_from
-from tests.timm_net import TimmNet
+from tests.conftest import TimmNet
 
 # ImageNet classes a photo of a Chinese temple may fairly be: bell cote, boathouse, church,
 # monastery, mosque, palace, stupa, thatch, tile roof.

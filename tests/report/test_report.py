@@ -18,7 +18,7 @@ from comp.config import load_config
 from comp.data.competition import load_competition
 from comp.models.factory import create_model, save_checkpoint
 from comp.report.report import grad_cam, plot_gradcam
-from tests.timm_net import TimmNet
+from tests.conftest import TimmNet
 
 
 def test_report_of_a_run(workspace: Callable[..., Path]) -> None:
