@@ -1299,7 +1299,7 @@ def download(competition: str, directory: Path, force: bool, **kwargs: Any) -> N
 def _one_line_warning(
     message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any
 ) -> str:
-    return f"warning: {message}\n"
+    return f"WARNING: {message}\n"
 
 
 def main() -> None:
