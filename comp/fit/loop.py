@@ -150,7 +150,7 @@ class Fold(FoldData):
     dist: Dist
     loss_fn: nn.Module
     mixing: Mixing | None
-    # With a teacher or soft pseudo-labels: every row's packed soft targets (comp.train.
+    # With a teacher or soft pseudo-labels: every row's packed soft targets (comp.fit.
     # losses.TeacherLoss), and the loaders serve row numbers to look them up by.
     soft: torch.Tensor | None = None
     # Made from the fields above (__post_init__), so they cannot disagree with them.

@@ -44,8 +44,6 @@ import yaml
 from sklearn.metrics import accuracy_score
 from timm.optim import list_optimizers
 
-# Not tqdm.auto: its asyncio variant calls iter() on a loader when the bar is made, which
-# starts a second pass over the data (and draws from the loader's seeded generator).
 from comp import console, files
 from comp.config import PRETRAINED_MODEL, SIZED_KEYS, Config, is_auto, suggest, to_dict
 from comp.data.cache import cache_dir, cached_images
