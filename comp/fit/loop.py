@@ -617,12 +617,17 @@ def restore_stage(f: Fold, run: StageRun, last: dict[str, Any]) -> None:
 
 def train_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:
     """One pass over the fold's training part; its mean loss and accuracy over every process."""
-    # Frozen BatchNorm keeps the statistics stage 1's head was fitted under: batch
-    # statistics of images unlike ImageNet would shift every feature at the switch.
-    set_train_mode(f.model, frozen=run.stage.frozen, frozen_bn=f.cfg.bn == "frozen")
+    train_mode(f, run)
     if run.features is not None:
         return head_epoch(f, run, epoch)
     return image_epoch(f, run, epoch)
+
+
+def train_mode(f: Fold, run: StageRun) -> None:
+    """The model's modes while ``run``'s stage trains."""
+    # Frozen BatchNorm keeps the statistics stage 1's head was fitted under: batch
+    # statistics of images unlike ImageNet would shift every feature at the switch.
+    set_train_mode(f.model, frozen=run.stage.frozen, frozen_bn=f.cfg.bn == "frozen")
 
 
 def head_epoch(f: Fold, run: StageRun, epoch: int) -> tuple[float, float]:

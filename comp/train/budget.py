@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from comp.config import AUTO_KEYS, Config, parse_duration
 from comp.data.transforms import ImageDataset, create_transform
 from comp.errors import ConfigError
-from comp.fit.loop import Stage, begin_stage, image_steps, setup_fold
+from comp.fit.loop import Stage, begin_stage, image_steps, setup_fold, train_mode
 from comp.hardware import precision
 from comp.hardware.distributed import Dist
 from comp.models.factory import create_model
@@ -176,6 +176,7 @@ def measure_epoch(
     )
     stage = Stage(2, 0, 1, cfg.lr2)
     run = begin_stage(f, stage)
+    train_mode(f, run)
     n_batches = len(f.batches)
     timed, seconds = 0, 0.0
     t0 = time.perf_counter()
